@@ -1,0 +1,76 @@
+"""Score models: anything with ``.sde`` and ``.eps(x, t)``.
+
+The ε-parameterisation (Ho et al. 2020) gives the score as
+``s(x, t) = -ε(x, t) / σ(t)`` and Tweedie's denoiser as
+``E[x_0 | x_t] = (x_t - σ(t) ε) / α(t)`` (MATH.md, "Score and the ε-network").
+Both are derived here, once, from ``eps`` and the SDE; samplers and the likelihood
+call only these methods, so a trained network (:class:`ScoreModel`) and the exact
+oracle (:class:`scoresde.analytic.GaussianMixture`) are interchangeable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .sde import VPSDE, append_dims, as_time
+
+__all__ = ["EpsModel", "ScoreModel", "batch_time"]
+
+
+def batch_time(t, x: torch.Tensor) -> torch.Tensor:
+    """``t`` (number, shape ``()`` or ``(B,)``) as a validated float64 tensor of shape ``(B,)`` on x's device."""
+    t = as_time(t, device=x.device)
+    if t.ndim == 0:
+        return t.expand(x.shape[0])
+    if t.shape[0] != x.shape[0]:
+        raise ValueError(f"t has {t.shape[0]} entries but x has batch size {x.shape[0]}")
+    return t
+
+
+class EpsModel:
+    """The score-model interface. Subclasses set ``self.sde`` and implement ``eps``."""
+
+    sde: VPSDE
+
+    def eps(self, x: torch.Tensor, t) -> torch.Tensor:  # pragma: no cover - interface
+        """Predicted noise ``ε(x, t)``; ``x`` of shape ``(B, *dims)``, ``t`` of shape ``()`` or ``(B,)``."""
+        raise NotImplementedError
+
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        """``s(x, t) = -ε(x, t) / σ(t)``."""
+        t = batch_time(t, x)
+        sigma = append_dims(self.sde.sigma(t), x.ndim).to(x.dtype)
+        return -self.eps(x, t) / sigma
+
+    def x0(self, x: torch.Tensor, t) -> torch.Tensor:
+        """Tweedie's denoiser ``E[x_0 | x_t = x] = (x - σ(t) ε) / α(t)``."""
+        t = batch_time(t, x)
+        alpha = append_dims(self.sde.alpha(t), x.ndim).to(x.dtype)
+        sigma = append_dims(self.sde.sigma(t), x.ndim).to(x.dtype)
+        return (x - sigma * self.eps(x, t)) / alpha
+
+
+class ScoreModel(nn.Module, EpsModel):
+    """An ε-network ``net(x, t)`` (continuous ``t ∈ [0, 1]``, shape ``(B,)``) joined to an SDE.
+
+    The network never sees the schedule. ``t`` reaches it in at least float32, never in a
+    reduced-precision dtype, even when ``x`` is bf16 (PITFALLS.md, "Numerics"). ``x`` is cast
+    to the network's parameter dtype and the output back to ``x``'s dtype, so a float64
+    sampler or likelihood solve can drive a float32 network.
+    """
+
+    def __init__(self, net: nn.Module, sde: VPSDE):
+        super().__init__()
+        self.net = net
+        self.sde = sde
+
+    def eps(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = batch_time(t, x)
+        param = next(self.net.parameters(), None)
+        net_dtype = x.dtype if param is None else param.dtype
+        t_dtype = torch.promote_types(net_dtype, torch.float32)
+        return self.net(x.to(net_dtype), t.to(t_dtype)).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.eps(x, t)

@@ -1,0 +1,131 @@
+"""What every sampler shares: the result type, time grids, NFE counting, option checks.
+
+The shared signature (ARCHITECTURE.md, "Samplers")::
+
+    fn(model, x_T, *, steps, generator=None, progress=False, t_eps=None, denoise=True,
+       **options) -> SampleResult
+
+``model`` is anything with ``.sde`` and ``.eps(x, t)`` (a :class:`~scoresde.model.ScoreModel`
+or the oracle :class:`~scoresde.analytic.GaussianMixture`); ``x_T`` of shape ``(B, *dims)``
+is a draw of the prior at ``t = 1``. NFE counts batched calls of ``model.eps``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["SampleResult", "NFECounter", "time_grid", "check_steps", "check_t_eps",
+           "check_choice", "check_model", "progress_bar", "SPACINGS", "time_for_log_snr"]
+
+SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+
+
+@dataclass
+class SampleResult:
+    """Samples ``x`` (shape and dtype of ``x_T``), the number of network evaluations and
+    the end time actually reached (``0.0`` after a final denoising step)."""
+
+    x: torch.Tensor
+    nfe: int
+    t_end: float
+    info: dict = field(default_factory=dict)
+
+
+class NFECounter:
+    """Wraps a score model and counts its batched ``eps`` calls; ``score``/``x0`` go through ``eps``."""
+
+    def __init__(self, model):
+        check_model(model)
+        self.model, self.sde, self.nfe = model, model.sde, 0
+
+    def eps(self, x, t):
+        self.nfe += 1
+        return self.model.eps(x, t)
+
+    def score(self, x, t):
+        self.nfe += 1
+        return self.model.score(x, t)
+
+    def x0(self, x, t):
+        self.nfe += 1
+        return self.model.x0(x, t)
+
+
+def check_model(model) -> None:
+    if not (hasattr(model, "sde") and callable(getattr(model, "eps", None))):
+        raise ValueError(f"model={type(model).__name__}: expected an object with .sde and .eps(x, t)")
+
+
+def check_steps(steps) -> int:
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps={steps!r}: expected an integer ≥ 1")
+    return int(steps)
+
+
+def check_t_eps(t_eps, sde) -> float:
+    """``t_eps`` (``None`` → the SDE's ``sampling_eps``) as a float in ``(0, 1)``."""
+    t_eps = sde.sampling_eps if t_eps is None else t_eps
+    if not (isinstance(t_eps, (int, float)) and 0 < t_eps < 1):
+        raise ValueError(f"t_eps={t_eps!r}: expected a number in (0, 1)")
+    return float(t_eps)
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(map(str, choices))}")
+    return value
+
+
+def progress_bar(total: int, enabled: bool, desc: str):
+    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
+
+
+def time_for_log_snr(sde, lam: torch.Tensor) -> torch.Tensor:
+    """Invert the (decreasing) log-SNR ``λ(t)`` by bisection on ``[0, 1]`` in float64."""
+    lam = lam.to(torch.float64)
+    lo, hi = torch.zeros_like(lam), torch.ones_like(lam)
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        above = sde.log_snr(mid) > lam  # λ(mid) too high → t must grow
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: float = 7.0) -> torch.Tensor:
+    """Increasing float64 grid ``t_eps = τ_0 < τ_1 < … < τ_K = 1`` with ``K = steps``.
+
+    Spacings: ``uniform`` in t; ``quadratic`` (``τ = t_eps + (1-t_eps) u²``, dense near 0);
+    ``logsnr`` (uniform in ``λ = log α²/σ²``); ``karras`` (uniform in ``σ_K^{1/ρ}`` with
+    ``σ_K = σ/α``, Karras et al. 2022 eq. 5). On a discrete schedule the times are
+    rounded to the grid ``i/N`` (end points exact) and must stay distinct.
+    """
+    steps = check_steps(steps)
+    check_choice("spacing", spacing, SPACINGS)
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    t0 = torch.tensor(t_eps, dtype=torch.float64)
+    t1 = torch.tensor(1.0, dtype=torch.float64)
+    if spacing == "uniform":
+        grid = t_eps + (1.0 - t_eps) * u
+    elif spacing == "quadratic":
+        grid = t_eps + (1.0 - t_eps) * u**2
+    elif spacing == "logsnr":
+        lam0, lam1 = sde.log_snr(t0), sde.log_snr(t1)
+        grid = time_for_log_snr(sde, lam0 + (lam1 - lam0) * u)
+    else:  # karras: σ_K = exp(-λ/2)
+        smin, smax = torch.exp(-0.5 * sde.log_snr(t0)), torch.exp(-0.5 * sde.log_snr(t1))
+        sig = (smin ** (1 / rho) + u * (smax ** (1 / rho) - smin ** (1 / rho))) ** rho
+        grid = time_for_log_snr(sde, -2.0 * torch.log(sig))
+    grid[0], grid[-1] = t_eps, 1.0
+    n = getattr(sde, "discrete_steps", None)
+    if n is not None:
+        grid = torch.round(grid * n) / n
+        if not torch.all(grid[1:] > grid[:-1]):
+            raise ValueError(f"steps={steps}: a {spacing} grid from t_eps={t_eps} cannot have "
+                             f"{steps} distinct steps on a discrete schedule with N={n}")
+    if not torch.all(grid[1:] > grid[:-1]) or not math.isclose(float(grid[-1]), 1.0):
+        raise ValueError(f"spacing={spacing!r} with steps={steps}: grid is not strictly increasing")
+    return grid

@@ -1,0 +1,18 @@
+"""Test set-up: a derandomized Hypothesis profile (no flakes in CI) and fixed torch threads."""
+
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,  # the same examples every run: CI never flakes
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", deadline=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+torch.set_num_threads(int(os.environ.get("SCORESDE_TEST_THREADS", "2")))
