@@ -1,0 +1,79 @@
+"""A residual MLP ε-network for vector data (toy 2-D sets, small flattened data)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .embeddings import TimeEmbedding
+
+__all__ = ["MLP"]
+
+
+class _Block(nn.Module):
+    """``h + W₂ drop(SiLU(W₁ SiLU(LN(h)) + P temb))``: pre-norm residual block with additive time."""
+
+    def __init__(self, hidden: int, temb_dim: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.temb = nn.Linear(temb_dim, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        z = self.fc1(nn.functional.silu(self.norm(h))) + self.temb(temb)
+        return h + self.fc2(self.drop(nn.functional.silu(z)))
+
+
+class MLP(nn.Module):
+    """ε-network ``(x (B, *data_shape), t (B,) in [0, 1]) -> (B, *data_shape)``.
+
+    Flattens ``x`` to ``D = prod(data_shape)``, adds a time embedding (sinusoidal of
+    ``1000·t``, see :mod:`scoresde.nets.embeddings`) in every residual block, and maps back.
+
+    Args:
+        data_shape: shape of one sample, e.g. ``(2,)``.
+        hidden: width of the residual stream.
+        depth: number of residual blocks.
+        time_dim: size of the fixed time embedding (its MLP maps to ``hidden``).
+        dropout: dropout rate inside the blocks.
+        time_embedding: ``"sinusoidal"`` or ``"fourier"``.
+    """
+
+    def __init__(self, data_shape: tuple, *, hidden: int = 256, depth: int = 3, time_dim: int = 128,
+                 dropout: float = 0.0, time_embedding: str = "sinusoidal"):
+        super().__init__()
+        self.data_shape = _check_shape(data_shape)
+        for name, v, lo in (("hidden", hidden, 1), ("depth", depth, 0), ("time_dim", time_dim, 4)):
+            if isinstance(v, bool) or int(v) != v or v < lo:
+                raise ValueError(f"{name}={v!r}: expected an integer ≥ {lo}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
+        d = math.prod(self.data_shape)
+        self.time = TimeEmbedding(time_dim, hidden, kind=time_embedding)
+        self.inp = nn.Linear(d, hidden)
+        self.blocks = nn.ModuleList(_Block(hidden, hidden, dropout) for _ in range(depth))
+        self.out_norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, d)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"x has shape {tuple(x.shape)}: expected (B, *{self.data_shape})")
+        temb = self.time(t)  # (B, hidden)
+        h = self.inp(x.flatten(1)) + temb  # (B, hidden)
+        for block in self.blocks:
+            h = block(h, temb)
+        return self.out(nn.functional.silu(self.out_norm(h))).reshape(x.shape)
+
+
+def _check_shape(data_shape) -> tuple:
+    try:
+        shape = tuple(int(s) for s in data_shape)
+    except TypeError:
+        raise ValueError(f"data_shape={data_shape!r}: expected a tuple of positive integers") from None
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"data_shape={data_shape!r}: expected a tuple of positive integers")
+    return shape
