@@ -90,7 +90,7 @@ class CosineSchedule(Schedule):
         self.s, self.beta_max = s, beta_max
         # t_c solves π/(1+s)·tan((t+s)/(1+s)·π/2) = beta_max.
         self.t_clip = min(1.0, math.atan(beta_max * (1 + s) / math.pi) * 2 / math.pi * (1 + s) - s)
-        self._log_cos0 = math.log(math.cos(s / (1 + s) * math.pi / 2))
+        self._tan0 = math.tan(s / (1 + s) * math.pi / 2)
 
     def __repr__(self) -> str:
         return f"CosineSchedule(s={self.s}, beta_max={self.beta_max})"
@@ -99,7 +99,10 @@ class CosineSchedule(Schedule):
         return (t + self.s) / (1 + self.s) * (math.pi / 2)
 
     def _b_unclipped(self, t):
-        return 2.0 * self._log_cos0 - 2.0 * torch.log(torch.cos(self._phase(t)))
+        # cos(φ0 + δ)/cos(φ0) = 1 - 2 sin²(δ/2) - tan(φ0) sin(δ), δ = t/(1+s)·π/2: log1p keeps
+        # every digit for tiny t (a difference of two logs would not) and B(0) = 0 exactly.
+        delta = t / (1 + self.s) * (math.pi / 2)
+        return -2.0 * torch.log1p(-2.0 * torch.sin(delta / 2) ** 2 - self._tan0 * torch.sin(delta))
 
     def integrated_beta(self, t):
         tc = torch.as_tensor(self.t_clip, dtype=t.dtype, device=t.device)
