@@ -1,0 +1,130 @@
+"""Readers for image data sets kept in a local folder, in their standard file formats.
+
+- MNIST (LeCun et al. 1998): IDX files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (optionally ``.gz``). An IDX file is a
+  big-endian header ``0x00 0x00 <type> <ndim>`` (type ``0x08`` = uint8), ``ndim`` big-endian
+  int32 sizes, then the data in C order.
+- CIFAR-10 (Krizhevsky 2009), python version: pickles ``data_batch_1..5`` and ``test_batch``,
+  dicts with ``b'data'`` (uint8, ``(N, 3072)``: 1024 red, 1024 green, 1024 blue values, each a
+  32×32 image in row-major order) and ``b'labels'`` (N ints).
+
+No torchvision (PITFALLS.md): the formats are read directly. CIFAR pickles are read with an
+unpickler that only builds plain containers and numpy arrays, so a hostile file cannot run code.
+Every reader returns ``(images (N, C, H, W) int64, labels (N,) int64)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["MNIST_FILES", "CIFAR10_FILES", "read_idx", "read_mnist", "read_cifar10"]
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+CIFAR10_FILES = {
+    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test": ("test_batch",),
+}
+
+
+def _find(folders: list[Path], names: tuple[str, ...], what: str, allow_gz: bool) -> list[Path]:
+    """The first folder holding every file in ``names`` (or its ``.gz``); else FileNotFoundError."""
+    for folder in folders:
+        found = []
+        for name in names:
+            plain, gz = folder / name, folder / (name + ".gz")
+            found.append(plain if plain.is_file() else gz if allow_gz and gz.is_file() else None)
+        if all(found):
+            return found
+    where = " or ".join(str(f) for f in folders)
+    suffix = " (optionally .gz)" if allow_gz else ""
+    raise FileNotFoundError(f"{what}: expected files {', '.join(names)}{suffix} in {where}")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (uint8 data) as a numpy array of the shape in its header."""
+    path = Path(path)
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable (gzip) IDX file ({err})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    size = int(np.prod(shape, dtype=np.int64))
+    if len(raw) != header + size:
+        raise ValueError(f"{path}: IDX header promises shape {shape} ({size} bytes) "
+                         f"but the file holds {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST from ``root`` (or ``root/MNIST/raw``, ``root/mnist``): images ``(N, 1, 28, 28)``, labels ``(N,)``."""
+    root = Path(root)
+    img_path, lab_path = _find([root, root / "MNIST" / "raw", root / "mnist"], MNIST_FILES[split],
+                               f"MNIST {split} split", allow_gz=True)
+    images, labels = read_idx(img_path), read_idx(lab_path)
+    if images.ndim != 3:
+        raise ValueError(f"{img_path}: expected 3-D image data (N, H, W), got shape {images.shape}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{lab_path}: expected {images.shape[0]} labels, got shape {labels.shape}")
+    return (torch.from_numpy(images.astype(np.int64))[:, None],
+            torch.from_numpy(labels.astype(np.int64)))
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, bytes, numbers and numpy arrays; refuses every other global."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except Exception as err:  # pickle raises many types on garbage
+        raise ValueError(f"{path}: not a CIFAR-10 python pickle ({type(err).__name__}: {err})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels'")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: b'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
+    if labels.shape != (data.shape[0],):
+        raise ValueError(f"{path}: expected {data.shape[0]} labels, got shape {labels.shape}")
+    return data, labels
+
+
+def read_cifar10(root: Path, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 from ``root/cifar-10-batches-py`` or ``root``: images ``(N, 3, 32, 32)``, labels ``(N,)``.
+
+    With ``n``, batches are read only until ``n`` images are in hand."""
+    root = Path(root)
+    paths = _find([root / "cifar-10-batches-py", root], CIFAR10_FILES[split],
+                  f"CIFAR-10 {split} split", allow_gz=False)
+    images, labels = [], []
+    for path in paths:
+        data, lab = _read_cifar_batch(path)
+        images.append(data)
+        labels.append(lab)
+        if n is not None and sum(len(d) for d in images) >= n:
+            break
+    x = np.concatenate(images).reshape(-1, 3, 32, 32)  # R, G, B planes, each row-major 32×32
+    return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(np.concatenate(labels).astype(np.int64))
