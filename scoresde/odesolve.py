@@ -28,13 +28,17 @@ def odeint_checked(func, y0, t: torch.Tensor, *, method: str = "dopri5", rtol: f
         for name, v in (("rtol", rtol), ("atol", atol)):
             if not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"{name}={v!r}: expected a number > 0")
-        options = {"max_num_steps": int(max_num_steps)}
+        # step_t = t: land on every requested time instead of stepping past the last one
+        # and interpolating back (which would evaluate func outside [t[0], t[-1]]).
+        options = {"max_num_steps": int(max_num_steps), "step_t": t}
         kwargs = dict(rtol=float(rtol), atol=float(atol), options=options)
     elif method in FIXED_METHODS:
         if steps is None or isinstance(steps, bool) or int(steps) != steps or steps < 1:
             raise ValueError(f"steps={steps!r}: expected an integer ≥ 1 for the fixed-step {method!r}")
-        span = abs(float(t[-1]) - float(t[0]))
-        kwargs = dict(options={"step_size": span / int(steps)})
+        # Exactly `steps` equal steps: torchdiffeq's step_size grid can round to steps + 1.
+        n = int(steps)
+        kwargs = dict(options={"grid_constructor": lambda f, y, tt: torch.linspace(
+            float(tt[0]), float(tt[-1]), n + 1, dtype=tt.dtype, device=tt.device)})
     else:
         raise ValueError(f"method={method!r}: expected one of "
                          f"{', '.join(ADAPTIVE_METHODS + FIXED_METHODS)}")

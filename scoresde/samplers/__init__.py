@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from .base import SampleResult
+from .ode import ode
 
 __all__ = ["SAMPLERS", "SampleResult", "sample"]
 
 # One explicit dict; each sampler module adds its own line here.
-SAMPLERS: dict = {}
+SAMPLERS: dict = {
+    "ode": ode,
+}
 
 
 def sample(model, name: str, x_T, **options) -> SampleResult:
