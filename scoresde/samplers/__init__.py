@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 from .base import SampleResult
+from .dpmpp import dpmpp
+from .heun import heun
 from .ode import ode
 
 __all__ = ["SAMPLERS", "SampleResult", "sample"]
 
 # One explicit dict; each sampler module adds its own line here.
 SAMPLERS: dict = {
+    "dpmpp": dpmpp,
+    "heun": heun,
     "ode": ode,
 }
 
