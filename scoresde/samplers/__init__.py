@@ -3,18 +3,26 @@
 
 from __future__ import annotations
 
+from .ancestral import ancestral
 from .base import SampleResult
+from .ddim import ddim
 from .dpmpp import dpmpp
 from .heun import heun
 from .ode import ode
+from .pc import pc
+from .reverse_sde import reverse_sde
 
 __all__ = ["SAMPLERS", "SampleResult", "sample"]
 
 # One explicit dict; each sampler module adds its own line here.
 SAMPLERS: dict = {
+    "ancestral": ancestral,
+    "ddim": ddim,
     "dpmpp": dpmpp,
     "heun": heun,
     "ode": ode,
+    "pc": pc,
+    "sde": reverse_sde,
 }
 
 

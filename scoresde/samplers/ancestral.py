@@ -1,0 +1,112 @@
+"""Ancestral sampling: DDPM's sampler (Ho et al. 2020, Algorithm 2) on any time grid.
+
+On a grid ``τ_0 < τ_1 < … < τ_K = 1`` with ``ᾱ_k = α(τ_k)²`` and the step's effective rate
+``β'_k = 1 - ᾱ_k/ᾱ_{k-1}`` (respacing as in Nichol & Dhariwal 2021, §4), each step is
+
+    x_{k-1} = (x_k - β'_k/σ_k · ε(x_k, τ_k)) / √(1 - β'_k) + s_k z,        (Ho et al. eq. 11)
+
+with ``s_k² = β'_k`` or ``β̃_k = σ_{k-1}²/σ_k² · β'_k`` (Ho et al. §3.2), ``σ_k = √(1-ᾱ_k)``.
+
+With ``denoise=True`` the grid ends at ``τ_0 = 0`` (``ᾱ = 1``), where the step is Tweedie's
+``x̂_0 = (x - σ ε)/α`` and takes no noise. On the discrete DDPM schedule with ``steps = N``
+the network is then evaluated at ``i/N``, ``i = N..1``: Algorithm 2 exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import (
+    SPACINGS,
+    NFECounter,
+    SampleResult,
+    check_choice,
+    check_steps,
+    check_t_eps,
+    progress_bar,
+    time_grid,
+)
+
+__all__ = ["ancestral", "descent_grid"]
+
+_DEFAULTS = {"variance": "beta", "spacing": "uniform"}
+_VARIANCES = ("beta", "beta_tilde")
+
+
+def descent_grid(sde, steps: int, t_eps: float, spacing: str, denoise: bool) -> torch.Tensor:
+    """Increasing float64 grid with ``steps`` intervals ending at 1, for ancestral/DDIM steps.
+
+    ``denoise=False``: ``time_grid(sde, steps, t_eps, spacing)``, from ``t_eps``.
+    ``denoise=True``: ``0`` followed by ``time_grid(sde, steps - 1, t_eps, spacing)`` (just
+    ``[0, 1]`` for ``steps = 1``): the last of the ``steps`` updates goes from ``t_eps`` to 0.
+    """
+    steps = check_steps(steps)
+    check_choice("spacing", spacing, SPACINGS)
+    if not denoise:
+        grid = time_grid(sde, steps, t_eps, spacing)
+    elif steps == 1:
+        grid = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    else:
+        grid = torch.cat([torch.zeros(1, dtype=torch.float64), time_grid(sde, steps - 1, t_eps, spacing)])
+    first = float(grid[1] if denoise else grid[0])
+    if first <= 0:
+        raise ValueError(f"t_eps={t_eps!r}: rounds to 0 on the discrete schedule with "
+                         f"N={sde.discrete_steps}; expected t_eps ≥ 1/(2N)")
+    return grid
+
+
+def check_options(name: str, options: dict, defaults: dict) -> dict:
+    """``defaults`` updated by ``options``; ``ValueError`` for a keyword not in ``defaults``."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(f"option {unknown[0]!r}: the {name} sampler accepts "
+                         f"{', '.join(defaults) or 'no extra options'}")
+    return {**defaults, **options}
+
+
+def ancestral(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
+              t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
+    """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on a respaced grid.
+
+    Args:
+        model: anything with ``.sde`` and ``.eps(x, t)``.
+        x_T: ``(B, *dims)`` draw of the prior at ``t = 1``.
+        steps: number of updates ``K`` (= NFE).
+        generator: ``torch.Generator`` for the noise ``z``.
+        t_eps: smallest positive grid time (default ``model.sde.sampling_eps``).
+        denoise: if True (default) the last update goes to ``t = 0`` without noise (returns
+            ``x̂_0``); if False, stop at ``t_eps`` with noise: a sample of ``p_{t_eps}``.
+        variance: ``"beta"`` (``β'_k``, default, Ho et al.'s ``σ_t² = β_t``) or
+            ``"beta_tilde"`` (the posterior variance ``β̃_k``).
+        spacing: ``"uniform"`` (default), ``"quadratic"``, ``"logsnr"`` or ``"karras"``
+            (see :func:`~scoresde.samplers.base.time_grid`).
+
+    Returns:
+        ``SampleResult(x, nfe=steps, t_end=0.0 or t_eps, info={"grid": ...})``.
+    """
+    opts = check_options("ancestral", options, _DEFAULTS)
+    if opts["variance"] not in _VARIANCES:
+        raise ValueError(f"variance={opts['variance']!r}: expected one of {', '.join(_VARIANCES)}")
+    net = NFECounter(model)
+    sde = net.sde
+    t_eps = check_t_eps(t_eps, sde)
+    grid = descent_grid(sde, steps, t_eps, opts["spacing"], denoise)
+    log_alpha = torch.log(sde.alpha(grid))  # float64, (K+1,)
+    sigma = sde.sigma(grid)
+
+    x = x_T
+    bar = progress_bar(steps, progress, "ancestral")
+    for k in range(grid.numel() - 1, 0, -1):
+        eps = net.eps(x, grid[k])
+        beta_prime = float(-torch.expm1(2 * (log_alpha[k] - log_alpha[k - 1])))  # 1 - ᾱ_k/ᾱ_{k-1}
+        inv_sqrt = float(torch.exp(log_alpha[k - 1] - log_alpha[k]))  # 1/√(1 - β'_k)
+        x = inv_sqrt * (x - beta_prime / float(sigma[k]) * eps)  # Ho et al. eq. 11
+        if grid[k - 1] > 0:  # no noise on the step to t = 0
+            var = beta_prime if opts["variance"] == "beta" else \
+                float(sigma[k - 1] ** 2 / sigma[k] ** 2) * beta_prime  # β̃_k
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = x + var**0.5 * z
+        bar.update(1)
+    bar.close()
+    return SampleResult(x=x, nfe=net.nfe, t_end=float(grid[0]),
+                        info={"grid": grid, "variance": opts["variance"]})
