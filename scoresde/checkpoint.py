@@ -1,0 +1,220 @@
+"""Crash-safe checkpoints of the full training state, EMA weight export, and loading a run.
+
+Layout of a run folder's ``checkpoints/``::
+
+    ckpt_000001000.pt   torch.save of a dict of tensors and plain types (weights_only-loadable)
+    latest              one line: the file name of the newest complete checkpoint
+
+Every file is written to a temporary file in the same folder, flushed and fsynced, then
+atomically renamed over the target (``os.replace``), and the folder is fsynced: a process
+killed at any moment leaves either the old or the new file, never a torn one. Old
+checkpoints are pruned (keep-last-k) only after the new one and its pointer are on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .build import build_model, build_sde
+from .config import Config, config_from_dict, config_to_yaml
+from .model import ScoreModel
+
+__all__ = ["FORMAT", "atomic_write", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
+           "capture_rng", "restore_rng", "export_ema_safetensors", "load_run", "LoadedRun",
+           "build_model", "build_sde"]
+
+FORMAT = "scoresde-checkpoint-1"
+EMA_FORMAT = "scoresde-ema-1"
+_CKPT = re.compile(r"^ckpt_(\d+)\.pt$")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write) -> Path:
+    """Write ``path`` atomically: ``write(f)`` into a temp file beside it, fsync, rename, fsync dir."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``folder`` as ``(step, path)``, oldest first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("ckpt_*.pt") if (m := _CKPT.match(p.name))]
+    return sorted(found)
+
+
+def save_checkpoint(folder, state: dict, step: int, keep_last: int = 2) -> Path:
+    """Save ``state`` as ``folder/ckpt_<step>.pt``, point ``latest`` at it, then prune.
+
+    Returns the checkpoint's path. Temp files left by a killed writer are removed too.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = atomic_write(folder / f"ckpt_{step:09d}.pt", lambda f: torch.save(state, f))
+    atomic_write(folder / "latest", lambda f: f.write(f"{path.name}\n".encode()))
+    for _, old in _checkpoints(folder)[:-keep_last]:
+        if old != path:
+            old.unlink(missing_ok=True)
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(folder) -> Path | None:
+    """The checkpoint ``folder/latest`` names; the newest complete one if the pointer is absent."""
+    folder = Path(folder)
+    pointer = folder / "latest"
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        if _CKPT.match(name) and (folder / name).is_file():
+            return folder / name
+    found = _checkpoints(folder) if folder.is_dir() else []
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a training checkpoint with ``weights_only=True``; ``ValueError`` naming the file if it
+    is missing, truncated, corrupt or not a scoresde checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} not found: expected a file written by scoresde.train")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for torn/corrupt files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({first}): "
+                         f"expected a complete scoresde checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {str(path)!r}: expected a scoresde training checkpoint "
+                         f"(format {FORMAT})")
+    return state
+
+
+# RNG states as tensors and plain types (torch.load(weights_only=True) refuses numpy objects).
+def capture_rng() -> dict:
+    """The torch CPU/CUDA, numpy and Python RNG states."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+
+
+def restore_rng(rng: dict) -> None:
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    n = rng["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = rng["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+
+
+def export_ema_safetensors(path, model, config: Config, step: int | None = None) -> Path:
+    """Write EMA weights (a module or a state dict) to ``path`` with the config as YAML metadata."""
+    sd = model.state_dict() if isinstance(model, nn.Module) else model
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+    meta = {"format": EMA_FORMAT, "config": config_to_yaml(config), "step": str(step)}
+    data = st_save(tensors, metadata=meta)
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def _read_safetensors(path: Path) -> tuple[dict, Config, int | None]:
+    try:
+        data = path.read_bytes()
+        tensors = st_load(data)
+        header = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + header]).get("__metadata__") or {}
+    except (OSError, SafetensorError, ValueError, AttributeError) as e:
+        raise ValueError(f"weights file {str(path)!r} cannot be read ({str(e).splitlines()[0][:100]}): "
+                         f"expected a safetensors file written by scoresde.train") from None
+    if meta.get("format") != EMA_FORMAT or "config" not in meta:
+        raise ValueError(f"weights file {str(path)!r}: expected scoresde EMA weights with config metadata")
+    step = meta.get("step")
+    cfg = config_from_dict(yaml.safe_load(meta["config"]), origin=str(path))
+    return tensors, cfg, int(step) if step and step != "None" else None
+
+
+@dataclass
+class LoadedRun:
+    """A trained score model (eval mode) with its config, step and the file it came from."""
+
+    model: ScoreModel
+    config: Config
+    step: int | None
+    source: Path
+
+
+def load_run(run_dir, *, device="cpu", ema: bool = True) -> LoadedRun:
+    """Load a trained model from a run folder, a checkpoint ``.pt`` or an ``ema.safetensors``.
+
+    A run folder gives its latest checkpoint (or ``ema.safetensors`` when no checkpoint is
+    left). ``ema=True`` loads the EMA weights (used for sampling and evaluation).
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        ckpt = latest_checkpoint(path / "checkpoints")
+        if ckpt is None and not (path / "ema.safetensors").is_file():
+            raise ValueError(f"run folder {str(path)!r} has no checkpoints/ and no ema.safetensors: "
+                             f"expected a folder written by scoresde.train")
+        path = ckpt if ckpt is not None else path / "ema.safetensors"
+    elif not path.is_file():
+        raise ValueError(f"--ckpt {str(path)!r} not found: expected a run folder, a checkpoint "
+                         f"or an ema.safetensors file")
+    if path.suffix == ".safetensors":
+        if not ema:
+            raise ValueError(f"{str(path)!r} holds only EMA weights: expected a checkpoint for ema=False")
+        weights, cfg, step = _read_safetensors(path)
+    else:
+        state = load_checkpoint(path)
+        weights, step = state["ema"] if ema else state["model"], state["step"]
+        cfg = config_from_dict(state["config"], origin=str(path))
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        detail = (str(e).splitlines()[1:] or [str(e)])[0].strip()
+        raise ValueError(f"{str(path)!r}: weights do not fit the model its config describes "
+                         f"({detail})") from None
+    return LoadedRun(model.to(device).eval(), cfg, step, path)
+

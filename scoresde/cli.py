@@ -1,0 +1,51 @@
+"""What the command-line entry points share: an argument parser whose errors are one line,
+and a wrapper that turns bad user input into one line on stderr and exit status 2.
+
+Exit statuses: 0 done; 1 training stopped by a numerical guard (message names the step);
+2 bad user input (config, flag, path, checkpoint, data); 130/143 interrupted by
+SIGINT/SIGTERM after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["ArgumentParser", "TrainingStopped", "run_cli"]
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (non-finite loss or gradient); exit status 1."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors raise ``ValueError`` (one line) instead of printing usage."""
+
+    def error(self, message):
+        raise ValueError(f"{message} (see --help)")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.strerror}: {e.filename!r}"
+    return text or type(e).__name__
+
+
+def run_cli(main, argv, prog: str) -> int:
+    """``main(argv)`` with user errors as ``prog: error: <one line>`` on stderr and status 2.
+
+    Under torchrun only rank 0 prints, so the message appears once.
+    """
+    quiet = os.environ.get("RANK", "0") != "0"
+    try:
+        return int(main(argv) or 0)
+    except (ValueError, OSError) as e:
+        if not quiet:
+            print(f"{prog}: error: {_one_line(e)}", file=sys.stderr, flush=True)
+        return 2
+    except TrainingStopped as e:
+        if not quiet:
+            print(f"{prog}: stopped: {_one_line(e)}", file=sys.stderr, flush=True)
+        return 1

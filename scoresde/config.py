@@ -1,0 +1,349 @@
+"""The typed training configuration: schema, YAML loading, ``--set`` overrides, validation.
+
+The schema is a tree of dataclasses turned into an OmegaConf structured config, so an
+unknown key or a value of the wrong type is refused while merging; value ranges and
+choices are checked afterwards by :func:`validate`. Every problem raises one
+``ValueError`` naming the key and what was expected (docs/training.md lists the keys).
+
+Example::
+
+    cfg = load_config("configs/toy2d.yaml", ["train.steps=2000", "model.hidden=64"])
+    cfg.train.steps  # 2000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = ["Config", "DATA_SHAPES", "load_config", "config_from_dict", "config_to_dict",
+           "config_to_yaml", "validate", "model_keys", "DEFAULT_CONFIG"]
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits.yaml"
+
+# The shape (C, H, W) or (D,) each data set has: build_model needs it without loading data.
+DATA_SHAPES = {"ring": (2,), "moons": (2,), "swissroll": (2,), "checkerboard": (2,),
+               "digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"                 # one of DATA_SHAPES
+    root: str | None = None           # folder holding the mnist / cifar10 files
+    n: int | None = None              # use only n training examples (toy: points generated)
+    shape: list[int] | None = None    # expected example shape; None = the data set's own
+    dequantize: bool = False             # train on (k + u)/L instead of bin centres (k + ½)/L
+
+
+@dataclass
+class SDEConfig:
+    schedule: str = "linear"             # linear | cosine | ddpm (β_i = β_min/N .. β_max/N)
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    n_steps: int = 1000                  # N of the ddpm schedule
+    cosine_s: float = 0.008
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "unet"                   # mlp | unet
+    dropout: float = 0.0
+    hidden: int = 256                    # mlp
+    depth: int = 3                       # mlp
+    time_dim: int = 128                  # mlp
+    channels: int = 128                  # unet
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    num_res_blocks: int = 2
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    num_heads: int = 1
+
+
+@dataclass
+class LossConfig:
+    weighting: str = "simple"            # simple | likelihood
+    time_sampling: str = "continuous"    # continuous | discrete
+    t_eps: float | None = None        # None: the loss's default
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 128                # global batch: all ranks and micro-batches together
+    grad_accum: int = 1                  # micro-batches per step and rank
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100              # linear LR warm-up, then constant
+    grad_clip: float = 1.0               # max global grad norm; 0 disables clipping
+    ema_decay: float = 0.999
+    ema_warmup: bool = True              # effective decay min(decay, (1+n)/(10+n)) at update n
+    log_every: int = 50
+    ckpt_every: int = 500
+    keep_last: int = 2                   # checkpoints kept on disk
+    max_bad_steps: int = 0               # non-finite steps skipped before the run stops
+    amp: bool = True                     # bf16 autocast, on CUDA only
+    compile: bool = False                # torch.compile the network
+    tensorboard: bool = True             # also log to TensorBoard when it is installed
+    threads: int | None = None        # torch CPU threads; None = torch's default
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ode"
+    steps: int = 100
+    n: int = 64                          # samples drawn after training (0: none)
+
+
+@dataclass
+class EvalConfig:
+    bpd: bool = True                     # test bits/dim by the probability-flow ODE
+    bpd_n: int = 256                     # test examples used (0: all)
+    bpd_trace: str = "hutchinson"        # hutchinson | exact
+    bpd_probes: int = 1
+    vlb: bool = True                     # DDPM variational bound in bits/dim
+    vlb_terms: int | None = None      # random subset of the N terms (None: all)
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda | cuda:K
+    data: DataConfig = field(default_factory=DataConfig)
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_CHOICES = {
+    "data.name": tuple(DATA_SHAPES),
+    "sde.schedule": ("linear", "cosine", "ddpm"),
+    "model.kind": ("mlp", "unet"),
+    "loss.weighting": ("simple", "likelihood"),
+    "loss.time_sampling": ("continuous", "discrete"),
+    "eval.bpd_trace": ("hutchinson", "exact"),
+}
+
+# (key, test, what was expected); a None value passes (Optional keys).
+_RANGES = [
+    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    ("data.n", lambda v: v >= 1, "an integer ≥ 1 or null"),
+    ("data.shape", lambda v: len(v) in (1, 3) and all(d >= 1 for d in v), "[D] or [C, H, W], all ≥ 1"),
+    ("sde.beta_min", lambda v: v > 0, "a number > 0"),
+    ("sde.beta_max", lambda v: v > 0, "a number > 0"),
+    ("sde.n_steps", lambda v: v >= 1, "an integer ≥ 1"),
+    ("sde.cosine_s", lambda v: v > 0, "a number > 0"),
+    ("model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("model.hidden", lambda v: v >= 1, "an integer ≥ 1"),
+    ("model.depth", lambda v: v >= 1, "an integer ≥ 1"),
+    ("model.time_dim", lambda v: v >= 2 and v % 2 == 0, "an even integer ≥ 2"),
+    ("model.channels", lambda v: v >= 1, "an integer ≥ 1"),
+    ("model.channel_mult", lambda v: len(v) >= 1 and all(m >= 1 for m in v),
+     "a non-empty list of integers ≥ 1"),
+    ("model.num_res_blocks", lambda v: v >= 1, "an integer ≥ 1"),
+    ("model.attn_resolutions", lambda v: all(r >= 1 for r in v), "a list of integers ≥ 1"),
+    ("model.num_heads", lambda v: v >= 1, "an integer ≥ 1"),
+    ("loss.t_eps", lambda v: 0 < v < 1, "a number in (0, 1) or null"),
+    ("train.steps", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.batch_size", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.grad_accum", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.lr", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("train.weight_decay", lambda v: v >= 0, "a number ≥ 0"),
+    ("train.warmup_steps", lambda v: v >= 0, "an integer ≥ 0"),
+    ("train.grad_clip", lambda v: v >= 0, "a number ≥ 0 (0: no clipping)"),
+    ("train.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("train.log_every", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.ckpt_every", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.keep_last", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.max_bad_steps", lambda v: v >= 0, "an integer ≥ 0"),
+    ("train.threads", lambda v: v >= 1, "an integer ≥ 1 or null"),
+    ("sample.steps", lambda v: v >= 1, "an integer ≥ 1"),
+    ("sample.n", lambda v: v >= 0, "an integer ≥ 0"),
+    ("eval.bpd_n", lambda v: v >= 0, "an integer ≥ 0"),
+    ("eval.bpd_probes", lambda v: v >= 1, "an integer ≥ 1"),
+    ("eval.vlb_terms", lambda v: v >= 1, "an integer ≥ 1 or null"),
+    ("eval.batch_size", lambda v: v >= 1, "an integer ≥ 1"),
+]
+
+def _field_type(key: str):
+    """The annotated type of a dotted config key (``None`` if unknown)."""
+    cls, tp = Config, None
+    for part in key.split("[")[0].split("."):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return None
+        tp = cls = hints[part]
+    return tp
+
+
+def _describe(tp) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union and args:
+        return _describe(args[0]) + " or null"
+    if typing.get_origin(tp) in (list, list):
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    if dataclasses.is_dataclass(tp):
+        return "a section with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return names.get(tp, str(tp))
+
+
+def _check_sections(data: dict, cls, origin: str, prefix: str = "") -> None:
+    """A section (dataclass field) must be given a mapping, not a scalar or list."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        tp = hints.get(key)
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ValueError(f"{origin}: config key {prefix + key!r}: expected {_describe(tp)}, "
+                                 f"got {value!r}")
+            _check_sections(value, tp, origin, prefix + key + ".")
+
+
+def _merge(base: DictConfig, other: dict, origin: str) -> DictConfig:
+    _check_sections(other, Config, origin)
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as e:
+        key = e.full_key or ""
+        if "not in" in str(e) or type(e).__name__ == "ConfigKeyError":
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            known = sorted(OmegaConf.select(base, parent).keys()) if parent else sorted(base.keys())
+            raise ValueError(f"{origin}: unknown config key {key!r}: expected one of "
+                             f"{', '.join(f'{parent}.{k}' if parent else k for k in known)}") from None
+        value = getattr(e, "value", None)
+        tp = _field_type(key) if key else None
+        what = _describe(tp) if tp is not None else str(e).splitlines()[0]
+        got = f", got {value!r}" if value is not None else ""
+        raise ValueError(f"{origin}: config key {key or '(section)'!r}: expected {what}{got}") from None
+
+
+def parse_overrides(items) -> dict:
+    """``["a.b=1", "c=[1,2]"]`` → nested dict; values parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=2000")
+        key, text = (s.strip() for s in item.split("=", 1))
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            raise ValueError(f"--set {item!r}: value {text!r} is not valid YAML") from None
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {p!r} is set twice as a value and a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _read_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} not found: expected a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML "
+                         f"({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r}: expected a mapping of sections, "
+                         f"got {type(data).__name__}")
+    return data
+
+
+def config_from_dict(data: dict, overrides=None, origin: str = "config") -> Config:
+    """Schema defaults ← ``data`` ← ``overrides`` (``--set`` items), validated."""
+    cfg = _merge(OmegaConf.structured(Config), data, origin)
+    if overrides:
+        cfg = _merge(cfg, parse_overrides(overrides), "--set")
+    cfg = OmegaConf.to_object(cfg)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path=None, overrides=None) -> Config:
+    """Read a YAML config (default ``configs/digits.yaml``), apply ``--set`` overrides, validate."""
+    path = DEFAULT_CONFIG if path is None else path
+    return config_from_dict(_read_yaml(path), overrides, origin=str(path))
+
+
+def _get(cfg: Config, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Ranges and choices; fills ``data.shape`` with the data set's shape when it is null."""
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ValueError(f"config key {key!r}: expected one of {', '.join(choices)}, "
+                             f"got {_get(cfg, key)!r}")
+    from .samplers import SAMPLERS  # noqa: PLC0415 - filled by the sampler modules
+    if SAMPLERS and cfg.sample.sampler not in SAMPLERS:
+        raise ValueError(f"config key 'sample.sampler': expected one of {', '.join(sorted(SAMPLERS))}, "
+                         f"got {cfg.sample.sampler!r}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or
+            (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit())):
+        raise ValueError(f"config key 'device': expected auto, cpu, cuda or cuda:K, got {cfg.device!r}")
+    for key, ok, expected in _RANGES:
+        value = _get(cfg, key)
+        if value is not None and not ok(value):
+            raise ValueError(f"config key {key!r}: expected {expected}, got {value!r}")
+    if cfg.sde.beta_max < cfg.sde.beta_min:
+        raise ValueError(f"config key 'sde.beta_max': expected ≥ sde.beta_min={cfg.sde.beta_min}, "
+                         f"got {cfg.sde.beta_max}")
+    if cfg.data.shape is None:
+        cfg.data.shape = list(DATA_SHAPES[cfg.data.name])
+    if (len(cfg.data.shape) == 1) != (len(DATA_SHAPES[cfg.data.name]) == 1):
+        raise ValueError(f"config key 'data.shape': expected {len(DATA_SHAPES[cfg.data.name])} "
+                         f"entries for data set {cfg.data.name!r}, got {cfg.data.shape}")
+    if len(cfg.data.shape) == 3 and cfg.model.kind == "unet":
+        factor = 2 ** (len(cfg.model.channel_mult) - 1)
+        if cfg.data.shape[1] % factor or cfg.data.shape[2] % factor:
+            raise ValueError(f"config key 'model.channel_mult': {len(cfg.model.channel_mult)} levels "
+                             f"downsample by {factor}, expected a factor dividing the image size "
+                             f"{cfg.data.shape[1]}x{cfg.data.shape[2]}")
+    if len(cfg.data.shape) == 1 and cfg.model.kind != "mlp":
+        raise ValueError(f"config key 'model.kind': expected mlp for vector data "
+                         f"{cfg.data.name!r}, got {cfg.model.kind!r}")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+_RELEVANT = {
+    "mlp": ("kind", "dropout", "hidden", "depth", "time_dim"),
+    "unet": ("kind", "dropout", "channels", "channel_mult", "num_res_blocks", "attn_resolutions",
+             "num_heads"),
+    "linear": ("schedule", "beta_min", "beta_max"),
+    "ddpm": ("schedule", "beta_min", "beta_max", "n_steps"),
+    "cosine": ("schedule", "cosine_s"),
+}
+
+
+def model_keys(cfg: Config) -> dict:
+    """The flattened keys that change the network or the SDE (``model.*``, ``sde.*``, ``data.shape``)."""
+    d = config_to_dict(cfg)
+    flat = {f"model.{k}": d["model"][k] for k in _RELEVANT[cfg.model.kind]}
+    flat.update({f"sde.{k}": d["sde"][k] for k in _RELEVANT[cfg.sde.schedule]})
+    flat["data.shape"] = d["data"]["shape"]
+    return flat

@@ -1,0 +1,69 @@
+"""The run's metric log: one JSON object per line in ``metrics.jsonl`` (+ TensorBoard if installed).
+
+On resume the log is cut back to the checkpoint's step (lines written after the last save,
+and a line torn by a kill, are dropped), so an interrupted and resumed run has the same log
+as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoint import atomic_write
+
+__all__ = ["MetricsLog", "read_metrics"]
+
+
+def read_metrics(path) -> list[dict]:
+    """The complete records of a ``metrics.jsonl`` (torn lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+class MetricsLog:
+    """Appends records to ``path``; does nothing on ranks other than 0 (``enabled=False``)."""
+
+    def __init__(self, path, *, enabled: bool = True, resume_step: int | None = None,
+                 tensorboard_dir=None):
+        self.path, self.enabled, self.tb = Path(path), enabled, None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            atomic_write(self.path, lambda f: f.write(text.encode()))
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional extra
+            except ImportError:
+                self.tb = None
+            else:
+                self.tb = SummaryWriter(str(tensorboard_dir))
+        self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self.tb is not None:
+                self.tb.close()
