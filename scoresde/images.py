@@ -62,6 +62,11 @@ def save_scatter(path, samples: torch.Tensor, data: torch.Tensor | None = None,
         ax.scatter(d[:, 0], d[:, 1], s=2, c="0.75", label="data")
     s = samples.detach().float().cpu().numpy()
     ax.scatter(s[:, 0], s[:, 1], s=2, c="C0", label="samples")
+    if data is not None:  # frame the data; far outliers would squash the picture
+        lo, hi = d.min(0), d.max(0)
+        pad = 0.25 * (hi - lo)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
     ax.set_aspect("equal")
     ax.legend(loc="upper right", markerscale=4)
     ax.set_title(title)

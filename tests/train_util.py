@@ -1,0 +1,108 @@
+"""Helpers shared by the training/CLI tests: tiny configs, tiny data files, running the CLIs."""
+
+from __future__ import annotations
+
+import gzip  # noqa: F401 - kept for writers of compressed files
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from scoresde.runlog import read_metrics
+
+# A 2-D ring run small enough for a fraction of a second per step on a busy CPU.
+TINY_TOY = {
+    "seed": 0, "device": "cpu",
+    "data": {"name": "ring", "n": 256},
+    "model": {"kind": "mlp", "hidden": 32, "depth": 1, "time_dim": 16},
+    "train": {"steps": 4, "batch_size": 32, "lr": 1e-3, "warmup_steps": 2, "log_every": 1,
+              "ckpt_every": 2, "keep_last": 2, "threads": 1, "tensorboard": False},
+    "sample": {"sampler": "ddim", "steps": 5, "n": 0},
+    "eval": {"bpd": False, "vlb": False},
+}
+
+# A digits run with a tiny U-Net.
+TINY_DIGITS = {
+    "seed": 0, "device": "cpu",
+    "data": {"name": "digits", "n": 128},
+    "model": {"kind": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+              "attn_resolutions": [4], "dropout": 0.1},
+    "train": {"steps": 2, "batch_size": 16, "log_every": 1, "ckpt_every": 2, "threads": 1,
+              "tensorboard": False},
+    "sample": {"sampler": "ddim", "steps": 3, "n": 4},
+    "eval": {"bpd": False, "vlb": False},
+}
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def write_config(path: Path, base: dict, **sections) -> Path:
+    """``base`` updated section by section (``train={"steps": 8}``) written as YAML."""
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg[key] = {**cfg.get(key, {}), **value}
+        else:
+            cfg[key] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_module(module: str, *args, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """``python -m <module> args`` in a subprocess with one thread; text output captured."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
+                          text=True, env=ENV, timeout=timeout, **kw)
+
+
+def loss_log(run: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in ("time", "steps_per_s")}
+            for r in read_metrics(run / "metrics.jsonl")]
+
+
+def snapshot(folder: Path) -> dict:
+    """``{relative path: bytes}`` of every file below ``folder`` (to prove nothing was damaged)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes (MNIST format)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">i", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def tiny_mnist(root: Path, n_train: int = 40, n_test: int = 8, size: int = 28, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(root / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, size, size)))
+        write_idx(root / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    return root
+
+
+def tiny_cifar10(root: Path, n_per_batch: int = 8, size: int = 32, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3 * size * size), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n_per_batch).tolist()}
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
+def params(run: Path) -> dict:
+    """The model state of a run's latest checkpoint."""
+    from scoresde.checkpoint import latest_checkpoint, load_checkpoint
+
+    return load_checkpoint(latest_checkpoint(run / "checkpoints"))
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
