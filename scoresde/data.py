@@ -11,6 +11,7 @@ in bins ``[2k/L - 1, 2(k+1)/L - 1]`` of model space. Training data are the bin c
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -131,6 +132,13 @@ def _load_toy(name: str, split: str, n: int, seed: int) -> Dataset:
 
 def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1797 8×8 digits (levels 0..16), split 80/20 with ``random_state=0``."""
+    x, y = _digits_split()[split]
+    return torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.copy())  # fresh tensors per call
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_split() -> dict:
+    """Parsed once per process (scikit-learn reads a CSV file each time)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -138,5 +146,4 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images = digits.images.astype(np.int64)  # (1797, 8, 8), values 0..16
     x_tr, x_te, y_tr, y_te = train_test_split(images, digits.target.astype(np.int64),
                                               test_size=0.2, random_state=0)
-    x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
-    return torch.from_numpy(x)[:, None], torch.from_numpy(y)
+    return {"train": (x_tr, y_tr), "test": (x_te, y_te)}
