@@ -39,6 +39,7 @@ def run_cli(main, argv, prog: str) -> int:
     Under torchrun only rank 0 prints, so the message appears once.
     """
     quiet = os.environ.get("RANK", "0") != "0"
+    argv = None if argv is None else [str(a) for a in argv]  # paths welcome
     try:
         return int(main(argv) or 0)
     except (ValueError, OSError) as e:

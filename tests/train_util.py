@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip  # noqa: F401 - kept for writers of compressed files
 import os
 import pickle
 import struct
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -106,3 +106,47 @@ def params(run: Path) -> dict:
 
 def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """``main`` sets torch's thread count from the config: give it back after each test."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def fork_main(argv, log_path: Path | None = None) -> int:
+    """Run ``scoresde.train.main(argv)`` in a forked child (no interpreter start-up, so many
+    kills stay cheap); returns the child's pid. Its stdout/stderr go to ``log_path``."""
+    from scoresde.train import main
+
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 99
+        try:
+            fd = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+            torch.set_num_threads(1)
+            code = main([str(a) for a in argv])
+        finally:
+            os._exit(code)
+    return pid
+
+
+def wait_status(pid: int, timeout: float = 120.0) -> int:
+    """Exit status of a forked child (``-signum`` if killed by a signal)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise TimeoutError(f"child {pid} did not finish in {timeout} s")
