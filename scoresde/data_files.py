@@ -71,7 +71,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def read_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST from ``root`` (or ``root/MNIST/raw``, ``root/mnist``): images ``(N, 1, 28, 28)``, labels ``(N,)``."""
+    """MNIST from ``root`` (or ``root/MNIST/raw``, ``root/mnist``): images (N, 1, 28, 28), labels (N,)."""
     root = Path(root)
     img_path, lab_path = _find([root, root / "MNIST" / "raw", root / "mnist"], MNIST_FILES[split],
                                f"MNIST {split} split", allow_gz=True)

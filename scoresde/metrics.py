@@ -25,7 +25,7 @@ __all__ = ["sliced_wasserstein", "wasserstein_1d", "random_directions", "frechet
 
 
 def random_directions(dim: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` directions uniform on the unit sphere in ``R^dim`` (normalised Gaussians), float64 ``(n, dim)``."""
+    """``n`` directions uniform on the unit sphere in ``R^dim`` (normalised Gaussians), float64 (n, dim)."""
     g = torch.randn(n, dim, generator=generator, dtype=torch.float64)
     return g / g.norm(dim=1, keepdim=True)
 

@@ -49,7 +49,7 @@ def test_oracle_eps_minimises_the_loss(sde, weighting, time_sampling, a, c, seed
     numbers. The cross term has mean zero exactly when ε* = E[ε | x_t]: check it to 5 standard
     errors, and that the perturbed loss is higher."""
     oracle = ORACLE.with_sde(sde)
-    n = 2000
+    n = 1000
     x0 = oracle.sample(n, generator=torch.Generator().manual_seed(seed))
     kw = dict(weighting=weighting, time_sampling=time_sampling, n_steps=_n_steps(sde, time_sampling))
     base = dsm_loss(oracle, x0, generator=torch.Generator().manual_seed(seed + 1), **kw)
@@ -67,7 +67,7 @@ def test_oracle_eps_minimises_the_loss(sde, weighting, time_sampling, a, c, seed
         assert pert.loss > base.loss
 
 
-def _perturbed_losses(sde, time_sampling, t_eps, importance_sampling, seed, n=20000):
+def _perturbed_losses(sde, time_sampling, t_eps, importance_sampling, seed, n=10000):
     oracle = ORACLE.with_sde(sde)
     model = Perturbed(oracle, 0.0, (0.2, -0.1))
     x0 = oracle.sample(n, generator=torch.Generator().manual_seed(seed))
@@ -101,7 +101,8 @@ def test_importance_sampled_time_has_the_right_cdf(sde, t_eps):
     """P(t ≤ t_m) = (Φ(B(t_m)) - Φ(B(t_eps))) / Z with Φ(B) = log(e^B - 1) (the closed-form
     integral of β/σ²), checked at three points to 5 binomial standard errors; the weight is Z/(1-t_eps)."""
     n = 20000
-    t, w = sample_time(sde, n, weighting="likelihood", t_eps=t_eps, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    t, w = sample_time(sde, n, weighting="likelihood", t_eps=t_eps, generator=g)
     assert t.dtype == torch.float64 and t.min() >= t_eps and t.max() <= 1
 
     def phi(s):

@@ -9,8 +9,15 @@ import scipy.stats
 import torch
 
 from scoresde.data import load_dataset
-from scoresde.metrics import (DigitsFeatures, digits_frechet, feature_statistics, frechet_distance,
-                              random_directions, sliced_wasserstein, wasserstein_1d)
+from scoresde.metrics import (
+    DigitsFeatures,
+    digits_frechet,
+    feature_statistics,
+    frechet_distance,
+    random_directions,
+    sliced_wasserstein,
+    wasserstein_1d,
+)
 
 
 # Wasserstein ----------------------------------------------------------------------------
@@ -26,7 +33,8 @@ def test_wasserstein_1d_matches_scipy(n, m):
 def test_wasserstein_1d_equal_sizes_is_mean_sorted_gap():
     """For equal sizes the optimal coupling pairs order statistics: W1 = mean |a_(i) - b_(i)|."""
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(64, 1, generator=g, dtype=torch.float64), torch.rand(64, 1, generator=g, dtype=torch.float64)
+    f64 = dict(generator=g, dtype=torch.float64)
+    a, b = torch.randn(64, 1, **f64), torch.rand(64, 1, **f64)
     expected = (a.sort(0).values - b.sort(0).values).abs().mean()
     assert wasserstein_1d(a, b).item() == pytest.approx(expected.item(), rel=1e-12)
 
@@ -65,7 +73,8 @@ def test_sliced_w1_zero_for_the_same_empirical_distribution():
 
 def test_sliced_w1_scales_and_is_symmetric():
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(80, 3, generator=g, dtype=torch.float64), torch.rand(120, 3, generator=g, dtype=torch.float64)
+    f64 = dict(generator=g, dtype=torch.float64)
+    x, y = torch.randn(80, 3, **f64), torch.rand(120, 3, **f64)
 
     def sw(a, b):
         return sliced_wasserstein(a, b, n_projections=32, generator=torch.Generator().manual_seed(9))
