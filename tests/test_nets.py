@@ -35,6 +35,17 @@ def test_unet_shape_and_dtype(shape, dtype):
     assert y.abs().max() > 0
 
 
+@pytest.mark.parametrize("kind", ["sinusoidal", "fourier"])
+def test_time_embedding_kinds_in_both_nets(kind):
+    mlp = MLP((3,), hidden=8, depth=1, time_dim=8, time_embedding=kind)
+    unet = UNet((1, 4, 4), channels=5, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                time_embedding=kind)  # odd width: the embedding size is rounded up to even
+    assert mlp(torch.randn(2, 3), torch.rand(2)).shape == (2, 3)
+    assert unet(torch.randn(2, 1, 4, 4), torch.rand(2)).shape == (2, 1, 4, 4)
+    with pytest.raises(ValueError, match="kind"):
+        MLP((3,), time_embedding="learned")
+
+
 def test_unet_depends_on_time_and_every_input():
     """Randomised weights: output changes with t, and pixel (0,0)'s output sees the far corner."""
     torch.manual_seed(0)

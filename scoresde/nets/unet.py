@@ -131,8 +131,8 @@ class UNet(nn.Module):
             if width_ % num_heads:
                 raise ValueError(f"num_heads={num_heads}: expected a divisor of {width_}")
 
-        temb_dim = 4 * channels
-        self.time = TimeEmbedding(channels, temb_dim, kind=time_embedding)
+        temb_dim = 4 * channels  # DDPM: sinusoids of size `channels`, then an MLP to 4·channels
+        self.time = TimeEmbedding(max(4, channels + channels % 2), temb_dim, kind=time_embedding)
         self.conv_in = nn.Conv2d(c_img, channels, 3, padding=1)
 
         # Down path: record the width of every tensor pushed on the skip stack.
