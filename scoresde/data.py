@@ -76,6 +76,20 @@ class Dataset:
     shape: tuple
     labels: torch.Tensor | None
 
+    def __post_init__(self):
+        n, shape = self.x.shape[0], tuple(self.shape)
+        if tuple(self.x.shape[1:]) != shape:
+            raise ValueError(f"Dataset {self.name!r}: x has shape {tuple(self.x.shape)}, "
+                             f"expected (N, *{shape})")
+        if self.x_int is not None and self.x_int.shape != self.x.shape:
+            raise ValueError(f"Dataset {self.name!r}: x_int has shape {tuple(self.x_int.shape)}, "
+                             f"expected {tuple(self.x.shape)}")
+        if (self.x_int is None) != (self.levels is None):
+            raise ValueError(f"Dataset {self.name!r}: x_int and levels must be given together")
+        if self.labels is not None and self.labels.shape != (n,):
+            raise ValueError(f"Dataset {self.name!r}: labels have shape {tuple(self.labels.shape)}, "
+                             f"expected ({n},)")
+
     def __len__(self) -> int:
         return self.x.shape[0]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.data import DATASET_NAMES, load_dataset, to_model_space, toy_oracle
+from scoresde.data import DATASET_NAMES, Dataset, load_dataset, to_model_space, toy_oracle
 from scoresde.data_files import CIFAR10_FILES, MNIST_FILES
 
 TOY = ["ring", "moons", "swissroll", "checkerboard"]
@@ -198,6 +198,16 @@ def test_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match="cifar10") as err:
         load_dataset("imagenet")
     assert all(name in str(err.value) for name in DATASET_NAMES)
+
+
+def test_dataset_checks_its_fields():
+    x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="labels"):
+        Dataset("toy", x, None, None, (2,), torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="expected"):
+        Dataset("toy", x, None, None, (3,), None)
+    with pytest.raises(ValueError, match="levels"):
+        Dataset("toy", x, torch.zeros(3, 2, dtype=torch.int64), None, (2,), None)
 
 
 @pytest.mark.parametrize("kwargs", [dict(split="val"), dict(n=0), dict(n=2.5)])
