@@ -121,6 +121,7 @@ def fork_main(argv, log_path: Path | None = None) -> int:
     kills stay cheap); returns the child's pid. Its stdout/stderr go to ``log_path``."""
     from scoresde.train import main
 
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # its lazy torch._dynamo import: once, here
     pid = os.fork()
     if pid == 0:  # child: never return into pytest
         code = 99
