@@ -98,7 +98,8 @@ class UNet(nn.Module):
         channels: base width; level ``i`` has ``channels·channel_mult[i]`` channels.
         channel_mult: width multipliers, one per resolution level.
         num_res_blocks: residual blocks per level on the way down (``+1`` on the way up).
-        attn_resolutions: feature-map sizes (``min(H, W)`` at that level) with self-attention.
+        attn_resolutions: feature-map sizes (``min(H, W)`` at that level) with self-attention;
+            the middle block (lowest resolution) always has one, as in DDPM.
         dropout: dropout rate in the residual blocks.
         num_heads: attention heads; must divide every attended width.
         time_embedding: ``"sinusoidal"`` (of ``1000·t``) or ``"fourier"``.
