@@ -114,9 +114,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for torn/corrupt files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({first}): "
-                         f"expected a complete scoresde checkpoint") from None
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: torn, truncated "
+                         f"or not a torch file): expected a complete scoresde checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {str(path)!r}: expected a scoresde training checkpoint "
                          f"(format {FORMAT})")
@@ -186,7 +185,8 @@ class LoadedRun:
 
 
 def load_run(run_dir, *, device="cpu", ema: bool = True) -> LoadedRun:
-    """Load a trained model from a run folder, a checkpoint ``.pt`` or an ``ema.safetensors``.
+    """Load a trained model (eval mode, weights frozen) from a run folder, a checkpoint ``.pt``
+    or an ``ema.safetensors``.
 
     A run folder gives its latest checkpoint (or ``ema.safetensors`` when no checkpoint is
     left). ``ema=True`` loads the EMA weights (used for sampling and evaluation).
@@ -216,5 +216,5 @@ def load_run(run_dir, *, device="cpu", ema: bool = True) -> LoadedRun:
         detail = (str(e).splitlines()[1:] or [str(e)])[0].strip()
         raise ValueError(f"{str(path)!r}: weights do not fit the model its config describes "
                          f"({detail})") from None
-    return LoadedRun(model.to(device).eval(), cfg, step, path)
+    return LoadedRun(model.to(device).eval().requires_grad_(False), cfg, step, path)
 

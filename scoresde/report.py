@@ -112,8 +112,10 @@ def likelihood_figures(model, test, *, ode: bool, vlb: bool, n: int, trace: str,
             out["notes"].append("bits/dim (VLB) skipped: not available")
         else:
             start = time.perf_counter()
-            r = ddpm_vlb_bits_per_dim(model, x_int, test.levels, n_terms=vlb_terms,
-                                      generator=torch.Generator().manual_seed(seed))
+            with torch.no_grad():
+                r = ddpm_vlb_bits_per_dim(model, x_int, test.levels, n_terms=vlb_terms,
+                                          generator=torch.Generator().manual_seed(seed),
+                                          batch_size=batch_size, progress=progress)
             out.update(bpd_vlb=float(r.bpd), bpd_vlb_stderr=float(r.stderr), bpd_vlb_nfe=int(r.nfe),
                        bpd_vlb_seconds=time.perf_counter() - start)
     return out

@@ -12,6 +12,7 @@ Run folder: ``config.yaml``, ``checkpoints/``, ``ema.safetensors``, ``metrics.js
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sys
@@ -164,7 +165,12 @@ def _main(argv) -> int:
 
     # Everything is checked: now the run folder may be written (rank 0 only).
     if dist.is_main:
-        run.mkdir(parents=True, exist_ok=True)
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {run}: cannot create the run folder ({e.strerror})") from None
+        if not os.access(run, os.W_OK):
+            raise ValueError(f"--out {run}: the run folder is not writable")
         atomic_write(run / "config.yaml", lambda f: f.write(config_to_yaml(cfg).encode()))
     log = MetricsLog(run / "metrics.jsonl", enabled=dist.is_main,
                      resume_step=trainer.step if state is not None else None,
@@ -218,7 +224,7 @@ def _main(argv) -> int:
 def _evaluate(cfg, trainer, run, train_data, test_data, device, start, train_seconds) -> int:
     model = build_model(cfg).to(device)
     trainer.ema.copy_to(model)
-    model.eval()
+    model.eval().requires_grad_(False)  # inference only: no graphs through the weights
     summary = {"data": cfg.data.name, "steps": trainer.step, "train_seconds": train_seconds,
                "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.steps, "notes": []}
     progress = sys.stderr.isatty()
