@@ -11,6 +11,7 @@ Run folder: ``config.yaml``, ``checkpoints/``, ``ema.safetensors``, ``metrics.js
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -214,19 +215,29 @@ def _main(argv) -> int:
     if state is not None and trainer.step == state["step"]:
         _save(trainer, run, dist)  # nothing left to train: still leave ema.safetensors
     train_seconds = time.perf_counter() - train_start
-    D.barrier(dist)
+    digests = D.all_gather_objects(_digest(model), dist)  # every rank must hold the same weights
+    if len(set(digests)) > 1:
+        say(f"warning: the ranks' parameters differ after training: {digests}", file=sys.stderr)
     D.shutdown(dist)  # evaluation runs on rank 0 alone, on the unwrapped EMA model
     if not dist.is_main:
         return 0
-    return _evaluate(cfg, trainer, run, train_data, test_data, device, start, train_seconds)
+    summary = {"data": cfg.data.name, "steps": trainer.step, "world_size": dist.world_size,
+               "rank_param_sha256": digests, "train_seconds": train_seconds}
+    return _evaluate(cfg, trainer, run, train_data, test_data, device, start, summary)
 
 
-def _evaluate(cfg, trainer, run, train_data, test_data, device, start, train_seconds) -> int:
+def _digest(model) -> str:
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _evaluate(cfg, trainer, run, train_data, test_data, device, start, summary) -> int:
     model = build_model(cfg).to(device)
     trainer.ema.copy_to(model)
     model.eval().requires_grad_(False)  # inference only: no graphs through the weights
-    summary = {"data": cfg.data.name, "steps": trainer.step, "train_seconds": train_seconds,
-               "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.steps, "notes": []}
+    summary.update(sampler=cfg.sample.sampler, sample_steps=cfg.sample.steps, notes=[])
     progress = sys.stderr.isatty()
     if cfg.sample.n > 0:
         x, nfe, secs = draw_samples(model, cfg.sample.sampler, cfg.sample.n, steps=cfg.sample.steps,
@@ -249,7 +260,7 @@ def _evaluate(cfg, trainer, run, train_data, test_data, device, start, train_sec
     for note in summary["notes"]:
         print(f"note: {note}")
     figures = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
-               if k not in ("notes", "samples_png")]
+               if k not in ("notes", "samples_png", "rank_param_sha256")]
     print("summary: " + ", ".join(figures))
     print(f"wrote {run / 'summary.json'}")
     return 0
