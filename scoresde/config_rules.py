@@ -1,0 +1,125 @@
+"""Value checks of the training config: choices, ranges, consistency between sections, and the
+keys that define the model (a checkpoint must agree with the config on them).
+
+Every problem raises one ``ValueError`` naming the key, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["DATA_SHAPES", "validate", "model_keys"]
+
+# The shape (C, H, W) or (D,) each data set has: build_model needs it without loading data.
+DATA_SHAPES = {"ring": (2,), "moons": (2,), "swissroll": (2,), "checkerboard": (2,),
+               "digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+_CHOICES = {
+    "data.name": tuple(DATA_SHAPES),
+    "sde.schedule": ("linear", "cosine", "ddpm"),
+    "model.kind": ("mlp", "unet"),
+    "loss.weighting": ("simple", "likelihood"),
+    "loss.time_sampling": ("continuous", "discrete"),
+    "eval.bpd_trace": ("hutchinson", "exact"),
+}
+
+# (key, test, what was expected); a None value passes (Optional keys).
+_RANGES = [
+    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    ("data.n", lambda v: v >= 1, "an integer ≥ 1 or null"),
+    ("data.shape", lambda v: len(v) in (1, 3) and all(d >= 1 for d in v), "[D] or [C, H, W], all ≥ 1"),
+    ("sde.beta_min", lambda v: v > 0, "a number > 0"),
+    ("sde.beta_max", lambda v: v > 0, "a number > 0"),
+    ("sde.n_steps", lambda v: v >= 1, "an integer ≥ 1"),
+    ("sde.cosine_s", lambda v: v > 0, "a number > 0"),
+    ("model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("model.hidden", lambda v: v >= 1, "an integer ≥ 1"),
+    ("model.depth", lambda v: v >= 1, "an integer ≥ 1"),
+    ("model.time_dim", lambda v: v >= 2 and v % 2 == 0, "an even integer ≥ 2"),
+    ("model.channels", lambda v: v >= 1, "an integer ≥ 1"),
+    ("model.channel_mult", lambda v: len(v) >= 1 and all(m >= 1 for m in v),
+     "a non-empty list of integers ≥ 1"),
+    ("model.num_res_blocks", lambda v: v >= 1, "an integer ≥ 1"),
+    ("model.attn_resolutions", lambda v: all(r >= 1 for r in v), "a list of integers ≥ 1"),
+    ("model.num_heads", lambda v: v >= 1, "an integer ≥ 1"),
+    ("loss.t_eps", lambda v: 0 < v < 1, "a number in (0, 1) or null"),
+    ("train.steps", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.batch_size", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.grad_accum", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.lr", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("train.weight_decay", lambda v: v >= 0, "a number ≥ 0"),
+    ("train.warmup_steps", lambda v: v >= 0, "an integer ≥ 0"),
+    ("train.grad_clip", lambda v: v >= 0, "a number ≥ 0 (0: no clipping)"),
+    ("train.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("train.log_every", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.ckpt_every", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.keep_last", lambda v: v >= 1, "an integer ≥ 1"),
+    ("train.max_bad_steps", lambda v: v >= 0, "an integer ≥ 0"),
+    ("train.threads", lambda v: v >= 1, "an integer ≥ 1 or null"),
+    ("sample.steps", lambda v: v >= 1, "an integer ≥ 1"),
+    ("sample.n", lambda v: v >= 0, "an integer ≥ 0"),
+    ("eval.bpd_n", lambda v: v >= 0, "an integer ≥ 0"),
+    ("eval.bpd_probes", lambda v: v >= 1, "an integer ≥ 1"),
+    ("eval.vlb_terms", lambda v: v >= 1, "an integer ≥ 1 or null"),
+    ("eval.batch_size", lambda v: v >= 1, "an integer ≥ 1"),
+]
+
+def _get(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg) -> None:
+    """Ranges and choices; fills ``data.shape`` with the data set's shape when it is null."""
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ValueError(f"config key {key!r}: expected one of {', '.join(choices)}, "
+                             f"got {_get(cfg, key)!r}")
+    from .samplers import SAMPLERS  # noqa: PLC0415 - filled by the sampler modules
+    if SAMPLERS and cfg.sample.sampler not in SAMPLERS:
+        raise ValueError(f"config key 'sample.sampler': expected one of {', '.join(sorted(SAMPLERS))}, "
+                         f"got {cfg.sample.sampler!r}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or
+            (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit())):
+        raise ValueError(f"config key 'device': expected auto, cpu, cuda or cuda:K, got {cfg.device!r}")
+    for key, ok, expected in _RANGES:
+        value = _get(cfg, key)
+        if value is not None and not ok(value):
+            raise ValueError(f"config key {key!r}: expected {expected}, got {value!r}")
+    if cfg.sde.beta_max < cfg.sde.beta_min:
+        raise ValueError(f"config key 'sde.beta_max': expected ≥ sde.beta_min={cfg.sde.beta_min}, "
+                         f"got {cfg.sde.beta_max}")
+    if cfg.data.shape is None:
+        cfg.data.shape = list(DATA_SHAPES[cfg.data.name])
+    if (len(cfg.data.shape) == 1) != (len(DATA_SHAPES[cfg.data.name]) == 1):
+        raise ValueError(f"config key 'data.shape': expected {len(DATA_SHAPES[cfg.data.name])} "
+                         f"entries for data set {cfg.data.name!r}, got {cfg.data.shape}")
+    if len(cfg.data.shape) == 3 and cfg.model.kind == "unet":
+        factor = 2 ** (len(cfg.model.channel_mult) - 1)
+        if cfg.data.shape[1] % factor or cfg.data.shape[2] % factor:
+            raise ValueError(f"config key 'model.channel_mult': {len(cfg.model.channel_mult)} levels "
+                             f"downsample by {factor}, expected a factor dividing the image size "
+                             f"{cfg.data.shape[1]}x{cfg.data.shape[2]}")
+    if len(cfg.data.shape) == 1 and cfg.model.kind != "mlp":
+        raise ValueError(f"config key 'model.kind': expected mlp for vector data "
+                         f"{cfg.data.name!r}, got {cfg.model.kind!r}")
+
+
+_RELEVANT = {
+    "mlp": ("kind", "dropout", "hidden", "depth", "time_dim"),
+    "unet": ("kind", "dropout", "channels", "channel_mult", "num_res_blocks", "attn_resolutions",
+             "num_heads"),
+    "linear": ("schedule", "beta_min", "beta_max"),
+    "ddpm": ("schedule", "beta_min", "beta_max", "n_steps"),
+    "cosine": ("schedule", "cosine_s"),
+}
+
+
+def model_keys(cfg) -> dict:
+    """The flattened keys that change the network or the SDE (``model.*``, ``sde.*``, ``data.shape``)."""
+    d = dataclasses.asdict(cfg)
+    flat = {f"model.{k}": d["model"][k] for k in _RELEVANT[cfg.model.kind]}
+    flat.update({f"sde.{k}": d["sde"][k] for k in _RELEVANT[cfg.sde.schedule]})
+    flat["data.shape"] = d["data"]["shape"]
+    return flat
