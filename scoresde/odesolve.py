@@ -43,8 +43,12 @@ def odeint_checked(func, y0, t: torch.Tensor, *, method: str = "dopri5", rtol: f
         raise ValueError(f"method={method!r}: expected one of "
                          f"{', '.join(ADAPTIVE_METHODS + FIXED_METHODS)}")
     last = {"t": float(t[0])}
+    lo, hi = min(float(t[0]), float(t[-1])), max(float(t[0]), float(t[-1]))
 
     def tracked(tt, y):
+        # torchdiffeq's initial-step heuristic evaluates func at t0 + h0 with h0 unbounded
+        # by the interval (e.g. t = -46 when the drift at t0 is tiny): keep t inside it.
+        tt = tt.clamp(lo, hi)
         last["t"] = float(tt)
         return func(tt, y)
 
