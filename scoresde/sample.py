@@ -26,7 +26,8 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m scoresde.sample", description="Sample from a trained run.")
     p.add_argument("--ckpt", required=True, help="run folder, checkpoint .pt or ema.safetensors")
-    p.add_argument("--sampler", help=f"one of {', '.join(sorted(SAMPLERS))} (default: the run's sample.sampler)")
+    p.add_argument("--sampler", help=f"one of {', '.join(sorted(SAMPLERS))} "
+                                     f"(default: the run's sample.sampler)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's sample.steps)")
     p.add_argument("--out", help="PNG path (default RUN/samples/<sampler>_seed<S>.png); .npz beside it")

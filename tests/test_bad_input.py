@@ -10,8 +10,7 @@ import scoresde.train as train_module
 from scoresde.sample import main as sample_main
 from scoresde.train import main as train_main
 
-from .train_util import (TINY_TOY, restore_threads, run_module, snapshot, tiny_mnist,  # noqa: F401
-                         write_config)
+from .train_util import TINY_TOY, restore_threads, run_module, snapshot, tiny_mnist, write_config  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,8 @@ def world(tmp_path_factory):
     (root / "unknown.yaml").write_text("train:\n  stepz: 2\n")
     (root / "a_file").write_text("not a folder")
     tiny_mnist(root / "mnist14", size=14)  # 14×14 images where the config expects 28×28
-    write_config(root / "mnist.yaml", TINY_TOY, data={"name": "mnist", "root": str(root / "mnist14"), "n": None},
+    mnist = {"name": "mnist", "root": str(root / "mnist14"), "n": None}
+    write_config(root / "mnist.yaml", TINY_TOY, data=mnist,
                  model={"kind": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
                         "attn_resolutions": []}, train={"batch_size": 8})
     return root
@@ -47,36 +47,39 @@ def _poison(kind):
 
 
 # (id, command, arguments with {root}/{cfg} placeholders, words the one line must contain)
+N = "--config {cfg} --out {root}/new "  # a fresh run folder: it must not be created
 CASES = [
-    ("unknown-key", "train", "--config {cfg} --out {root}/new --set train.stepz=1", ["train.stepz"]),
+    ("unknown-key", "train", N + "--set train.stepz=1", ["train.stepz"]),
     ("unknown-key-in-file", "train", "--config {root}/unknown.yaml --out {root}/new", ["train.stepz"]),
-    ("wrong-type", "train", "--config {cfg} --out {root}/new --set train.steps=many", ["train.steps", "integer"]),
-    ("negative-steps", "train", "--config {cfg} --out {root}/new --set train.steps=-3", ["train.steps", "≥ 1"]),
-    ("out-of-range", "train", "--config {cfg} --out {root}/new --set train.lr=5", ["train.lr", "(0, 1)"]),
-    ("unknown-sampler", "train", "--config {cfg} --out {root}/new --sampler nope", ["sample.sampler", "ddim"]),
-    ("unknown-schedule", "train", "--config {cfg} --out {root}/new --set sde.schedule=quad", ["sde.schedule"]),
-    ("zero-sample-steps", "train", "--config {cfg} --out {root}/new --sample-steps 0", ["sample.steps"]),
-    ("bad-set-syntax", "train", "--config {cfg} --out {root}/new --set train.steps", ["KEY=VALUE"]),
+    ("wrong-type", "train", N + "--set train.steps=many", ["train.steps", "integer"]),
+    ("negative-steps", "train", N + "--set train.steps=-3", ["train.steps", "≥ 1"]),
+    ("out-of-range", "train", N + "--set train.lr=5", ["train.lr", "(0, 1)"]),
+    ("unknown-sampler", "train", N + "--sampler nope", ["sample.sampler", "ddim"]),
+    ("unknown-schedule", "train", N + "--set sde.schedule=quad", ["sde.schedule"]),
+    ("zero-sample-steps", "train", N + "--sample-steps 0", ["sample.steps"]),
+    ("bad-set-syntax", "train", N + "--set train.steps", ["KEY=VALUE"]),
     ("unknown-flag", "train", "--config {cfg} --bogus", ["--bogus"]),
     ("missing-config", "train", "--config {root}/missing.yaml", ["missing.yaml", "not found"]),
     ("invalid-yaml", "train", "--config {root}/bad.yaml", ["bad.yaml", "YAML"]),
-    ("missing-checkpoint", "train", "--resume {root}/nothing.pt --out {root}/new", ["nothing.pt", "not found"]),
-    ("corrupt-checkpoint", "train", "--resume {root}/corrupt.pt --out {root}/new", ["corrupt.pt", "cannot be read"]),
-    ("truncated-checkpoint", "train", "--resume {root}/truncated.pt --out {root}/new", ["truncated.pt"]),
+    ("missing-checkpoint", "train", "--out {root}/new --resume {root}/nothing.pt", ["nothing.pt", "not found"]),
+    ("corrupt-checkpoint", "train", "--out {root}/new --resume {root}/corrupt.pt",
+     ["corrupt.pt", "cannot be read"]),
+    ("truncated-checkpoint", "train", "--out {root}/new --resume {root}/truncated.pt", ["truncated.pt"]),
     ("other-model", "train", "--config {cfg} --out {root}/run --resume auto --set model.depth=3",
      ["model.depth=3", "checkpoint"]),
     ("run-exists", "train", "--config {cfg} --out {root}/run", ["already holds", "--resume"]),
-    ("missing-data-folder", "train", "--config {cfg} --out {root}/new --set data.name=mnist data.root={root}/none "
+    ("missing-data-folder", "train", N + "--set data.name=mnist data.root={root}/none "
      "model.kind=unet model.channel_mult=[1,2]", ["mnist", "train-images-idx3-ubyte"]),
-    ("wrong-image-size", "train", "--config {root}/mnist.yaml --out {root}/new", ["(1, 14, 14)", "(1, 28, 28)"]),
+    ("wrong-image-size", "train", "--config {root}/mnist.yaml --out {root}/new",
+     ["(1, 14, 14)", "(1, 28, 28)"]),
     ("non-finite-data", "train", "--config {cfg} --out {root}/new", ["ring", "non-finite"]),
-    ("data-out-of-range", "train", "--config {cfg} --out {root}/new --set data.name=digits model.kind=unet "
+    ("data-out-of-range", "train", N + "--set data.name=digits model.kind=unet "
      "model.channels=8 model.channel_mult=[1]", ["digits", "[-1, 1]"]),
-    ("batch-too-large", "train", "--config {cfg} --out {root}/new --set data.n=8", ["8 training examples"]),
-    ("dequantize-continuous", "train", "--config {cfg} --out {root}/new --set data.dequantize=true", ["ring"]),
+    ("batch-too-large", "train", N + "--set data.n=8", ["8 training examples"]),
+    ("dequantize-continuous", "train", N + "--set data.dequantize=true", ["ring"]),
     ("unwritable-out", "train", "--config {cfg} --out {root}/a_file/run", ["a_file", "cannot create"]),
-    ("cuda-missing", "train", "--config {cfg} --out {root}/new --device cuda", ["cuda", "not available"]),
-    ("bad-seed", "train", "--config {cfg} --out {root}/new --seed -1", ["seed"]),
+    ("cuda-missing", "train", N + "--device cuda", ["cuda", "not available"]),
+    ("bad-seed", "train", N + "--seed -1", ["seed"]),
     ("sample-missing-run", "sample", "--ckpt {root}/nowhere", ["nowhere", "not found"]),
     ("sample-corrupt-checkpoint", "sample", "--ckpt {root}/corrupt.pt", ["corrupt.pt", "cannot be read"]),
     ("sample-not-a-run", "sample", "--ckpt {root}", ["no checkpoints"]),
@@ -93,7 +96,8 @@ CASES = [
 @pytest.mark.parametrize("name, command, args, words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gives_one_line_and_status_2(world, name, command, args, words, capsys, monkeypatch):
     if name in ("non-finite-data", "data-out-of-range"):
-        monkeypatch.setattr(train_module, "load_dataset", _poison("nan" if name == "non-finite-data" else "big"))
+        poison = _poison("nan" if name == "non-finite-data" else "big")
+        monkeypatch.setattr(train_module, "load_dataset", poison)
     if name == "cuda-missing" or name == "sample-cuda-missing":
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     before = snapshot(world)

@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from scoresde.build import build_model
-from scoresde.checkpoint import (FORMAT, atomic_write, capture_rng, export_ema_safetensors, latest_checkpoint,
-                                 load_checkpoint, load_run, restore_rng, save_checkpoint)
+from scoresde.checkpoint import (
+    FORMAT,
+    atomic_write,
+    capture_rng,
+    export_ema_safetensors,
+    latest_checkpoint,
+    load_checkpoint,
+    load_run,
+    restore_rng,
+    save_checkpoint,
+)
 from scoresde.config import config_from_dict
 from scoresde.model import ScoreModel
 

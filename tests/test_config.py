@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from scoresde.build import build_model, build_sde
-from scoresde.config import (DEFAULT_CONFIG, config_from_dict, config_to_dict, config_to_yaml, load_config,
-                             model_keys, parse_overrides)
+from scoresde.config import (
+    DEFAULT_CONFIG,
+    config_from_dict,
+    config_to_dict,
+    config_to_yaml,
+    load_config,
+    model_keys,
+    parse_overrides,
+)
 from scoresde.nets import count_parameters
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))

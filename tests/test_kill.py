@@ -14,8 +14,16 @@ from scoresde.checkpoint import latest_checkpoint, load_checkpoint, load_run
 from scoresde.runlog import read_metrics
 from scoresde.train import main
 
-from .train_util import (TINY_TOY, fork_main, loss_log, params, restore_threads,  # noqa: F401
-                         same_tensors, wait_status, write_config)
+from .train_util import (  # noqa: F401
+    TINY_TOY,
+    fork_main,
+    loss_log,
+    params,
+    restore_threads,
+    same_tensors,
+    wait_status,
+    write_config,
+)
 
 KILLS = 12
 

@@ -15,8 +15,17 @@ from scoresde.checkpoint import latest_checkpoint
 from scoresde.runlog import read_metrics
 from scoresde.train import main
 
-from .train_util import (TINY_TOY, fork_main, loss_log, params, restore_threads,  # noqa: F401
-                         same_tensors, snapshot, wait_status, write_config)
+from .train_util import (  # noqa: F401
+    TINY_TOY,
+    fork_main,
+    loss_log,
+    params,
+    restore_threads,
+    same_tensors,
+    snapshot,
+    wait_status,
+    write_config,
+)
 
 # dropout > 0 so the global torch RNG matters; 256 examples / batch 32 = 8 steps per epoch,
 # so 12 steps cross an epoch boundary (a fresh permutation) after the resume at step 5.

@@ -14,8 +14,16 @@ from scoresde.config import config_from_dict
 from scoresde.runlog import read_metrics
 from scoresde.train import main
 
-from .train_util import (TINY_DIGITS, TINY_TOY, params, restore_threads, run_module,  # noqa: F401
-                         tiny_cifar10, tiny_mnist, write_config)
+from .train_util import (  # noqa: F401
+    TINY_DIGITS,
+    TINY_TOY,
+    params,
+    restore_threads,
+    run_module,
+    tiny_cifar10,
+    tiny_mnist,
+    write_config,
+)
 
 
 def test_toy_run_writes_the_documented_run_folder(tmp_path, capsys):
@@ -115,5 +123,5 @@ def test_help_lists_every_flag(capsys):
         main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--config", "--sampler", "--sample-steps", "--out", "--device", "--seed", "--resume", "--set"):
-        assert flag in out
+    flags = ("--config", "--sampler", "--sample-steps", "--out", "--device", "--seed", "--resume", "--set")
+    assert all(flag in out for flag in flags)
