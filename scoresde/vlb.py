@@ -117,6 +117,7 @@ def vlb_term(model, x0: torch.Tensor, i: torch.Tensor, levels: int, alpha_bar: t
     return torch.where(first.to(x0.device), nll, kl)
 
 
+@torch.no_grad()
 def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: int | None = None,
                           N: int | None = None, variance: str = "beta",
                           generator: torch.Generator | None = None, batch_size: int = 256,
@@ -133,7 +134,9 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
         variance: reverse-process variance ``"beta"`` (``β_i``) or ``"beta_tilde"`` (``β̃_i``).
 
     ``terms`` gives the mean of ``L_T``, ``L_sum`` (``Σ_{i≥2} L_{i-1}``) and ``L_0`` in bits/dim;
-    ``nfe`` counts batched network calls; ``stderr`` is over the data set.
+    ``nfe`` counts batched network calls; ``stderr`` is over the data set. Randomness, per batch:
+    with all terms, term ``i = 1..N`` uses the ``i``-th ``torch.randn(x0.shape, generator=generator)``
+    draw; with a subset, one ``torch.rand((b, N))`` draw picks the steps first. Runs under ``no_grad``.
     """
     check_model(model)
     dim = _check_data(x_int, levels)

@@ -1,0 +1,115 @@
+"""``python -m scoresde.evaluate``: prints the library's numbers; bad input is one line + status 2."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from scoresde.checkpoint import load_run
+from scoresde.data import load_dataset
+from scoresde.evaluate import main as evaluate_main
+from scoresde.likelihood import bits_per_dim
+from scoresde.train import main as train_main
+from scoresde.vlb import ddpm_vlb_bits_per_dim
+
+from .train_util import TINY_DIGITS, TINY_TOY, restore_threads, run_module, write_config  # noqa: F401
+
+FAST = ["--rtol", "1e-2", "--atol", "1e-2", "--limit", "3", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread is fastest (two threads on a busy machine can be 20× slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_runs")
+    n = torch.get_num_threads()
+    digits = dict(TINY_DIGITS, model={"kind": "mlp", "hidden": 32, "depth": 1, "time_dim": 16})
+    for name, base in (("toy", TINY_TOY), ("digits", digits)):
+        cfg = write_config(root / f"{name}.yaml", base, sample={"n": 0}, train={"steps": 2})
+        assert train_main(["--config", cfg, "--out", root / name]) == 0
+    torch.set_num_threads(n)
+    return root
+
+
+def _number(pattern, text):
+    m = re.search(pattern, text)
+    assert m, text
+    return [float(g) for g in m.groups()]
+
+
+def test_prints_the_library_values(runs, capsys):
+    args = ["--ckpt", runs / "digits", "--bpd", "--vlb", "--vlb-terms", "4", "--seed", "3", *FAST]
+    assert evaluate_main(args) == 0
+    out = capsys.readouterr().out
+    bpd, se = _number(r"bits/dim \(ODE, Hutchinson, 1 probe\(s\)\): ([\d.]+) ± ([\d.]+)", out)
+    vlb, vse = _number(r"bits/dim \(DDPM VLB, N = 1000, 4 terms\): ([\d.]+) ± ([\d.]+)", out)
+    model = load_run(runs / "digits").model
+    x_int = load_dataset("digits", "test").x_int[:3]
+    ref = bits_per_dim(model, x_int, 17, trace="hutchinson", rtol=1e-2, atol=1e-2,
+                       generator=torch.Generator().manual_seed(3))
+    ref_vlb = ddpm_vlb_bits_per_dim(model, x_int, 17, n_terms=4, generator=torch.Generator().manual_seed(3))
+    assert (bpd, se) == pytest.approx((ref.bpd, ref.stderr), abs=6e-5)  # printed to 4 decimals
+    assert (vlb, vse) == pytest.approx((ref_vlb.bpd, ref_vlb.stderr), abs=6e-5)
+    assert f"NFE {ref.nfe} " in out and "digits test, 3 examples, D = 64, 17 levels" in out
+
+
+def test_exact_trace_and_train_split(runs, capsys):
+    assert evaluate_main(["--ckpt", runs / "digits", "--bpd", "--trace", "exact", "--split", "train",
+                          *FAST]) == 0
+    assert "bits/dim (ODE, exact trace)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--trace", "full"], "--trace full: expected one of exact, hutchinson"),
+    (["--probes", "0"], "--probes 0: expected an integer ≥ 1"),
+    (["--split", "valid"], "--split valid: expected one of test, train"),
+    (["--limit", "-1"], "--limit -1: expected an integer ≥ 0"),
+    (["--rtol", "0"], "--rtol 0.0: expected a number > 0"),
+    (["--vlb-terms", "0"], "--vlb-terms 0: expected an integer ≥ 1"),
+    (["--probes", "two"], "invalid int value: 'two'"),
+    (["--nonsense"], "unrecognized arguments: --nonsense"),
+])
+def test_bad_flags(runs, capsys, extra, message):
+    assert evaluate_main(["--ckpt", runs / "digits", "--bpd", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_nothing_to_do(runs, capsys):
+    assert evaluate_main(["--ckpt", runs / "digits"]) == 2
+    assert "expected --bpd and/or --vlb" in capsys.readouterr().err
+
+
+def test_data_without_levels(runs, capsys):
+    assert evaluate_main(["--ckpt", runs / "toy", "--bpd"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'ring' has no integer levels" in err, err
+
+
+def test_missing_and_corrupt_checkpoints(runs, tmp_path, capsys):
+    assert evaluate_main(["--ckpt", tmp_path / "nowhere", "--bpd"]) == 2
+    assert "not found" in capsys.readouterr().err
+    bad = tmp_path / "ckpt_000000001.pt"
+    good = next((runs / "digits" / "checkpoints").glob("*.pt"))
+    bad.write_bytes(good.read_bytes()[:200])  # a torn checkpoint
+    assert evaluate_main(["--ckpt", bad, "--bpd"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be read" in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_in_a_real_process(runs):
+    """A real ``python -m`` run: status 2, one line on stderr, no traceback."""
+    proc = run_module("scoresde.evaluate", "--ckpt", runs / "digits", "--bpd", "--device", "cuda")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "CUDA is not available" in proc.stderr
+    assert "Traceback" not in proc.stderr
