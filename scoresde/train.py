@@ -17,6 +17,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -111,10 +112,15 @@ def _config(args, state, ckpt):
 class _Interrupt:
     """SIGINT/SIGTERM only set a flag; the loop saves and exits at the next step boundary."""
 
-    def __init__(self):
-        self.signum = 0
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self._handle)
+    def __enter__(self):
+        self.signum, self.previous = 0, {}
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def _handle(self, signum, frame):
         self.signum = signum
@@ -181,37 +187,13 @@ def _main(argv) -> int:
         f"parameters | {device} x{dist.world_size} | steps {trainer.step}->{cfg.train.steps}")
 
     # Training: one step per global batch; log, checkpoint, stop on a signal.
-    tc, interrupt = cfg.train, _Interrupt()
-    bar = tqdm(total=tc.steps, initial=trainer.step, desc="train", dynamic_ncols=True,
-               disable=not (dist.is_main and sys.stderr.isatty()))
-    train_start, tick, tick_step = time.perf_counter(), time.perf_counter(), trainer.step
-    while trainer.step < tc.steps:
-        out = trainer.train_step(stop_requested=interrupt.signum != 0)
-        step = trainer.step
-        bar.update(1)
-        bar.set_postfix(loss=f"{out['loss']:.4f}")
-        if step % tc.log_every == 0 or step == tc.steps:
-            now = time.perf_counter()
-            rate = (step - tick_step) / max(now - tick, 1e-9)
-            rec = {"step": step, "loss": trainer.pop_window(), "lr": out["lr"], "grad_norm": out["grad_norm"],
-                   "bad_steps": trainer.bad_steps, "steps_per_s": rate, "time": now - train_start}
-            log.write(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.1f}")
-            if bar.disable:  # no terminal: plain log lines instead of the bar
-                say(f"step {step}/{tc.steps} loss {rec['loss']:.4f} lr {out['lr']:.2e} "
-                    f"grad {out['grad_norm']:.3f} {rate:.1f} steps/s", flush=True)
-            tick, tick_step = now, step
-        if step % tc.ckpt_every == 0 or step == tc.steps or out["stop"]:
-            path = _save(trainer, run, dist)
-        if out["stop"]:
-            bar.close()
-            log.close()
-            say(f"interrupted: saved {path} at step {step}; resume with: python -m scoresde.train "
-                f"--out {run} --resume auto", file=sys.stderr, flush=True)
-            D.shutdown(dist)
-            return 128 + (interrupt.signum or signal.SIGTERM)
-    bar.close()
+    train_start = time.perf_counter()
+    with _Interrupt() as interrupt:
+        status = _train(trainer, run, log, dist, say, interrupt)
     log.close()
+    if status is not None:
+        D.shutdown(dist)
+        return status
     if state is not None and trainer.step == state["step"]:
         _save(trainer, run, dist)  # nothing left to train: still leave ema.safetensors
     train_seconds = time.perf_counter() - train_start
@@ -224,6 +206,39 @@ def _main(argv) -> int:
     summary = {"data": cfg.data.name, "steps": trainer.step, "world_size": dist.world_size,
                "rank_param_sha256": digests, "train_seconds": train_seconds}
     return _evaluate(cfg, trainer, run, train_data, test_data, device, start, summary)
+
+
+def _train(trainer: Trainer, run: Path, log: MetricsLog, dist, say, interrupt) -> int | None:
+    """Train to ``train.steps``; returns the exit status if a signal stopped it, else ``None``."""
+    tc = trainer.cfg.train
+    bar = tqdm(total=tc.steps, initial=trainer.step, desc="train", dynamic_ncols=True,
+               disable=not (dist.is_main and sys.stderr.isatty()))
+    start, tick, tick_step = time.perf_counter(), time.perf_counter(), trainer.step
+    while trainer.step < tc.steps:
+        out = trainer.train_step(stop_requested=interrupt.signum != 0)
+        step = trainer.step
+        bar.update(1)
+        bar.set_postfix(loss=f"{out['loss']:.4f}")
+        if step % tc.log_every == 0 or step == tc.steps:
+            now = time.perf_counter()
+            rate = (step - tick_step) / max(now - tick, 1e-9)
+            rec = {"step": step, "loss": trainer.pop_window(), "lr": out["lr"], "grad_norm": out["grad_norm"],
+                   "bad_steps": trainer.bad_steps, "steps_per_s": rate, "time": now - start}
+            log.write(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.1f}")
+            if bar.disable:  # no terminal: plain log lines instead of the bar
+                say(f"step {step}/{tc.steps} loss {rec['loss']:.4f} lr {out['lr']:.2e} "
+                    f"grad {out['grad_norm']:.3f} {rate:.1f} steps/s", flush=True)
+            tick, tick_step = now, step
+        if step % tc.ckpt_every == 0 or step == tc.steps or out["stop"]:
+            path = _save(trainer, run, dist)
+        if out["stop"]:
+            bar.close()
+            say(f"interrupted: saved {path} at step {step}; resume with: python -m scoresde.train "
+                f"--out {run} --resume auto", file=sys.stderr, flush=True)
+            return 128 + (interrupt.signum or signal.SIGTERM)
+    bar.close()
+    return None
 
 
 def _digest(model) -> str:

@@ -64,8 +64,10 @@ def test_resume_from_a_checkpoint_path_continues_its_run_folder(tmp_path):
 
 def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", TINY_TOY, train={"steps": 2})
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert main(["--config", cfg, "--out", tmp_path / "run", "--resume", "auto"]) == 0
     assert params(tmp_path / "run")["step"] == 2
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
 
 
 def test_a_checkpoint_of_another_model_is_refused_naming_the_keys(tmp_path, capsys):
