@@ -52,7 +52,8 @@ def test_exact_trace_ode_matches_oracle(gm, seed):
     """``log p_1(z) + ∫ ∇·f̃`` (with the oracle's exact ``p_1``) equals ``log p_{t_eps}(x)``.
 
     This isolates the ODE and divergence from the prior mismatch ``p_1 ≠ N(0, I)``, so any
-    schedule qualifies. Measured max error over these examples: about 6e-5 nats/dim.
+    schedule qualifies. Measured max error over 40 drawn examples (same strategies): 3.1e-4
+    nats/dim (a 5-D mixture, cosine schedule); typically below 5e-5.
     """
     x = gm.sample(4, generator=torch.Generator().manual_seed(seed))
     res = log_likelihood(gm, x, t_eps=T_EPS)
