@@ -242,7 +242,8 @@ def bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_dequant: int = 1,
         for r in range(n_dequant):
             for s in starts:
                 chunk = x_int[s:s + batch_size]
-                z = dequantize(chunk, levels, generator=generator, dtype=torch.float64)
+                u = torch.rand(chunk.shape, generator=generator, dtype=torch.float64)  # CPU generator
+                z = dequantize(chunk, levels, u=u.to(chunk.device), dtype=torch.float64)
                 res = log_likelihood(model, z, generator=generator, **options)
                 values[r, s:s + batch_size] = -res.log_prob.cpu() / (dim * math.log(2)) + offset
                 nfe, solves = nfe + res.nfe, solves + 1
