@@ -32,7 +32,7 @@ _DEFAULTS = {"spacing": "karras", "rho": 7.0}
 
 def heun(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
          t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
-    """Karras et al. 2022, Algorithm 1, from ``t = 1`` to ``t_eps`` on ``time_grid(sde, steps, t_eps, spacing)``.
+    """Karras et al. 2022, Algorithm 1, from ``t = 1`` to ``t_eps`` on ``time_grid(sde, steps, t_eps)``.
 
     Args:
         model: anything with ``.sde`` and ``.eps(x, t)``.
