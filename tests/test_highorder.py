@@ -127,12 +127,12 @@ def test_first_order_is_ddim():
 
 def test_mixture_matches_reference_ode():
     """On a 4-component 3-D mixture, per-sample agreement with a tight dopri5 solve of the
-    probability-flow ODE (torchdiffeq, rtol = atol = 1e-10): error ≪ the data scale (~0.5)."""
+    probability-flow ODE (torchdiffeq, rtol = atol = 1e-8; error vs 1e-10: 7e-8): error ≪ the data scale (~0.5)."""
     gm = GaussianMixture.random(3, 4, seed=2, sde=VPSDE.linear())
     x1 = torch.randn(32, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([1.0, gm.sde.sampling_eps], dtype=torch.float64)
     ref = odeint_checked(lambda tt, y: gm.sde.probability_flow_drift(y, tt, gm.score(y, tt)),
-                         x1, t, rtol=1e-10, atol=1e-10)[-1]
+                         x1, t, rtol=1e-8, atol=1e-8)[-1]
     # Measured (default spacings): dpmpp2m 100 steps 1.4e-3, dpmpp3m 60 steps 4.3e-4, heun 100
     # steps 2.5e-3; halving the steps divides them by ~4, ~12, ~4 (their orders). Tolerance ~2x.
     for solver, steps, tol in [("dpmpp2m", 100, 3e-3), ("dpmpp3m", 60, 1e-3), ("heun", 100, 5e-3)]:
@@ -150,7 +150,8 @@ def test_mixture_marginal_weights(solver):
     res = run(solver, gm, x1, 20, denoise=False)
     r = gm.responsibilities(res.x, gm.sde.sampling_eps)
     se = r.std(0) / math.sqrt(n)
-    assert torch.all((r.mean(0) - gm.weights).abs() < 5 * se + 1e-3), (r.mean(0), gm.weights, se)
+    # se ≈ 0.007; measured deviations ≤ 2.4 se (heun), an exact sample of p_t gives ≤ 0.8 se.
+    assert torch.all((r.mean(0) - gm.weights).abs() < 5 * se), (r.mean(0), gm.weights, se)
 
 
 class CountingModel(EpsModel):
