@@ -8,7 +8,7 @@ import torchsde
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from scoresde import VPSDE, DiscreteSchedule, EpsModel, GaussianMixture
+from scoresde import VPSDE, DiscreteSchedule, EpsModel, GaussianMixture, ScoreModel
 from scoresde.samplers import SAMPLERS, sample
 from scoresde.samplers.ode import ProbabilityFlow, encode
 from tests.strategies import schedules
@@ -278,3 +278,24 @@ def test_probability_flow_is_the_pf_drift():
     beta, sigma = float(gm.sde.beta(t)), float(gm.sde.sigma(t))
     torch.testing.assert_close(ProbabilityFlow(gm)(t, x),
                                -0.5 * beta * (x - gm.eps(x, t) / sigma))  # MATH.md
+
+
+class _TinyNet(torch.nn.Module):
+    """A float32 ε-network ``(x, t) ↦ ε`` for the ScoreModel code path."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.lin = torch.nn.Linear(dim + 1, dim)
+
+    def forward(self, x, t):
+        return self.lin(torch.cat([x, t[:, None]], 1))
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_score_model_with_float32_net_and_no_graph(name):
+    torch.manual_seed(0)
+    model = ScoreModel(_TinyNet(3), VPSDE.linear())
+    x = _x_T(4, (3,), torch.float32)
+    res = _run(name, model, x, steps=3)
+    assert res.x.dtype == torch.float32 and res.x.shape == x.shape
+    assert torch.isfinite(res.x).all() and not res.x.requires_grad  # run under no_grad

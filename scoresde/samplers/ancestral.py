@@ -64,6 +64,7 @@ def check_options(name: str, options: dict, defaults: dict) -> dict:
     return {**defaults, **options}
 
 
+@torch.no_grad()
 def ancestral(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
               t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on a respaced grid.

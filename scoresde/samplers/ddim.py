@@ -24,6 +24,7 @@ __all__ = ["ddim"]
 _DEFAULTS = {"eta": 0.0, "spacing": "uniform"}
 
 
+@torch.no_grad()
 def ddim(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
          t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
     """DDIM sampling (Song, Meng & Ermon 2021, eq. 12) with ``steps`` strided updates.

@@ -101,6 +101,7 @@ def _solve(net, x, t_from: float, t_to: float, steps: int, progress: bool, desc:
     return ys[-1]
 
 
+@torch.no_grad()
 def ode(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
         t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
     """Sample by solving the probability-flow ODE from ``t = 1`` to ``t_eps`` (Song et al. 2021, eq. 13).
@@ -134,6 +135,7 @@ def ode(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool 
                         info={"method": opts["method"], "t_eps": t_eps})
 
 
+@torch.no_grad()
 def encode(model, x0: torch.Tensor, *, steps: int | None = None, progress: bool = False,
            t_eps: float | None = None, **options) -> SampleResult:
     """The inverse map: data ``x0`` (taken as the state at ``t_eps``) → latent at ``t = 1``.

@@ -59,6 +59,7 @@ def _langevin(net, x, t, beta_prime: float, snr: float, norms: str, generator):
     return x + delta * score + torch.sqrt(2 * delta) * z
 
 
+@torch.no_grad()
 def pc(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
        t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
     """Predictor–corrector sampling from ``t = 1`` to ``t_eps`` (Song et al. 2021, Algorithm 5).

@@ -69,6 +69,7 @@ class ReverseSDE(torch.nn.Module):
         return g.expand(y.shape)
 
 
+@torch.no_grad()
 def reverse_sde(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
                 t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
     """Solve the reverse SDE from ``t = 1`` to ``t_eps`` with ``steps`` equal torchsde steps.
