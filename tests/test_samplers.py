@@ -88,10 +88,13 @@ def test_bad_sampler_options_raise(name, bad, match):
         _run(name, _gm(), _x_T(2, (3,)), steps=2, **bad)
 
 
-def test_t_eps_rounding_to_zero_on_a_discrete_schedule_raises():
+@pytest.mark.parametrize("name", ["ancestral", "ddim", "sde", "pc"])
+def test_t_eps_on_a_discrete_schedule_is_rounded_to_the_grid(name):
     gm = _gm(sde=VPSDE.ddpm(10))
-    with pytest.raises(ValueError, match="t_eps"):
-        _run("ancestral", gm, _x_T(2, (3,)), steps=3, t_eps=0.01)
+    with pytest.raises(ValueError, match="t_eps"):  # rounds to 0, where σ = 0
+        _run(name, gm, _x_T(2, (3,)), steps=3, t_eps=0.01)
+    res = _run(name, gm, _x_T(2, (3,)), steps=3, t_eps=0.12, denoise=False)
+    assert res.t_end == pytest.approx(0.1)  # the grid point i/N it actually stopped at
 
 
 # NFE -----------------------------------------------------------------------------------------

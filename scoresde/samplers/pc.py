@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from ..sde import append_dims
-from .ancestral import check_options
-from .base import NFECounter, SampleResult, check_t_eps, progress_bar, time_grid
+from .ancestral import check_options, descent_grid
+from .base import NFECounter, SampleResult, check_t_eps, progress_bar
 
 __all__ = ["pc"]
 
@@ -88,7 +88,8 @@ def pc(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool =
     net = NFECounter(model)
     sde = net.sde
     t_eps = check_t_eps(t_eps, sde)
-    grid = time_grid(sde, steps, t_eps, opts["spacing"])  # τ_0 = t_eps < … < τ_K = 1
+    grid = descent_grid(sde, steps, t_eps, opts["spacing"], denoise=False)  # τ_0 < … < τ_K = 1
+    t_eps = float(grid[0])  # = t_eps, or its rounding to i/N on a discrete schedule
     log_alpha = torch.log(sde.alpha(grid))
 
     x = x_T

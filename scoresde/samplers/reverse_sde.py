@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torchsde
 
-from .ancestral import check_options
-from .base import NFECounter, SampleResult, check_steps, check_t_eps, progress_bar, time_grid
+from .ancestral import check_options, descent_grid
+from .base import NFECounter, SampleResult, check_steps, check_t_eps, progress_bar
 
 __all__ = ["reverse_sde", "ReverseSDE"]
 
@@ -96,7 +96,8 @@ def reverse_sde(model, x_T: torch.Tensor, *, steps: int, generator=None, progres
         raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
     net = NFECounter(model)
     t_eps = check_t_eps(t_eps, net.sde)
-    grid = time_grid(net.sde, steps, t_eps).flip(0)  # 1 = τ_K > … > τ_0 = t_eps
+    grid = descent_grid(net.sde, steps, t_eps, "uniform", denoise=False).flip(0)  # 1 → τ_0
+    t_eps = float(grid[-1])  # = t_eps, or its rounding to i/N on a discrete schedule
     s_grid = (-grid).tolist()  # increasing times s = -t
     y = x_T.reshape(x_T.shape[0], -1)  # (B, D)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
