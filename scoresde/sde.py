@@ -40,6 +40,11 @@ def as_time(t, *, device=None) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float64, device=device)
     if t.ndim > 1:
         raise ValueError(f"t has shape {tuple(t.shape)}: expected shape () or (B,)")
+    if t.ndim == 0:  # one scalar check instead of four tensor ops (samplers call this per step)
+        v = t.item()
+        if not 0 <= v <= 1:
+            raise ValueError(f"t={v!r}: expected times in [0, 1]")
+        return t
     bad = ~((t >= 0) & (t <= 1))
     if bad.any():
         raise ValueError(f"t={t[bad].flatten()[0].item()!r}: expected times in [0, 1]")
