@@ -31,12 +31,16 @@ class EMA:
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         d = self.current_decay()
+        shadow, live = [], []
         for k, v in module.state_dict().items():
             s = self.shadow[k]
             if s.is_floating_point():
-                s.lerp_(v.detach(), 1.0 - d)  # s + (1-d)(v - s) = d s + (1-d) v
+                shadow.append(s)
+                live.append(v)
             else:
                 s.copy_(v)
+        # s + (1-d)(v - s) = d s + (1-d) v; one fused call, bitwise equal to per-tensor lerp_
+        torch._foreach_lerp_(shadow, live, 1.0 - d)
         self.updates += 1
 
     def state_dict(self) -> dict:
