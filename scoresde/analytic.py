@@ -140,7 +140,8 @@ class GaussianMixture(EpsModel):
         """Exact ``∇ₓ log p_t(x) = -Σ_k p(k|x) (α²Σ_k + σ²I)⁻¹ (x - α μ_k)``, in x's dtype."""
         log_joint, scaled = self._terms(x, t)
         r = torch.softmax(log_joint, dim=1)
-        s = -torch.einsum("bk,kde,bke->bd", r, self.evecs.to(scaled.device), scaled)
+        # Weight first, then one batched contraction: never materialises a (B, K, D, D) tensor.
+        s = -torch.einsum("kde,bke->bd", self.evecs.to(scaled.device), r[..., None] * scaled)
         return s.reshape(x.shape).to(x.dtype)
 
     def eps(self, x: torch.Tensor, t) -> torch.Tensor:
@@ -148,7 +149,7 @@ class GaussianMixture(EpsModel):
         log_joint, scaled = self._terms(x, t)
         r = torch.softmax(log_joint, dim=1)
         sigma = self.sde.sigma(batch_time(t, x)).to(scaled.device)[:, None]
-        e = sigma * torch.einsum("bk,kde,bke->bd", r, self.evecs.to(scaled.device), scaled)
+        e = sigma * torch.einsum("kde,bke->bd", self.evecs.to(scaled.device), r[..., None] * scaled)
         return e.reshape(x.shape).to(x.dtype)
 
     # Sampling ------------------------------------------------------------------------
