@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from .base import NFECounter, SampleResult, check_choice, check_t_eps, progress_bar, time_grid
+from .base import NFECounter, SampleResult, check_t_eps, progress_bar, time_grid
 
 __all__ = ["dpmpp"]
 
@@ -125,12 +125,11 @@ def _check_options(options: dict) -> dict:
         raise ValueError(f"dpmpp: unknown option {unknown[0]!r}: expected one of "
                          f"{', '.join(sorted(_DEFAULTS))}")
     opts = {**_DEFAULTS, **options}
-    check_choice("order", opts["order"], (1, 2, 3))
+    if isinstance(opts["order"], bool) or opts["order"] not in (1, 2, 3):
+        raise ValueError(f"order={opts['order']!r}: expected 1, 2 or 3")
     rho = opts["rho"]
     if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
         raise ValueError(f"rho={rho!r}: expected a finite number > 0")
     if not isinstance(opts["lower_order_final"], bool):
         raise ValueError(f"lower_order_final={opts['lower_order_final']!r}: expected True or False")
-    if not isinstance(opts["order"], int) or isinstance(opts["order"], bool):
-        raise ValueError(f"order={opts['order']!r}: expected 1, 2 or 3")
     return opts
