@@ -31,6 +31,17 @@ from scoresde.data import load_dataset
 from scoresde.likelihood import bits_per_dim
 
 
+class _Null(torch.nn.Module):
+    """A trivial ε-network ``0.3 x + w x`` (``w = 0``): isolates the cost outside the network."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        return 0.3 * x + self.w * x
+
+
 class _Timed(torch.nn.Module):
     """``net`` whose forward time (and, via a tensor hook, backward time) is summed in ``seconds``."""
 
@@ -76,6 +87,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--trace", default="hutchinson")
     p.add_argument("--ckpt", default=None)
+    p.add_argument("--null-net", action="store_true",
+                   help="replace the U-Net by ε = 0.3 x: ms/NFE is then the pure overhead")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -84,6 +97,8 @@ def main(argv=None) -> None:
     if args.ckpt:
         from safetensors.torch import load_file  # noqa: PLC0415
         model.load_state_dict(load_file(args.ckpt))
+    if args.null_net:
+        model.net = _Null()
     model.eval().requires_grad_(False)
     model.net = timed = _Timed(model.net)
     test = load_dataset("digits", "test")

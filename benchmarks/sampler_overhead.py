@@ -44,6 +44,17 @@ def _net_time(net, x, t, calls: int) -> float:
     return statistics.median(times)
 
 
+class _Null(torch.nn.Module):
+    """A trivial ε-network ``0.3 x + w x`` (``w = 0``): isolates the cost outside the network."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        return 0.3 * x + self.w * x
+
+
 class _Timed(torch.nn.Module):
     """``net`` with the wall time of its forward calls summed in ``seconds``."""
 
@@ -67,6 +78,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--samplers", default=",".join(sorted(SAMPLERS)))
     p.add_argument("--ckpt", default=None, help="optional EMA weights (safetensors) of a digits run")
+    p.add_argument("--null-net", action="store_true",
+                   help="replace the U-Net by ε = 0.3 x: ms/NFE is then the pure overhead")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -75,6 +88,8 @@ def main(argv=None) -> None:
     if args.ckpt:
         from safetensors.torch import load_file  # noqa: PLC0415
         model.load_state_dict(load_file(args.ckpt))
+    if args.null_net:
+        model.net = _Null()
     model.eval().requires_grad_(False)
     model.net = timed = _Timed(model.net)
     names = args.samplers.split(",")
