@@ -37,8 +37,9 @@ class ReverseSDE(torch.nn.Module):
 
     The drift is memoised for the very same ``(s, y)`` pair (same tensor object, unmodified):
     ``sdeint`` evaluates ``f(ts[0], y0)`` once just to check shapes before the solver
-    evaluates it again, and torchsde's SRI2 stage loop recomputes ``f`` at identical stage
-    points. Without the memo an Euler step would cost 2 NFE and an SRK step 10 instead of 4.
+    evaluates it again (and :func:`reverse_sde` calls ``sdeint`` once per grid interval), and
+    torchsde's SRI2 stage loop recomputes ``f`` at identical stage points. Without the memo
+    an Euler step would cost 2 NFE and an SRK step 11 instead of 4.
     Call :meth:`clear` between steps to drop the cached tensors.
     """
 
@@ -100,7 +101,8 @@ def reverse_sde(model, x_T: torch.Tensor, *, steps: int, generator=None, progres
     t_eps = float(grid[-1])  # = t_eps, or its rounding to i/N on a discrete schedule
     s_grid = (-grid).tolist()  # increasing times s = -t
     y = x_T.reshape(x_T.shape[0], -1)  # (B, D)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator,
+                             device=generator.device if generator is not None else "cpu"))
     bm = torchsde.BrownianInterval(
         t0=s_grid[0], t1=s_grid[-1], size=tuple(y.shape), dtype=y.dtype, device=y.device,
         entropy=seed, levy_area_approximation="space-time" if method == "srk" else "none")
