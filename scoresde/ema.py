@@ -40,7 +40,8 @@ class EMA:
             else:
                 s.copy_(v)
         # s + (1-d)(v - s) = d s + (1-d) v; one fused call, bitwise equal to per-tensor lerp_
-        torch._foreach_lerp_(shadow, live, 1.0 - d)
+        if shadow:  # _foreach_lerp_ refuses empty lists
+            torch._foreach_lerp_(shadow, live, 1.0 - d)
         self.updates += 1
 
     def state_dict(self) -> dict:
