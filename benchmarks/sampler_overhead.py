@@ -15,8 +15,9 @@ dopri5 at its default tolerances) this measures, in one process and interleaved:
 
 The overhead is ``1 - NFE · t_net / T`` (the issue's definition) and ``1 - T_in / T`` (the
 same quantity measured on the same calls, far less noisy on a shared machine); the goal is
-≤ 5 %. ``ms/NFE`` is the absolute overhead per network evaluation, ``(T - T_in) / NFE``. Each repeat runs every sampler
-once (samplers in a rotated order, so load bursts do not hit one sampler systematically);
+≤ 5 %. ``ms/NFE`` is the absolute overhead per network evaluation, ``(T - T_in) / NFE``.
+Each repeat runs every sampler once (samplers in a rotated order, so load bursts do not hit
+one sampler systematically);
 the table shows medians over repeats. The network's weights (random by default, or
 ``--ckpt``) change the adaptive solver's NFE, not the cost per evaluation.
 """
