@@ -97,7 +97,7 @@ def test_convergence_order(solver, slope_min, spacing):
     """Error vs steps on the exact map: least-squares slope of log error against log steps.
 
     Range 20..80 steps, where discretisation error dominates (far above float64 round-off).
-    Measured slopes: 2M ≈ 1.9-2.0, 3M ≈ 3.7-3.9 (the Gaussian's smooth x̂_0(λ) helps), Heun ≈ 2.0-2.1.
+    Measured slopes: 2M ≈ 1.9-2.0, 3M ≈ 3.6-3.9 (the Gaussian's smooth x̂_0(λ) helps), Heun ≈ 2.0-2.1.
     """
     gm = GaussianMixture.random(3, 1, seed=1, sde=VPSDE.linear())
     x1 = torch.randn(32, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
