@@ -1,9 +1,16 @@
-"""scoresde: score-based diffusion models in continuous time (PyTorch)."""
+"""scoresde: score-based diffusion models in continuous time (PyTorch).
+
+The sampler front door is ``scoresde.samplers.sample`` (not re-exported here: ``scoresde.sample``
+is the ``python -m scoresde.sample`` program).
+"""
 
 from .analytic import GaussianMixture
+from .likelihood import bits_per_dim, log_likelihood
 from .model import EpsModel, ScoreModel
+from .samplers import SAMPLERS
 from .schedules import CosineSchedule, DiscreteSchedule, LinearSchedule, Schedule
 from .sde import VPSDE, append_dims
+from .vlb import ddpm_vlb_bits_per_dim
 
 __all__ = [
     "CosineSchedule",
@@ -11,10 +18,14 @@ __all__ = [
     "EpsModel",
     "GaussianMixture",
     "LinearSchedule",
+    "SAMPLERS",
     "Schedule",
     "ScoreModel",
     "VPSDE",
     "append_dims",
+    "bits_per_dim",
+    "ddpm_vlb_bits_per_dim",
+    "log_likelihood",
 ]
 
 __version__ = "0.1.0"

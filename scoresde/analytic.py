@@ -87,7 +87,7 @@ class GaussianMixture(EpsModel):
         weights = rng.uniform(0.5, 1.5, size=n_components)
         return cls(weights, means, np.stack(covs), sde=sde, event_shape=event_shape)
 
-    def with_sde(self, sde) -> "GaussianMixture":
+    def with_sde(self, sde) -> GaussianMixture:
         """The same data distribution joined to another SDE."""
         return GaussianMixture(self.weights, self.means, self.covs, sde=sde,
                                event_shape=self.event_shape)

@@ -18,6 +18,7 @@ VE or sub-VP SDE with the same methods can be dropped in without touching them.
 from __future__ import annotations
 
 import math
+
 import torch
 
 from .schedules import CosineSchedule, DiscreteSchedule, LinearSchedule, Schedule
@@ -67,15 +68,15 @@ class VPSDE:
 
     # Convenience constructors -------------------------------------------------------
     @classmethod
-    def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0) -> "VPSDE":
+    def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0) -> VPSDE:
         return cls(LinearSchedule(beta_min, beta_max))
 
     @classmethod
-    def cosine(cls, s: float = 0.008, beta_max: float = 1000.0) -> "VPSDE":
+    def cosine(cls, s: float = 0.008, beta_max: float = 1000.0) -> VPSDE:
         return cls(CosineSchedule(s, beta_max))
 
     @classmethod
-    def ddpm(cls, n_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "VPSDE":
+    def ddpm(cls, n_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> VPSDE:
         return cls(DiscreteSchedule.ddpm_linear(n_steps, beta_start, beta_end))
 
     def __repr__(self) -> str:

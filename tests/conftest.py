@@ -1,4 +1,5 @@
-"""Test set-up: a derandomized Hypothesis profile (no flakes in CI) and one torch thread (small test networks run fastest single-threaded)."""
+"""Test set-up: a derandomized Hypothesis profile (no flakes in CI) and one torch thread
+(small test networks run fastest single-threaded)."""
 
 import os
 

@@ -22,3 +22,15 @@ def test_ci_runs_the_readme_test_command():
     pytest_part = test_cmds[0].split("&&")[-1].strip()
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(rf"^{re.escape(pytest_part)}$", ci, flags=re.M), (pytest_part, "not in .ci/run")
+
+
+def test_ruff_lint_clean():
+    """The tree passes the project's ruff configuration (pyproject.toml)."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    done = subprocess.run([ruff, "check", "scoresde", "tests", "benchmarks", "--output-format", "concise"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
