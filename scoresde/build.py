@@ -6,6 +6,9 @@ explicit keyword arguments only (ARCHITECTURE.md, "CLI modules").
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from .config import Config
@@ -42,6 +45,31 @@ def build_net(config: Config) -> nn.Module:
     raise ValueError(f"model.kind={m.kind!r}: expected mlp or unet")
 
 
-def build_model(config: Config) -> ScoreModel:
-    """``ScoreModel(build_net(config), build_sde(config))`` in float32 on the CPU."""
-    return ScoreModel(build_net(config), build_sde(config))
+LEVELS = {"digits": 17, "mnist": 256, "cifar10": 256}  # integer levels of the image data sets
+
+
+def build_model(config: Config, data=None) -> ScoreModel:
+    """``ScoreModel(build_net(config), build_sde(config))`` in float32 on the CPU.
+
+    ``model.base = lattice``: a :class:`~scoresde.lattice.LatticeResidualModel` whose base holds
+    the per-pixel level frequencies of ``data`` (the training set; without it a uniform
+    placeholder, to be overwritten by a checkpoint's ``base.log_probs``); the network's output
+    layer starts at zero so training starts from the base.
+    """
+    net, sde = build_net(config), build_sde(config)
+    if config.model.base == "none":
+        return ScoreModel(net, sde)
+    from .lattice import FactorizedLattice, LatticeResidualModel, lattice_log_probs  # noqa: PLC0415
+
+    shape = tuple(config.data.shape)
+    if data is not None and data.x_int is not None:
+        log_probs = lattice_log_probs(data.x_int, data.levels)
+    elif config.data.name in LEVELS:
+        log_probs = torch.zeros((math.prod(shape), LEVELS[config.data.name]), dtype=torch.float64)
+    else:
+        raise ValueError(f"model.base=lattice: data set {config.data.name!r} has no integer levels")
+    out = getattr(net, "out", None)
+    if isinstance(out, nn.Linear):  # the MLP's output layer (the U-Net's is zero already)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+    return LatticeResidualModel(net, sde, FactorizedLattice(log_probs, sde, shape))

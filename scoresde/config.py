@@ -59,6 +59,7 @@ class ModelConfig:
     num_res_blocks: int = 2
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
     num_heads: int = 1
+    base: str = "none"                   # none | lattice: ε = exact ε* of per-pixel levels + net
 
 
 @dataclass
@@ -104,6 +105,9 @@ class EvalConfig:
     bpd_probes: int = 1
     vlb: bool = True                     # DDPM variational bound in bits/dim
     vlb_terms: int | None = None      # random subset of the N terms (None: all)
+    ode_sigma: float | None = None    # ODE from σ(t_eps) = ode_sigma (None: t_eps = 1e-5)
+    vlb_sigma: float | None = None    # VLB on vlb_steps log-SNR steps from σ = vlb_sigma (None: i/N)
+    vlb_steps: int = 1000
     batch_size: int = 256
 
 

@@ -18,6 +18,7 @@ _CHOICES = {
     "data.name": tuple(DATA_SHAPES),
     "sde.schedule": ("linear", "cosine", "ddpm"),
     "model.kind": ("mlp", "unet"),
+    "model.base": ("none", "lattice"),
     "loss.weighting": ("simple", "likelihood"),
     "loss.time_sampling": ("continuous", "discrete"),
     "eval.bpd_trace": ("hutchinson", "exact"),
@@ -61,6 +62,9 @@ _RANGES = [
     ("eval.bpd_n", lambda v: v >= 0, "an integer ≥ 0"),
     ("eval.bpd_probes", lambda v: v >= 1, "an integer ≥ 1"),
     ("eval.vlb_terms", lambda v: v >= 1, "an integer ≥ 1 or null"),
+    ("eval.ode_sigma", lambda v: 0 < v < 1, "a number in (0, 1) or null"),
+    ("eval.vlb_sigma", lambda v: 0 < v < 1, "a number in (0, 1) or null"),
+    ("eval.vlb_steps", lambda v: v >= 1, "an integer ≥ 1"),
     ("eval.batch_size", lambda v: v >= 1, "an integer ≥ 1"),
 ]
 
@@ -107,8 +111,8 @@ def validate(cfg) -> None:
 
 
 _RELEVANT = {
-    "mlp": ("kind", "dropout", "hidden", "depth", "time_dim"),
-    "unet": ("kind", "dropout", "channels", "channel_mult", "num_res_blocks", "attn_resolutions",
+    "mlp": ("kind", "base", "dropout", "hidden", "depth", "time_dim"),
+    "unet": ("kind", "base", "dropout", "channels", "channel_mult", "num_res_blocks", "attn_resolutions",
              "num_heads"),
     "linear": ("schedule", "beta_min", "beta_max"),
     "ddpm": ("schedule", "beta_min", "beta_max", "n_steps"),

@@ -158,7 +158,7 @@ def _main(argv) -> int:
     train_data = load_dataset(cfg.data.name, "train", root=cfg.data.root, n=cfg.data.n, seed=cfg.seed)
     test_data = load_dataset(cfg.data.name, "test", root=cfg.data.root, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, train_data).to(device)
     trainer = Trainer(cfg, model, train_data, device, dist)
     check_batch(trainer.first_batch(), cfg.data.shape, cfg.data.name,
                 bounded=train_data.levels is not None)
@@ -267,6 +267,7 @@ def _evaluate(cfg, trainer, run, train_data, test_data, device, start, summary) 
     e = cfg.eval
     lk = likelihood_figures(model, test_data, ode=e.bpd, vlb=e.vlb, n=e.bpd_n, trace=e.bpd_trace,
                             probes=e.bpd_probes, vlb_terms=e.vlb_terms, batch_size=e.batch_size,
+                            ode_sigma=e.ode_sigma, vlb_sigma=e.vlb_sigma, vlb_steps=e.vlb_steps,
                             seed=cfg.seed, progress=progress)
     summary["notes"] += lk.pop("notes")
     summary.update(lk)
