@@ -19,14 +19,6 @@ from .train_util import TINY_DIGITS, TINY_TOY, restore_threads, run_module, writ
 FAST = ["--rtol", "1e-2", "--atol", "1e-2", "--limit", "3", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest (two threads on a busy machine can be 20× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

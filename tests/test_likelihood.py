@@ -18,14 +18,6 @@ T_EPS = 1e-5
 TOL_PER_DIM = 1e-3  # nats per dimension (the issue's requirement)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest (two threads on a busy machine can be 20× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @st.composite
 def schedules(draw):

@@ -21,15 +21,6 @@ from scoresde.vlb import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest (two threads on a busy machine can be 20× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class _Net(torch.nn.Module):
     """A random float64 ε-network: any ε makes a valid (if poor) model."""
 
