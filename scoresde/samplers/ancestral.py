@@ -21,6 +21,7 @@ from .base import (
     NFECounter,
     SampleResult,
     check_choice,
+    check_options,
     check_steps,
     check_t_eps,
     progress_bar,
@@ -54,14 +55,6 @@ def descent_grid(sde, steps: int, t_eps: float, spacing: str, denoise: bool) -> 
                          f"N={sde.discrete_steps}; expected t_eps ≥ 1/(2N)")
     return grid
 
-
-def check_options(name: str, options: dict, defaults: dict) -> dict:
-    """``defaults`` updated by ``options``; ``ValueError`` for a keyword not in ``defaults``."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(f"option {unknown[0]!r}: the {name} sampler accepts "
-                         f"{', '.join(defaults) or 'no extra options'}")
-    return {**defaults, **options}
 
 
 @torch.no_grad()

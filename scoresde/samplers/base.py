@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 __all__ = ["SampleResult", "NFECounter", "time_grid", "check_steps", "check_t_eps",
-           "check_choice", "check_model", "progress_bar", "SPACINGS", "time_for_log_snr"]
+           "check_choice", "check_model", "check_options", "progress_bar", "SPACINGS", "time_for_log_snr"]
 
 SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
 
@@ -80,6 +80,15 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
+def check_options(name: str, options: dict, defaults: dict) -> dict:
+    """``defaults`` updated by ``options``; ``ValueError`` for a keyword not in ``defaults``."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(f"option {unknown[0]!r}: the {name} sampler accepts "
+                         f"{', '.join(defaults) or 'no extra options'}")
+    return {**defaults, **options}
+
+
 def progress_bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
 
@@ -105,6 +114,8 @@ def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: floa
     """
     steps = check_steps(steps)
     check_choice("spacing", spacing, SPACINGS)
+    if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
+        raise ValueError(f"rho={rho!r}: expected a finite number > 0")
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     t0 = torch.tensor(t_eps, dtype=torch.float64)
     t1 = torch.tensor(1.0, dtype=torch.float64)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .ancestral import check_options, descent_grid
-from .base import NFECounter, SampleResult, check_t_eps, progress_bar
+from .ancestral import descent_grid
+from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar
 
 __all__ = ["ddim"]
 

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from .base import NFECounter, SampleResult, check_t_eps, progress_bar, time_grid
+from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar, time_grid
 
 __all__ = ["dpmpp"]
 
@@ -120,16 +120,9 @@ def _step(x, history, order: int, lam_t: float, sigma_ratio: float, alpha_t: flo
 
 
 def _check_options(options: dict) -> dict:
-    unknown = sorted(set(options) - set(_DEFAULTS))
-    if unknown:
-        raise ValueError(f"dpmpp: unknown option {unknown[0]!r}: expected one of "
-                         f"{', '.join(sorted(_DEFAULTS))}")
-    opts = {**_DEFAULTS, **options}
+    opts = check_options("dpmpp", options, _DEFAULTS)
     if isinstance(opts["order"], bool) or opts["order"] not in (1, 2, 3):
         raise ValueError(f"order={opts['order']!r}: expected 1, 2 or 3")
-    rho = opts["rho"]
-    if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
-        raise ValueError(f"rho={rho!r}: expected a finite number > 0")
     if not isinstance(opts["lower_order_final"], bool):
         raise ValueError(f"lower_order_final={opts['lower_order_final']!r}: expected True or False")
     return opts

@@ -19,11 +19,9 @@ exactly Tweedie's denoiser ``x̃_0 = x̃ - σ̃ ε = x̂_0(x, t_eps)``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import NFECounter, SampleResult, check_t_eps, progress_bar, time_grid
+from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar, time_grid
 
 __all__ = ["heun"]
 
@@ -50,7 +48,7 @@ def heun(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool
         the final Euler step to ``σ̃ = 0`` is counted as a step), ``t_end = 0.0`` if
         ``denoise`` else ``t_eps``.
     """
-    opts = _check_options(options)
+    opts = check_options("heun", options, _DEFAULTS)
     net = NFECounter(model)
     sde = net.sde
     t_eps = check_t_eps(t_eps, sde)
@@ -79,14 +77,3 @@ def heun(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool
     return SampleResult(x=x, nfe=net.nfe, t_end=t_end,
                         info={"spacing": opts["spacing"], "grid": grid})
 
-
-def _check_options(options: dict) -> dict:
-    unknown = sorted(set(options) - set(_DEFAULTS))
-    if unknown:
-        raise ValueError(f"heun: unknown option {unknown[0]!r}: expected one of "
-                         f"{', '.join(sorted(_DEFAULTS))}")
-    opts = {**_DEFAULTS, **options}
-    rho = opts["rho"]
-    if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
-        raise ValueError(f"rho={rho!r}: expected a finite number > 0")
-    return opts

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..odesolve import ADAPTIVE_METHODS, FIXED_METHODS, odeint_checked
-from .base import NFECounter, SampleResult, check_steps, check_t_eps, progress_bar
+from .base import NFECounter, SampleResult, check_options, check_steps, check_t_eps, progress_bar
 
 __all__ = ["ProbabilityFlow", "RateTimeFlow", "ode", "encode"]
 
@@ -41,10 +41,7 @@ class ProbabilityFlow:
 
 
 def _check_options(options: dict) -> dict:
-    unknown = sorted(set(options) - set(_DEFAULTS))
-    if unknown:
-        raise ValueError(f"option {unknown[0]!r}: the ode sampler accepts {', '.join(_DEFAULTS)}")
-    opts = {**_DEFAULTS, **options}
+    opts = check_options("ode", options, _DEFAULTS)
     if opts["method"] not in ADAPTIVE_METHODS + FIXED_METHODS:
         raise ValueError(f"method={opts['method']!r}: expected one of "
                          f"{', '.join(ADAPTIVE_METHODS + FIXED_METHODS)}")

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from ..sde import append_dims
-from .ancestral import check_options, descent_grid
-from .base import NFECounter, SampleResult, check_t_eps, progress_bar
+from .ancestral import descent_grid
+from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar
 
 __all__ = ["pc"]
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torchsde
 
-from .ancestral import check_options, descent_grid
-from .base import NFECounter, SampleResult, check_steps, check_t_eps, progress_bar
+from .ancestral import descent_grid
+from .base import NFECounter, SampleResult, check_options, check_steps, check_t_eps, progress_bar
 
 __all__ = ["reverse_sde", "ReverseSDE"]
 
