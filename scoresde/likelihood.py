@@ -16,7 +16,7 @@ unchanged (a change of variable), but the right-hand side no longer carries ``β
 is discontinuous for the discrete DDPM schedule (piecewise constant) and steep for the
 cosine one: with ``t`` as the clock dopri5 needs ~10× the NFE on a DDPM schedule and still
 misses the tolerance at the jumps; with ``B`` every VP schedule gives the same ODE up to the
-time fed to the network. ``t(B)`` is found by bisection (float64) at each evaluation.
+time fed to the network. ``t(B)`` comes from ``VPSDE.time_for_integrated_beta`` (Newton, warm-started).
 """
 
 from __future__ import annotations
@@ -85,21 +85,6 @@ def _draw_probes(kind: str, shape, generator, dtype, device) -> torch.Tensor:
     else:
         v = torch.randint(0, 2, shape, generator=generator).to(torch.float64) * 2 - 1
     return v.to(dtype=dtype, device=device)
-
-
-def time_for_integrated_beta(sde, b: float, t0: float = 0.5) -> float:
-    """The ``t ∈ [0, 1]`` with ``B(t) = b``: Newton steps ``t -= (B(t) - b)/β(t)`` from ``t0``, kept
-    inside a shrinking bracket (bisection when a step leaves it); float64, relative accuracy ~1e-15."""
-    lo, hi, t = 0.0, 1.0, min(max(t0, 0.0), 1.0)
-    for _ in range(200):
-        tt = torch.tensor(t, dtype=torch.float64)
-        err = float(sde.integrated_beta(tt)) - b
-        if abs(err) <= 1e-15 * abs(b) or hi - lo <= 1e-17:
-            break
-        lo, hi = (t, hi) if err < 0 else (lo, t)
-        t_new = t - err / float(sde.beta(tt))
-        t = t_new if lo < t_new < hi else 0.5 * (lo + hi)
-    return t
 
 
 def _drift_and_divergence(model, x, t, probes):
@@ -172,7 +157,7 @@ def log_likelihood(model, x: torch.Tensor, *, trace: str = "exact", probe: str =
     def func(b, state):  # d(x, ∫∇·f̃)/dB = (f̃, ∇·f̃) / β(t(B))
         nonlocal nfe
         nfe += 1
-        clock["t"] = min(max(time_for_integrated_beta(sde, float(b), clock["t"]), t_eps), 1.0)
+        clock["t"] = float(sde.time_for_integrated_beta(float(b), lo=t_eps, hi=1.0, t0=clock["t"]))
         t = torch.tensor(clock["t"], dtype=torch.float64, device=x.device)
         f, div = _drift_and_divergence(model, state[0], t, probes)
         dt_db = (1.0 / sde.beta(t)).to(x.device)

@@ -36,7 +36,6 @@ __all__ = ["LossOutput", "dsm_loss", "sample_time", "likelihood_weight", "WEIGHT
 
 WEIGHTINGS = ("simple", "likelihood")
 TIME_SAMPLINGS = ("continuous", "discrete")
-_MAX_ITER = 100  # Newton converges in ~10 steps; bisection alone would need ~60
 
 
 @dataclass
@@ -56,24 +55,6 @@ def likelihood_weight(sde, t) -> torch.Tensor:
 def _phi(b: torch.Tensor) -> torch.Tensor:
     """``Φ(B) = log(e^B - 1) = B + log(1 - e^{-B})``, stable for small and large ``B``."""
     return b + torch.log(-torch.expm1(-b))
-
-
-def _invert_integrated_beta(sde, b_target: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """``t ∈ [lo, hi]`` with ``B(t) = b_target`` in float64: safeguarded Newton (``B' = β``),
-    falling back to bisection of the bracket whenever a Newton step would leave it."""
-    lo_t, hi_t = torch.full_like(b_target, lo), torch.full_like(b_target, hi)
-    t = 0.5 * (lo_t + hi_t)
-    for _ in range(_MAX_ITER):
-        f = sde.integrated_beta(t) - b_target
-        lo_t, hi_t = torch.where(f < 0, t, lo_t), torch.where(f < 0, hi_t, t)
-        newton = t - f / sde.beta(t)
-        inside = (newton >= lo_t) & (newton <= hi_t)
-        t_new = torch.where(inside, newton, 0.5 * (lo_t + hi_t))
-        done = (t_new - t).abs() <= 4 * torch.finfo(torch.float64).eps * t
-        t = t_new
-        if done.all():
-            break
-    return t
 
 
 def sample_time(sde, n: int, *, weighting: str = "simple", time_sampling: str = "continuous",
@@ -116,7 +97,7 @@ def sample_time(sde, n: int, *, weighting: str = "simple", time_sampling: str = 
     ends = torch.tensor([t_eps, 1.0], **f64)
     phi_lo, phi_hi = _phi(sde.integrated_beta(ends)).unbind()
     b = torch.logaddexp(phi_lo + u * (phi_hi - phi_lo), torch.zeros_like(u))  # B = log(1 + e^Φ)
-    t = _invert_integrated_beta(sde, b, t_eps, 1.0).clamp(t_eps, 1.0)
+    t = sde.time_for_integrated_beta(b, lo=t_eps, hi=1.0).clamp(t_eps, 1.0)
     z = phi_hi - phi_lo  # Z = ∫_{t_eps}^1 β/σ² dt
     return t, (z / (1.0 - t_eps)).expand(n).clone()
 

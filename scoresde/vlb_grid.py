@@ -22,7 +22,6 @@ import math
 import torch
 
 from .likelihood import BpdResult, _check_int
-from .losses import _invert_integrated_beta
 from .model import EpsModel, batch_time
 from .samplers.base import check_choice, check_model
 from .schedules import DiscreteSchedule
@@ -39,7 +38,7 @@ def t_of_sigma(sde, sigma: float) -> float:
     if not (isinstance(sigma, (int, float)) and 0 < sigma < float(sde.sigma(1.0))):
         raise ValueError(f"sigma={sigma!r}: expected a number in (0, σ(1)={float(sde.sigma(1.0)):.4g})")
     b = torch.tensor([-math.log1p(-sigma**2)], dtype=torch.float64)
-    return float(_invert_integrated_beta(sde, b, 0.0, 1.0)[0])
+    return float(sde.time_for_integrated_beta(b)[0])
 
 
 def vlb_grid(sde, N: int, t_eps: float, spacing: str = "log_snr") -> torch.Tensor:
@@ -54,7 +53,7 @@ def vlb_grid(sde, N: int, t_eps: float, spacing: str = "log_snr") -> torch.Tenso
         ends = torch.tensor([t_eps, 1.0], dtype=torch.float64)
         lam = torch.linspace(*sde.log_snr(ends).tolist(), N, dtype=torch.float64)
         b = torch.nn.functional.softplus(-lam)  # λ = -B - log(1 - e^{-B})  ⇔  B = log(1 + e^{-λ})
-        inner = _invert_integrated_beta(sde, b, t_eps, 1.0).clamp(t_eps, 1.0)
+        inner = sde.time_for_integrated_beta(b, lo=t_eps, hi=1.0).clamp(t_eps, 1.0)
         inner[0], inner[-1] = t_eps, 1.0
     return torch.cat([inner.new_zeros(1), inner])
 
