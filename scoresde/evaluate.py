@@ -1,20 +1,22 @@
 """``python -m scoresde.evaluate``: test bits/dim of a trained run (EMA weights).
 
-    python -m scoresde.evaluate --ckpt runs/digits --bpd
-    python -m scoresde.evaluate --ckpt runs/digits --bpd --vlb --trace hutchinson --probes 4 --limit 512
+    python -m scoresde.evaluate --ckpt runs/digits --bpd --vlb       # as the run's summary.json
+    python -m scoresde.evaluate --ckpt runs/digits --bpd --trace exact --limit 64 --seed 3
 
-``--bpd``: bits/dim by the probability-flow ODE with uniform dequantization
-(:func:`scoresde.likelihood.bits_per_dim`); ``--vlb``: the DDPM variational bound
-(:func:`scoresde.vlb.ddpm_vlb_bits_per_dim`). Both on the run's data set (it must have integer
-levels), printed as mean ± standard error over the evaluated examples, with NFE. Bad input
-(missing or corrupt checkpoint, bad flag, data without levels, CUDA missing) is one line on
-stderr and exit status 2.
+``--bpd``: bits/dim by the probability-flow ODE with uniform dequantization; ``--vlb``: the DDPM
+variational bound. Both go through :func:`scoresde.evaluation.evaluate_likelihood`, the function
+the training run's report uses, and start from the **run's own** ``eval.*`` settings and seed
+(``config.yaml``); every flag below overrides one of them. The settings used are printed first,
+so ``--bpd --vlb`` without other flags reproduces ``summary.json``'s bits/dim exactly (same
+examples, same seed, same thread count). Results: mean ± standard error over the examples, NFE.
+Bad input (missing or corrupt checkpoint, bad flag, data without levels, CUDA missing) is one
+line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-import time
 
 import torch
 
@@ -22,10 +24,13 @@ from .checkpoint import load_run
 from .cli import ArgumentParser, run_cli
 from .data import load_dataset
 from .distributed import resolve_device
-from .likelihood import PROBES, TRACES, bits_per_dim
-from .vlb import VARIANCES, ddpm_vlb_bits_per_dim
+from .evaluation import EvalSettings, evaluate_likelihood
+from .likelihood import PROBES, TRACES
+from .vlb import VARIANCES
 
 __all__ = ["main", "build_parser"]
+
+_RUN = "default: the run's"
 
 
 def build_parser() -> ArgumentParser:
@@ -33,19 +38,28 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--ckpt", required=True, help="run folder, checkpoint .pt or ema.safetensors")
     p.add_argument("--bpd", action="store_true", help="bits/dim by the probability-flow ODE")
     p.add_argument("--vlb", action="store_true", help="bits/dim by the DDPM variational bound")
-    p.add_argument("--trace", default="hutchinson", help=f"{' | '.join(TRACES)} (default hutchinson)")
-    p.add_argument("--probe", default="rademacher", help=f"{' | '.join(PROBES)} (default rademacher)")
-    p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per sample (default 1)")
-    p.add_argument("--dequant", type=int, default=1, help="dequantization draws per sample (default 1)")
-    p.add_argument("--rtol", type=float, default=1e-5, help="ODE relative tolerance (default 1e-5)")
-    p.add_argument("--atol", type=float, default=1e-5, help="ODE absolute tolerance (default 1e-5)")
-    p.add_argument("--vlb-terms", type=int, help="random subset of the N terms (default: all N)")
-    p.add_argument("--variance", default="beta", help=f"VLB reverse variance: {' | '.join(VARIANCES)}")
+    p.add_argument("--trace", help=f"{' | '.join(TRACES)} ({_RUN} eval.bpd_trace)")
+    p.add_argument("--probes", type=int, help=f"Hutchinson probes per example ({_RUN} eval.bpd_probes)")
+    p.add_argument("--probe", help=f"{' | '.join(PROBES)} (default rademacher)")
+    p.add_argument("--dequant", type=int, help="dequantization draws per example (default 1)")
+    p.add_argument("--ode-sigma", type=float, help=f"ODE starts at σ(t_eps) = this ({_RUN} eval.ode_sigma)")
+    p.add_argument("--ode-t-eps", action="store_true",
+                   help="ODE starts at t_eps = 1e-5 instead of the run's eval.ode_sigma")
+    p.add_argument("--rtol", type=float, help="ODE relative tolerance (default 1e-5)")
+    p.add_argument("--atol", type=float, help="ODE absolute tolerance (default 1e-5)")
+    p.add_argument("--vlb-sigma", type=float, help=f"bound from σ(τ_1) = this ({_RUN} eval.vlb_sigma)")
+    p.add_argument("--vlb-ddpm-grid", action="store_true",
+                   help="bound on the grid i/N instead of the run's eval.vlb_sigma grid")
+    p.add_argument("--vlb-steps", type=int, help=f"steps of the log-SNR grid ({_RUN} eval.vlb_steps)")
+    p.add_argument("--vlb-terms", type=int, help=f"random subset of the terms ({_RUN} eval.vlb_terms)")
+    p.add_argument("--vlb-all-terms", action="store_true", help="every term instead of eval.vlb_terms")
+    p.add_argument("--variance", help=f"VLB reverse variance: {' | '.join(VARIANCES)} (default beta)")
     p.add_argument("--split", default="test", help="test | train (default test)")
-    p.add_argument("--limit", type=int, default=512, help="first N examples (0: all; default 512)")
-    p.add_argument("--batch-size", type=int, default=256, help="examples per solve (default 256)")
+    p.add_argument("--limit", type=int, help=f"first N examples, 0: all ({_RUN} eval.bpd_n)")
+    p.add_argument("--batch-size", type=int, help=f"examples per solve ({_RUN} eval.batch_size)")
+    p.add_argument("--seed", type=int, help=f"seed of dequantization, probes and VLB noise ({_RUN} seed)")
+    p.add_argument("--threads", type=int, help=f"torch CPU threads ({_RUN} train.threads)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
-    p.add_argument("--seed", type=int, default=0, help="seed of dequantization, probes and VLB noise")
     return p
 
 
@@ -55,18 +69,33 @@ def _check_args(args) -> None:
     for flag, value, choices in (("--trace", args.trace, TRACES), ("--probe", args.probe, PROBES),
                                  ("--variance", args.variance, VARIANCES),
                                  ("--split", args.split, ("test", "train"))):
-        if value not in choices:
+        if value is not None and value not in choices:
             raise ValueError(f"{flag} {value}: expected one of {', '.join(choices)}")
     for flag, value, low in (("--probes", args.probes, 1), ("--dequant", args.dequant, 1),
                              ("--limit", args.limit, 0), ("--batch-size", args.batch_size, 1),
-                             ("--seed", args.seed, 0)):
-        if value < low:
+                             ("--seed", args.seed, 0), ("--vlb-terms", args.vlb_terms, 1),
+                             ("--vlb-steps", args.vlb_steps, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < low:
             raise ValueError(f"{flag} {value}: expected an integer ≥ {low}")
-    if args.vlb_terms is not None and args.vlb_terms < 1:
-        raise ValueError(f"--vlb-terms {args.vlb_terms}: expected an integer ≥ 1")
-    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
-        if not value > 0:
-            raise ValueError(f"{flag} {value}: expected a number > 0")
+    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol), ("--ode-sigma", args.ode_sigma),
+                        ("--vlb-sigma", args.vlb_sigma)):
+        if value is not None and not 0 < value < float("inf"):
+            raise ValueError(f"{flag} {value}: expected a finite number > 0")
+    for a, b in (("ode_sigma", "ode_t_eps"), ("vlb_sigma", "vlb_ddpm_grid"), ("vlb_terms", "vlb_all_terms")):
+        if getattr(args, a) is not None and getattr(args, b):
+            raise ValueError(f"--{a.replace('_', '-')} and --{b.replace('_', '-')}: expected at most one")
+
+
+def settings_from_args(config, args) -> EvalSettings:
+    """The run's settings (:meth:`EvalSettings.from_config`) with the flags given applied."""
+    settings = EvalSettings.from_config(
+        config, ode=args.bpd, vlb=args.vlb, limit=args.limit, trace=args.trace, probes=args.probes,
+        probe=args.probe, dequant=args.dequant, ode_sigma=args.ode_sigma, rtol=args.rtol, atol=args.atol,
+        vlb_sigma=args.vlb_sigma, vlb_steps=args.vlb_steps, vlb_terms=args.vlb_terms,
+        variance=args.variance, batch_size=args.batch_size, seed=args.seed)
+    clear = {name: None for flag, name in (("ode_t_eps", "ode_sigma"), ("vlb_ddpm_grid", "vlb_sigma"),
+                                           ("vlb_all_terms", "vlb_terms")) if getattr(args, flag)}
+    return dataclasses.replace(settings, **clear) if clear else settings
 
 
 def _main(argv) -> int:
@@ -74,38 +103,34 @@ def _main(argv) -> int:
     _check_args(args)
     device = resolve_device(args.device)
     run = load_run(args.ckpt, device=device, ema=True)
-    data = load_dataset(run.config.data.name, args.split, root=run.config.data.root)
+    settings = settings_from_args(run.config, args)
+    threads = args.threads or run.config.train.threads
+    if threads:
+        torch.set_num_threads(threads)
+    data = load_dataset(run.config.data.name, args.split, root=run.config.data.root, seed=run.config.seed)
     if data.levels is None or data.x_int is None:
         raise ValueError(f"data set {data.name!r} has no integer levels: bits/dim needs integer data "
                          f"(digits, mnist, cifar10)")
-    x_int = data.x_int if args.limit == 0 else data.x_int[:args.limit]
-    x_int = x_int.to(device)
-    progress = sys.stderr.isatty()
-    print(f"{run.source} (step {run.step}): {data.name} {args.split}, {x_int.shape[0]} examples, "
-          f"D = {data.dim}, {data.levels} levels")
+    n = data.x_int.shape[0] if settings.limit == 0 else min(settings.limit, data.x_int.shape[0])
+    print(f"{run.source} (step {run.step}): {data.name} {args.split}, {n} examples, "
+          f"D = {data.dim}, {data.levels} levels, {device}")
+    print(f"settings: {settings.describe()}")
     try:
-        if args.bpd:
-            start = time.perf_counter()
-            r = bits_per_dim(run.model, x_int, data.levels, n_dequant=args.dequant,
-                             batch_size=args.batch_size, trace=args.trace, probe=args.probe,
-                             n_probes=args.probes, rtol=args.rtol, atol=args.atol,
-                             generator=torch.Generator().manual_seed(args.seed), progress=progress)
-            how = "exact trace" if args.trace == "exact" else f"Hutchinson, {args.probes} probe(s)"
-            print(f"bits/dim (ODE, {how}): {r.bpd:.4f} ± {r.stderr:.4f}   NFE {r.nfe} "
-                  f"({r.info['nfe_per_solve']:.0f} per solve), {time.perf_counter() - start:.1f} s")
-        if args.vlb:
-            start = time.perf_counter()
-            with torch.no_grad():
-                r = ddpm_vlb_bits_per_dim(run.model, x_int, data.levels, n_terms=args.vlb_terms,
-                                          variance=args.variance, batch_size=args.batch_size,
-                                          generator=torch.Generator().manual_seed(args.seed),
-                                          progress=progress)
-            t = r.terms
-            print(f"bits/dim (DDPM VLB, N = {r.info['N']}, {r.info['n_terms']} terms): {r.bpd:.4f} ± "
-                  f"{r.stderr:.4f}   [L_T {t['L_T']:.4f}, sum L_t-1 {t['L_sum']:.4f}, L_0 {t['L_0']:.4f}]"
-                  f"   NFE {r.nfe}, {time.perf_counter() - start:.1f} s")
+        report = evaluate_likelihood(run.model, data, settings, progress=sys.stderr.isatty())
     except RuntimeError as e:  # e.g. an ODE solve that fails: one line, not a traceback
         raise ValueError(str(e)) from None
+    if report.ode is not None:
+        r = report.ode
+        how = "exact trace" if settings.trace == "exact" else f"Hutchinson, {settings.probes} probe(s)"
+        print(f"bits/dim (ODE, {how}): {r.bpd:.4f} ± {r.stderr:.4f}   NFE {r.nfe} "
+              f"({r.info['nfe_per_solve']:.0f} per solve), {report.ode_seconds:.1f} s")
+    if report.vlb is not None:
+        r, t = report.vlb, report.vlb.terms
+        print(f"bits/dim (DDPM VLB, N = {r.info['N']}, {r.info['n_terms']} terms): {r.bpd:.4f} ± "
+              f"{r.stderr:.4f}   [L_T {t['L_T']:.4f}, sum L_t-1 {t['L_sum']:.4f}, L_0 {t['L_0']:.4f}]"
+              f"   NFE {r.nfe}, {report.vlb_seconds:.1f} s")
+    figures = {k: v for k, v in report.figures().items() if not k.endswith("_seconds")}
+    print("figures: " + ", ".join(f"{k}={v!r}" for k, v in figures.items()))
     return 0
 
 

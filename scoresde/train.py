@@ -38,7 +38,8 @@ from .checkpoint import (
 from .cli import ArgumentParser, run_cli
 from .config import DEFAULT_CONFIG, config_from_dict, config_to_yaml, load_config, model_keys
 from .data import load_dataset
-from .report import draw_samples, likelihood_figures, sample_metrics, save_samples
+from .evaluation import EvalSettings, evaluate_likelihood
+from .report import draw_samples, sample_metrics, save_samples
 from .runlog import MetricsLog
 from .trainer import Trainer, check_batch
 
@@ -264,13 +265,9 @@ def _evaluate(cfg, trainer, run, train_data, test_data, device, start, summary) 
         m = sample_metrics(x, cfg.data.name, train_data, test_data, cache_dir=run, seed=cfg.seed)
         summary["notes"] += m.pop("notes", [])
         summary.update(m)
-    e = cfg.eval
-    lk = likelihood_figures(model, test_data, ode=e.bpd, vlb=e.vlb, n=e.bpd_n, trace=e.bpd_trace,
-                            probes=e.bpd_probes, vlb_terms=e.vlb_terms, batch_size=e.batch_size,
-                            ode_sigma=e.ode_sigma, vlb_sigma=e.vlb_sigma, vlb_steps=e.vlb_steps,
-                            seed=cfg.seed, progress=progress)
-    summary["notes"] += lk.pop("notes")
-    summary.update(lk)
+    lk = evaluate_likelihood(model, test_data, EvalSettings.from_config(cfg), progress=progress)
+    summary["notes"] += lk.notes
+    summary.update(lk.figures())
     summary["wall_seconds"] = time.perf_counter() - start
     atomic_write(run / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     for note in summary["notes"]:

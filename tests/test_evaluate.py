@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -65,7 +66,7 @@ def test_exact_trace_and_train_split(runs, capsys):
     (["--probes", "0"], "--probes 0: expected an integer ≥ 1"),
     (["--split", "valid"], "--split valid: expected one of test, train"),
     (["--limit", "-1"], "--limit -1: expected an integer ≥ 0"),
-    (["--rtol", "0"], "--rtol 0.0: expected a number > 0"),
+    (["--rtol", "0"], "--rtol 0.0: expected a finite number > 0"),
     (["--vlb-terms", "0"], "--vlb-terms 0: expected an integer ≥ 1"),
     (["--probes", "two"], "invalid int value: 'two'"),
     (["--nonsense"], "unrecognized arguments: --nonsense"),
@@ -105,3 +106,33 @@ def test_cuda_without_cuda_in_a_real_process(runs):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "CUDA is not available" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _figures(text: str) -> dict:
+    line = next(ln for ln in text.splitlines() if ln.startswith("figures: "))
+    return {k: float(v) for k, v in (item.split("=") for item in line[len("figures: "):].split(", "))}
+
+
+@pytest.mark.parametrize("grid", ["sigma", "ddpm"])
+def test_reproduces_the_runs_summary_exactly(tmp_path, capsys, grid):
+    """``evaluate --bpd --vlb`` with no other flag starts from the run's own ``eval.*`` settings and
+    seed, so it prints exactly (``==``, not approximately) the bits/dim of the run's summary.json;
+    both come from :func:`scoresde.evaluation.evaluate_likelihood`. A flag changes the figures."""
+    sigmas = {"ode_sigma": 0.035, "vlb_sigma": 0.02} if grid == "sigma" else {}
+    digits = dict(TINY_DIGITS, model={"kind": "mlp", "hidden": 32, "depth": 1, "time_dim": 16})
+    cfg = write_config(tmp_path / "c.yaml", digits, seed=5, sample={"n": 0}, train={"steps": 2},
+                       eval={"bpd": True, "vlb": True, "bpd_n": 6, "vlb_steps": 40, "vlb_terms": 7,
+                             "batch_size": 4, **sigmas})
+    n = torch.get_num_threads()
+    assert train_main(["--config", cfg, "--out", tmp_path / "run"]) == 0
+    torch.set_num_threads(n)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    capsys.readouterr()
+    assert evaluate_main(["--ckpt", tmp_path / "run", "--bpd", "--vlb", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 5" in out and "first 6" in out and "7 terms" in out, out
+    figures = _figures(out)
+    keys = ["bpd_n", "bpd_ode", "bpd_ode_stderr", "bpd_ode_nfe", "bpd_vlb", "bpd_vlb_stderr", "bpd_vlb_nfe"]
+    assert {k: figures[k] for k in keys} == {k: summary[k] for k in keys}
+    assert evaluate_main(["--ckpt", tmp_path / "run", "--vlb", "--seed", "6", "--device", "cpu"]) == 0
+    assert _figures(capsys.readouterr().out)["bpd_vlb"] != summary["bpd_vlb"]
