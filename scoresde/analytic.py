@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .model import EpsModel, batch_time
+from .rng import draw_device, randn
 from .sde import VPSDE
 
 __all__ = ["GaussianMixture"]
@@ -42,14 +43,14 @@ class GaussianMixture(EpsModel):
     """
 
     def __init__(self, weights, means, covs, sde: VPSDE | None = None, event_shape=None):
-        means = torch.as_tensor(means, dtype=torch.float64)
+        means = torch.as_tensor(means, dtype=torch.float64, device="cpu")
         if means.ndim != 2:
             raise ValueError(f"means has shape {tuple(means.shape)}: expected (K, D)")
         k, d = means.shape
-        weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+        weights = torch.as_tensor(weights, dtype=torch.float64, device="cpu").reshape(-1)
         if weights.shape != (k,) or not torch.all(weights > 0) or not torch.isfinite(weights).all():
             raise ValueError(f"weights={weights.tolist()}: expected {k} finite positive numbers")
-        covs = _full_covs(torch.as_tensor(covs, dtype=torch.float64), k, d)
+        covs = _full_covs(torch.as_tensor(covs, dtype=torch.float64, device="cpu"), k, d)
         evals, evecs = torch.linalg.eigh(covs)
         if not torch.all(evals > 0):
             raise ValueError(f"covs: expected positive definite matrices, smallest eigenvalue "
@@ -67,9 +68,9 @@ class GaussianMixture(EpsModel):
     @classmethod
     def ring(cls, n_modes: int = 8, radius: float = 1.0, std: float = 0.1, sde=None):
         """``n_modes`` equal-weight isotropic Gaussians evenly spaced on a circle (2-D)."""
-        angle = 2 * math.pi * torch.arange(n_modes, dtype=torch.float64) / n_modes
+        angle = 2 * math.pi * torch.arange(n_modes, dtype=torch.float64, device="cpu") / n_modes
         means = radius * torch.stack([torch.cos(angle), torch.sin(angle)], 1)
-        return cls(torch.ones(n_modes), means, std**2, sde=sde)
+        return cls(torch.ones(n_modes, device="cpu"), means, std**2, sde=sde)
 
     @classmethod
     def random(cls, dim: int, n_components: int, seed: int = 0, sde=None,
@@ -107,7 +108,7 @@ class GaussianMixture(EpsModel):
     def marginal_params(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """Means ``α μ_k`` ``(K, D)`` and covariances ``α² Σ_k + σ² I`` ``(K, D, D)`` of ``p_t`` (scalar t)."""
         a, s = float(self.sde.alpha(t)), float(self.sde.sigma(t))
-        eye = torch.eye(self.dim, dtype=torch.float64)
+        eye = torch.eye(self.dim, dtype=torch.float64, device="cpu")
         return a * self.means, a**2 * self.covs + s**2 * eye
 
     def _terms(self, x: torch.Tensor, t):
@@ -155,12 +156,14 @@ class GaussianMixture(EpsModel):
     # Sampling ------------------------------------------------------------------------
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                dtype=torch.float64, device=None, return_labels: bool = False):
-        """``n`` samples of ``x_0`` with shape ``(n, *event_shape)`` (and component labels)."""
-        labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        """``n`` samples of ``x_0`` with shape ``(n, *event_shape)`` (and CPU component labels) on
+        ``device`` (default the CPU); drawn on the generator's device (CPU or any, :mod:`scoresde.rng`)."""
+        where = draw_device(generator, "cpu")
+        labels = torch.multinomial(self.weights.to(where), n, replacement=True, generator=generator).cpu()
+        z = randn((n, self.dim), generator=generator, dtype=torch.float64, device="cpu")
         x = self.means[labels] + torch.einsum(
             "nde,ne->nd", self.evecs[labels], self.evals[labels].sqrt() * z)
-        x = x.reshape((n,) + self.event_shape).to(dtype=dtype, device=device)
+        x = x.reshape((n,) + self.event_shape).to(dtype=dtype, device="cpu" if device is None else device)
         return (x, labels) if return_labels else x
 
     def sample_t(self, n: int, t, *, generator: torch.Generator | None = None,
@@ -168,12 +171,12 @@ class GaussianMixture(EpsModel):
         """``n`` exact samples of ``x_t ~ p_t``: ``α(t) x_0 + σ(t) ε``."""
         x0 = self.sample(n, generator=generator, dtype=torch.float64)
         xt, _ = self.sde.marginal_sample(x0, t, generator=generator)
-        return xt.to(dtype=dtype, device=device)
+        return xt.to(dtype=dtype, device="cpu" if device is None else device)
 
 
 def _full_covs(covs: torch.Tensor, k: int, d: int) -> torch.Tensor:
     """Expand a scalar, ``(K,)``, ``(K, D)`` or ``(K, D, D)`` covariance spec to ``(K, D, D)``."""
-    eye = torch.eye(d, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64, device="cpu")
     if covs.ndim == 0:
         full = covs * eye.expand(k, d, d)
     elif covs.shape == (k,):

@@ -41,6 +41,7 @@ def gmm_bits_per_dim(train_int: torch.Tensor, test_int: torch.Tensor, levels: in
     from sklearn.mixture import GaussianMixture  # noqa: PLC0415 - heavy import, only here
 
     dim = _check_data(train_int, levels)
+    train_int, test_int = train_int.cpu(), test_int.cpu()  # scikit-learn works on the CPU
     if _check_data(test_int, levels) != dim or train_int.shape[1:] != test_int.shape[1:]:
         raise ValueError(f"test_int has shape {tuple(test_int.shape)}: expected (N, "
                          f"*{tuple(train_int.shape[1:])}) like train_int")
@@ -49,14 +50,14 @@ def gmm_bits_per_dim(train_int: torch.Tensor, test_int: torch.Tensor, levels: in
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"covariance_type={covariance_type!r}: expected one of "
                          f"{', '.join(COVARIANCE_TYPES)}")
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator(device="cpu").manual_seed(int(seed))
     z_train = torch.cat([dequantize(train_int, levels, generator=g) for _ in range(copies)])
     gmm = GaussianMixture(n_components, covariance_type=covariance_type, reg_covar=reg_covar,
                           random_state=int(seed))
     gmm.fit(z_train.flatten(1).numpy())
     offset = -math.log2(2.0 / levels)  # -log₂(bin width in model space)
     to_bpd = -1.0 / (dim * math.log(2))
-    values = torch.empty((n_dequant, test_int.shape[0]), dtype=torch.float64)
+    values = torch.empty((n_dequant, test_int.shape[0]), dtype=torch.float64, device="cpu")
     for r in range(n_dequant):
         z = dequantize(test_int, levels, generator=g).flatten(1).numpy()
         values[r] = torch.from_numpy(gmm.score_samples(z)) * to_bpd + offset

@@ -56,16 +56,17 @@ def build_model(config: Config, data=None) -> ScoreModel:
     placeholder, to be overwritten by a checkpoint's ``base.log_probs``); the network's output
     layer starts at zero so training starts from the base.
     """
-    net, sde = build_net(config), build_sde(config)
+    with torch.device("cpu"):  # on the CPU whatever torch's default device: the caller moves it
+        net, sde = build_net(config), build_sde(config)
     if config.model.base == "none":
         return ScoreModel(net, sde)
     from .lattice import FactorizedLattice, LatticeResidualModel, lattice_log_probs  # noqa: PLC0415
 
     shape = tuple(config.data.shape)
     if data is not None and data.x_int is not None:
-        log_probs = lattice_log_probs(data.x_int, data.levels)
+        log_probs = lattice_log_probs(data.x_int.cpu(), data.levels)
     elif config.data.name in LEVELS:
-        log_probs = torch.zeros((math.prod(shape), LEVELS[config.data.name]), dtype=torch.float64)
+        log_probs = torch.zeros((math.prod(shape), LEVELS[config.data.name]), dtype=torch.float64, device="cpu")
     else:
         raise ValueError(f"model.base=lattice: data set {config.data.name!r} has no integer levels")
     out = getattr(net, "out", None)

@@ -132,7 +132,7 @@ def capture_rng() -> dict:
         "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
         "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
                   "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64, device="cpu"),
                    "gauss_next": gauss_next},
     }
 

@@ -66,6 +66,8 @@ _RANGES = [
     ("eval.vlb_sigma", lambda v: 0 < v < 1, "a number in (0, 1) or null"),
     ("eval.vlb_steps", lambda v: v >= 1, "an integer ≥ 1"),
     ("eval.batch_size", lambda v: v >= 1, "an integer ≥ 1"),
+    ("eval.rtol", lambda v: 0 < v < float("inf"), "a finite number > 0"),
+    ("eval.atol", lambda v: 0 < v < float("inf"), "a finite number > 0"),
 ]
 
 def _get(cfg, key: str):

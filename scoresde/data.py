@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import data_files, toy
+from .rng import rand
 from .toy import toy_oracle
 
 __all__ = ["to_model_space", "dequantize", "Dataset", "load_dataset", "DATASET_NAMES", "toy_oracle"]
@@ -48,10 +49,11 @@ def to_model_space(x_int: torch.Tensor, levels: int, dtype=torch.float32) -> tor
 
 def dequantize(x_int: torch.Tensor, levels: int, u: torch.Tensor | None = None,
                generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
-    """Uniform dequantization ``z = 2 (k + u)/L - 1`` with ``u ~ U[0, 1)`` (or the given ``u``)."""
+    """Uniform dequantization ``z = 2 (k + u)/L - 1`` with ``u ~ U[0, 1)`` (or the given ``u``), on
+    ``x_int``'s device; ``u`` is drawn on the generator's device (CPU or ``x_int``'s) and moved."""
     _check_levels(x_int, levels)
     if u is None:
-        u = torch.rand(x_int.shape, generator=generator, dtype=torch.float64, device=x_int.device)
+        u = rand(x_int.shape, generator=generator, dtype=torch.float64, device=x_int.device)
     return (2 * (x_int.to(torch.float64) + u.to(torch.float64)) / levels - 1).to(dtype)
 
 
@@ -139,7 +141,7 @@ def load_dataset(name: str, split: str = "train", *, root=None, n: int | None = 
 def _load_toy(name: str, split: str, n: int, seed: int) -> Dataset:
     """A toy set drawn with a generator seeded by ``(name, seed, split)``: train and test are independent."""
     key = np.random.SeedSequence([int(seed), SPLITS.index(split), DATASET_NAMES.index(name)])
-    generator = torch.Generator().manual_seed(int(key.generate_state(1, dtype=np.uint64)[0] >> 1))
+    generator = torch.Generator(device="cpu").manual_seed(int(key.generate_state(1, dtype=np.uint64)[0] >> 1))
     x, labels = toy.TOY_SETS[name](n, generator)
     return Dataset(name, x, None, None, tuple(x.shape[1:]), labels)
 

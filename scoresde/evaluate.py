@@ -45,8 +45,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--ode-sigma", type=float, help=f"ODE starts at σ(t_eps) = this ({_RUN} eval.ode_sigma)")
     p.add_argument("--ode-t-eps", action="store_true",
                    help="ODE starts at t_eps = 1e-5 instead of the run's eval.ode_sigma")
-    p.add_argument("--rtol", type=float, help="ODE relative tolerance (default 1e-5)")
-    p.add_argument("--atol", type=float, help="ODE absolute tolerance (default 1e-5)")
+    p.add_argument("--rtol", type=float, help=f"ODE relative tolerance ({_RUN} eval.rtol)")
+    p.add_argument("--atol", type=float, help=f"ODE absolute tolerance ({_RUN} eval.atol)")
     p.add_argument("--vlb-sigma", type=float, help=f"bound from σ(τ_1) = this ({_RUN} eval.vlb_sigma)")
     p.add_argument("--vlb-ddpm-grid", action="store_true",
                    help="bound on the grid i/N instead of the run's eval.vlb_sigma grid")

@@ -45,7 +45,7 @@ class EvalSettings:
         probe: ``rademacher`` or ``gaussian`` probes (no config key).
         dequant: dequantization draws per example (no config key).
         ode_sigma: the ODE starts at ``σ(t_eps) = ode_sigma``; ``None``: ``t_eps = 1e-5`` [``eval.ode_sigma``].
-        rtol, atol: dopri5 tolerances of the ODE (no config key).
+        rtol, atol: dopri5 tolerances of the ODE [``eval.rtol``, ``eval.atol``].
         vlb_sigma: the bound runs on ``vlb_steps`` log-SNR steps from ``σ(τ_1) = vlb_sigma``;
             ``None``: the DDPM grid ``i/N`` (``N`` the schedule's own, else 1000) [``eval.vlb_sigma``].
         vlb_steps: steps of that log-SNR grid [``eval.vlb_steps``].
@@ -100,7 +100,7 @@ class EvalSettings:
         e = config.eval
         base = cls(ode=e.bpd, vlb=e.vlb, limit=e.bpd_n, trace=e.bpd_trace, probes=e.bpd_probes,
                    ode_sigma=e.ode_sigma, vlb_sigma=e.vlb_sigma, vlb_steps=e.vlb_steps,
-                   vlb_terms=e.vlb_terms, batch_size=e.batch_size, seed=config.seed)
+                   vlb_terms=e.vlb_terms, batch_size=e.batch_size, rtol=e.rtol, atol=e.atol, seed=config.seed)
         return base.replace(**overrides)
 
     def replace(self, **overrides) -> EvalSettings:

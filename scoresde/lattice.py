@@ -44,8 +44,8 @@ def lattice_log_probs(x_int: torch.Tensor, levels: int, smoothing: float = 0.5) 
     k = x_int.flatten(1).long()
     if k.min() < 0 or k.max() > levels - 1:
         raise ValueError(f"x_int: expected integers in 0..{levels - 1}")
-    counts = torch.zeros((k.shape[1], levels), dtype=torch.float64)
-    counts.scatter_add_(1, k.T.contiguous(), torch.ones(k.T.shape, dtype=torch.float64))
+    counts = torch.zeros((k.shape[1], levels), dtype=torch.float64, device=k.device)
+    counts.scatter_add_(1, k.T.contiguous(), torch.ones(k.T.shape, dtype=torch.float64, device=k.device))
     counts += smoothing
     return (counts / counts.sum(1, keepdim=True)).log()
 
@@ -62,7 +62,8 @@ class FactorizedLattice(nn.Module, EpsModel):
 
     def __init__(self, log_probs: torch.Tensor, sde, event_shape):
         super().__init__()
-        log_probs = torch.as_tensor(log_probs, dtype=torch.float64)
+        log_probs = torch.as_tensor(log_probs, dtype=torch.float64,
+                                    device=log_probs.device if isinstance(log_probs, torch.Tensor) else "cpu")
         if log_probs.ndim != 2 or log_probs.shape[1] < 2:
             raise ValueError(f"log_probs has shape {tuple(log_probs.shape)}: expected (D, L), L ≥ 2")
         self.event_shape = tuple(int(s) for s in event_shape)
@@ -70,7 +71,8 @@ class FactorizedLattice(nn.Module, EpsModel):
             raise ValueError(f"event_shape={self.event_shape}: expected {log_probs.shape[0]} elements")
         self.register_buffer("log_probs", log_probs.log_softmax(1))
         levels = log_probs.shape[1]
-        self.register_buffer("centres", (2 * torch.arange(levels, dtype=torch.float64) + 1) / levels - 1)
+        self.register_buffer("centres", (2 * torch.arange(levels, dtype=torch.float64, device=log_probs.device)
+                                         + 1) / levels - 1)
         self.sde = sde
 
     @property

@@ -28,6 +28,7 @@ import torch
 
 from .data import dequantize
 from .odesolve import ADAPTIVE_METHODS, FIXED_METHODS, odeint_checked
+from .rng import rand, randint, randn
 from .samplers.base import check_choice, check_model, progress_bar
 from .samplers.ode import ProbabilityFlow
 
@@ -79,11 +80,12 @@ def _check_int(name: str, value, low: int = 1) -> int:
 
 
 def _draw_probes(kind: str, shape, generator, dtype, device) -> torch.Tensor:
-    """``(P, B, *dims)`` probes with ``E[v vᵀ] = I``: Rademacher ``±1`` or standard normal."""
+    """``(P, B, *dims)`` probes with ``E[v vᵀ] = I``: Rademacher ``±1`` or standard normal, drawn on
+    the generator's device (:mod:`scoresde.rng`) and returned on ``device``."""
     if kind == "gaussian":
-        v = torch.randn(shape, generator=generator, dtype=torch.float64)
+        v = randn(shape, generator=generator, dtype=torch.float64, device=device)
     else:
-        v = torch.randint(0, 2, shape, generator=generator).to(torch.float64) * 2 - 1
+        v = randint(0, 2, shape, generator=generator, device=device).to(torch.float64) * 2 - 1
     return v.to(dtype=dtype, device=device)
 
 
@@ -130,6 +132,10 @@ def log_likelihood(model, x: torch.Tensor, *, trace: str = "exact", probe: str =
             (defaults as score_sde's likelihood: dopri5, ``rtol = atol = 1e-5``); the
             clock is ``B`` (module docstring), so fixed-step methods take equal steps in ``B``.
         dtype: dtype of the augmented ODE state (float64 by default).
+        generator: for the Hutchinson probes: a CPU generator or one on ``x``'s device; the
+            probes are drawn on the generator's device and moved to ``x``'s (:mod:`scoresde.rng`).
+
+    Returns tensors on ``x``'s device.
     """
     check_model(model)
     check_choice("trace", trace, TRACES)
@@ -152,7 +158,7 @@ def log_likelihood(model, x: torch.Tensor, *, trace: str = "exact", probe: str =
     nfe, clock = 0, {"t": t_eps}  # the last t(B) warm-starts the next inversion
     bar = progress_bar(1000, progress, "log-likelihood")
     sde = model.sde
-    b_span = sde.integrated_beta(torch.tensor([t_eps, 1.0], dtype=torch.float64)).to(x.device)
+    b_span = sde.integrated_beta(torch.tensor([t_eps, 1.0], dtype=torch.float64, device=x.device))
 
     def func(b, state):  # d(x, ∫∇·f̃)/dB = (f̃, ∇·f̃) / β(t(B))
         nonlocal nfe
@@ -214,12 +220,14 @@ def bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_dequant: int = 1,
     ``-log₂ P(k)/D ≤ -E_u[log p_z(z)]/(D ln 2) - log₂ w`` with ``-log₂ w = log₂ L - 1``.
     ``log p_z`` comes from :func:`log_likelihood` (``options`` are passed to it). Each sample
     is averaged over ``n_dequant`` draws; ``stderr`` is over the data set (see :func:`summarize`).
+    ``x_int`` must be on the model's device; ``generator`` (CPU or that device) draws the
+    dequantization noise and the probes, in this order per batch; ``per_sample`` is on the CPU.
     """
     dim = _check_data(x_int, levels)
     n_dequant = _check_int("n_dequant", n_dequant)
     batch_size = _check_int("batch_size", batch_size)
     offset = -math.log2(2.0 / levels)  # -log₂(bin width in model space [-1, 1])
-    values = torch.empty((n_dequant, x_int.shape[0]), dtype=torch.float64)
+    values = torch.empty((n_dequant, x_int.shape[0]), dtype=torch.float64, device="cpu")
     nfe = solves = 0
     starts = range(0, x_int.shape[0], batch_size)
     bar = progress_bar(n_dequant * len(starts), progress, "bits/dim")
@@ -227,8 +235,8 @@ def bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_dequant: int = 1,
         for r in range(n_dequant):
             for s in starts:
                 chunk = x_int[s:s + batch_size]
-                u = torch.rand(chunk.shape, generator=generator, dtype=torch.float64)  # CPU generator
-                z = dequantize(chunk, levels, u=u.to(chunk.device), dtype=torch.float64)
+                u = rand(chunk.shape, generator=generator, dtype=torch.float64, device=chunk.device)
+                z = dequantize(chunk, levels, u=u, dtype=torch.float64)
                 res = log_likelihood(model, z, generator=generator, **options)
                 values[r, s:s + batch_size] = -res.log_prob.cpu() / (dim * math.log(2)) + offset
                 nfe, solves = nfe + res.nfe, solves + 1

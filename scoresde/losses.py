@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .rng import draw_device, rand, randint, randn
+
 __all__ = ["LossOutput", "dsm_loss", "sample_time", "likelihood_weight", "WEIGHTINGS", "TIME_SAMPLINGS"]
 
 WEIGHTINGS = ("simple", "likelihood")
@@ -63,12 +65,14 @@ def sample_time(sde, n: int, *, weighting: str = "simple", time_sampling: str = 
     """Training times and their loss weights, both float64 ``(n,)``.
 
     ``E[weight · f(t)] = E_{t ~ U}[λ(t) f(t)]`` for every ``f``, with ``U`` uniform on
-    ``[t_eps, 1]`` (continuous) or on ``{1/N, ..., 1}`` (discrete).
+    ``[t_eps, 1]`` (continuous) or on ``{1/N, ..., 1}`` (discrete). Returned on ``device``
+    (default the CPU); draws are made on the generator's device and moved (:mod:`scoresde.rng`).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting={weighting!r}: expected one of {WEIGHTINGS}")
     if time_sampling not in TIME_SAMPLINGS:
         raise ValueError(f"time_sampling={time_sampling!r}: expected one of {TIME_SAMPLINGS}")
+    device = torch.device("cpu") if device is None else torch.device(device)
     f64 = dict(dtype=torch.float64, device=device)
     if time_sampling == "discrete":
         n_steps = n_steps if n_steps is not None else getattr(sde, "discrete_steps", None)
@@ -77,19 +81,20 @@ def sample_time(sde, n: int, *, weighting: str = "simple", time_sampling: str = 
                              f"(pass n_steps or use an SDE with discrete_steps)")
         grid = torch.arange(1, int(n_steps) + 1, **f64) / int(n_steps)  # t_i = i/N
         if weighting == "simple":
-            i = torch.randint(0, int(n_steps), (n,), generator=generator, device=device)
+            i = randint(0, int(n_steps), (n,), generator=generator, device=device)
             return grid[i], torch.ones(n, **f64)
         lam = likelihood_weight(sde, grid)
         if not importance_sampling:
-            i = torch.randint(0, int(n_steps), (n,), generator=generator, device=device)
+            i = randint(0, int(n_steps), (n,), generator=generator, device=device)
             return grid[i], lam[i]
-        i = torch.multinomial(lam, n, replacement=True, generator=generator)  # p(i) ∝ λ(t_i)
+        where = draw_device(generator, device)
+        i = torch.multinomial(lam.to(where), n, replacement=True, generator=generator).to(device)  # p(i) ∝ λ(t_i)
         return grid[i], lam.mean().expand(n).clone()
 
     t_eps = float(sde.sampling_eps if t_eps is None else t_eps)
     if not 0.0 < t_eps < 1.0:
         raise ValueError(f"t_eps={t_eps!r}: expected a number in (0, 1)")
-    u = torch.rand(n, generator=generator, **f64)
+    u = rand((n,), generator=generator, **f64)
     if weighting == "simple" or not importance_sampling:
         t = t_eps + (1.0 - t_eps) * u
         weight = torch.ones(n, **f64) if weighting == "simple" else likelihood_weight(sde, t)
@@ -114,14 +119,15 @@ def dsm_loss(model, x0: torch.Tensor, *, weighting: str = "simple", time_samplin
         t_eps: smallest training time (continuous only); default ``model.sde.sampling_eps``.
         n_steps: ``N`` for discrete sampling; default ``model.sde.discrete_steps``.
         importance_sampling: for ``likelihood``: sample ``t ∝ λ`` (default) or uniformly with weight λ.
-        generator: for ``t`` and ``ε``.
+        generator: for ``t`` and ``ε``: a CPU generator or one on ``x0``'s device (draws are made
+            on its device and moved to ``x0``'s, :mod:`scoresde.rng`).
     """
     if x0.ndim < 2:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}: expected (B, *dims)")
     t, weight = sample_time(model.sde, x0.shape[0], weighting=weighting, time_sampling=time_sampling,
                             t_eps=t_eps, n_steps=n_steps, importance_sampling=importance_sampling,
                             generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    noise = randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x_t, _ = model.sde.marginal_sample(x0, t, noise=noise)  # α(t) x0 + σ(t) ε
     acc = torch.promote_types(x0.dtype, torch.float32)  # never reduce in bf16
     err = (model.eps(x_t, t).to(acc) - noise.to(acc)) ** 2  # (B, *dims)

@@ -20,13 +20,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from .rng import draw_device, randn
+
 __all__ = ["sliced_wasserstein", "wasserstein_1d", "random_directions", "frechet_distance",
            "feature_statistics", "DigitsFeatures", "digits_frechet"]
 
 
-def random_directions(dim: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` directions uniform on the unit sphere in ``R^dim`` (normalised Gaussians), float64 (n, dim)."""
-    g = torch.randn(n, dim, generator=generator, dtype=torch.float64)
+def random_directions(dim: int, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """``n`` directions uniform on the unit sphere in ``R^dim`` (normalised Gaussians), float64 (n, dim),
+    drawn on the generator's device and returned on ``device`` (default: where they were drawn)."""
+    where = draw_device(generator, "cpu")
+    g = randn((n, dim), generator=generator, dtype=torch.float64, device=where if device is None else device)
     return g / g.norm(dim=1, keepdim=True)
 
 
@@ -50,15 +54,15 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, n_projections: int =
 
     ``x`` ``(N, *dims)`` and ``y`` ``(M, *dims)`` are flattened; sizes may differ (the 1-D
     distances are exact for empirical distributions either way). Same ``generator`` state,
-    same directions.
+    same directions. ``y`` is moved to ``x``'s device; ``generator`` may be on the CPU or there.
     """
-    x, y = x.reshape(x.shape[0], -1).to(torch.float64), y.reshape(y.shape[0], -1).to(torch.float64)
+    x, y = x.reshape(x.shape[0], -1).to(torch.float64), y.reshape(y.shape[0], -1).to(device=x.device, dtype=torch.float64)
     if x.shape[1] != y.shape[1] or x.shape[0] < 1 or y.shape[0] < 1:
         raise ValueError(f"x has shape {tuple(x.shape)}, y {tuple(y.shape)}: expected non-empty "
                          f"samples of the same dimension")
     if isinstance(n_projections, bool) or int(n_projections) != n_projections or n_projections < 1:
         raise ValueError(f"n_projections={n_projections!r}: expected a positive integer")
-    theta = random_directions(x.shape[1], int(n_projections), generator).to(x.device)  # (P, D)
+    theta = random_directions(x.shape[1], int(n_projections), generator, device=x.device)  # (P, D)
     return float(wasserstein_1d(x @ theta.T, y @ theta.T).mean())
 
 
@@ -106,7 +110,7 @@ class DigitsFeatures:
     def __init__(self, *, cache_dir=None, seed: int = 0):
         self.seed = int(seed)
         self._split_stats = None
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):  # a CPU model, whatever the default
             torch.manual_seed(self.seed)
             self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, self.HIDDEN), nn.SiLU(),
                                       nn.Linear(self.HIDDEN, self.FEATURES), nn.SiLU())
@@ -171,7 +175,7 @@ class DigitsFeatures:
         params = list(self.body.parameters()) + list(self.head.parameters())
         opt = torch.optim.Adam(params, lr=self.LR, weight_decay=1e-4)
         for _ in range(self.STEPS):
-            noisy = x + self.NOISE * torch.randn(x.shape, generator=g, dtype=x.dtype)
+            noisy = x + self.NOISE * torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
             loss = nn.functional.cross_entropy(self.head(self.body(noisy)), y)
             opt.zero_grad()
             loss.backward()

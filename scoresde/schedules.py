@@ -124,7 +124,7 @@ class DiscreteSchedule(Schedule):
     """
 
     def __init__(self, betas):
-        betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().reshape(-1)
+        betas = torch.as_tensor(betas, dtype=torch.float64, device="cpu").detach().reshape(-1)
         if betas.numel() < 1:
             raise ValueError("betas: expected at least one value, got an empty sequence")
         bad = ~((betas > 0) & (betas < 1))
@@ -142,13 +142,13 @@ class DiscreteSchedule(Schedule):
     def ddpm_linear(cls, n_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         """Ho et al. 2020: ``β_i`` linear from ``beta_start`` to ``beta_end`` (defaults 1e-4, 0.02, N=1000)."""
         n_steps = _check_n(n_steps)
-        return cls(torch.linspace(beta_start, beta_end, n_steps, dtype=torch.float64))
+        return cls(torch.linspace(beta_start, beta_end, n_steps, dtype=torch.float64, device="cpu"))
 
     @classmethod
     def ddpm_cosine(cls, n_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999):
         """Nichol & Dhariwal 2021: ``β_i = 1 - ᾱ_i/ᾱ_{i-1}`` from the cosine ``ᾱ``, clipped at ``max_beta``."""
         n_steps = _check_n(n_steps)
-        t = torch.arange(n_steps + 1, dtype=torch.float64) / n_steps
+        t = torch.arange(n_steps + 1, dtype=torch.float64, device="cpu") / n_steps
         f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
         betas = torch.clamp(1 - f[1:] / f[:-1], max=max_beta)
         return cls(betas)

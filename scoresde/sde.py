@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from .rng import draw_device, randn
 from .schedules import CosineSchedule, DiscreteSchedule, LinearSchedule, Schedule
 
 __all__ = ["VPSDE", "append_dims", "as_time"]
@@ -38,7 +39,7 @@ def as_time(t, *, device=None) -> torch.Tensor:
     if isinstance(t, torch.Tensor):
         t = t.to(dtype=torch.float64, device=device if device is not None else t.device)
     else:
-        t = torch.as_tensor(t, dtype=torch.float64, device=device)
+        t = torch.as_tensor(t, dtype=torch.float64, device=device if device is not None else "cpu")
     if t.ndim > 1:
         raise ValueError(f"t has shape {tuple(t.shape)}: expected shape () or (B,)")
     if t.ndim == 0:  # one scalar check instead of four tensor ops (samplers call this per step)
@@ -126,7 +127,7 @@ class VPSDE:
         """The ``t ∈ [lo, hi]`` with ``B(t) = b`` (float64, ``b``'s shape): Newton steps
         ``t -= (B(t) - b)/β(t)`` from ``t0`` (default the midpoint), falling back to bisection of
         the bracket whenever a step would leave it; ~10 steps to relative accuracy ~1e-15."""
-        b = torch.as_tensor(b, dtype=torch.float64)
+        b = torch.as_tensor(b, dtype=torch.float64, device=b.device if isinstance(b, torch.Tensor) else "cpu")
         lo_t, hi_t = torch.full_like(b, lo), torch.full_like(b, hi)
         t = 0.5 * (lo_t + hi_t) if t0 is None else torch.full_like(b, t0).clamp(lo, hi)
         for _ in range(100):
@@ -163,9 +164,10 @@ class VPSDE:
 
     def marginal_sample(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None,
                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x_t = α(t) x_0 + σ(t) ε``, ``ε ~ N(0, I)``; returns ``(x_t, ε)``."""
+        """``x_t = α(t) x_0 + σ(t) ε``, ``ε ~ N(0, I)``; returns ``(x_t, ε)``. ``ε`` is drawn on the
+        generator's device (CPU or ``x0``'s) and moved to ``x0``'s (:mod:`scoresde.rng`)."""
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+            noise = randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         elif noise.shape != x0.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}: expected {tuple(x0.shape)}")
         t = as_time(t, device=x0.device)
@@ -188,8 +190,10 @@ class VPSDE:
     # Prior ---------------------------------------------------------------------------
     def prior_sample(self, shape, *, generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-        """A sample of the prior ``p_1 ≈ N(0, I)`` of the given shape ``(B, *dims)``."""
-        return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        """A sample of the prior ``p_1 ≈ N(0, I)`` of the given shape ``(B, *dims)`` on ``device``
+        (default: the generator's device, else the CPU), drawn on the generator's device."""
+        device = draw_device(generator, "cpu") if device is None else device
+        return randn(shape, generator=generator, dtype=dtype, device=device)
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """``log N(z; 0, I)`` summed over all but the batch dim; float64, shape ``(B,)``."""

@@ -36,32 +36,33 @@ def ring(n: int, generator: torch.Generator):
 def moons(n: int, generator: torch.Generator, noise: float = 0.05):
     """Two interleaving half circles (as scikit-learn's ``make_moons``), centred and divided
     by 1.5 so that they span ``[-1, 1] × [-0.5, 0.5]``; labels 0 (upper) and 1 (lower)."""
-    labels = torch.randint(0, 2, (n,), generator=generator)
-    theta = math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 2, (n,), generator=generator, device="cpu")
+    theta = math.pi * torch.rand(n, generator=generator, dtype=torch.float64, device="cpu")
     upper = torch.stack([torch.cos(theta), torch.sin(theta)], 1)
     lower = torch.stack([1 - torch.cos(theta), 0.5 - torch.sin(theta)], 1)
     x = torch.where(labels[:, None] == 0, upper, lower)
-    x = x + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
-    centre = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    x = x + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64, device="cpu")
+    centre = torch.tensor([0.5, 0.25], dtype=torch.float64, device="cpu")
     return ((x - centre) / 1.5).float(), labels
 
 
 def swissroll(n: int, generator: torch.Generator, noise: float = 0.25):
     """The 2-D swiss roll ``θ (cos θ, sin θ)``, ``θ = 1.5π (1 + 2u)``, ``u ~ U[0, 1]``, plus
     Gaussian noise, divided by ``4.5π + 3·noise`` so it stays within about ``[-1, 1]²``."""
-    theta = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator, dtype=torch.float64))
+    theta = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator, dtype=torch.float64, device="cpu"))
     x = theta[:, None] * torch.stack([torch.cos(theta), torch.sin(theta)], 1)
-    x = x + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    x = x + noise * torch.randn(n, 2, generator=generator, dtype=torch.float64, device="cpu")
     return (x / (4.5 * math.pi + 3 * noise)).float(), None
 
 
 def checkerboard(n: int, generator: torch.Generator, cells: int = 4):
     """Uniform on the "black" squares of a ``cells × cells`` board on ``[-1, 1]²`` (cell
     ``(i, j)`` black when ``i + j`` is even); labels are the cell index ``i·cells + j``."""
-    black = torch.tensor([i * cells + j for i in range(cells) for j in range(cells) if (i + j) % 2 == 0])
-    labels = black[torch.randint(0, len(black), (n,), generator=generator)]
+    black = torch.tensor([i * cells + j for i in range(cells) for j in range(cells) if (i + j) % 2 == 0],
+                         device="cpu")
+    labels = black[torch.randint(0, len(black), (n,), generator=generator, device="cpu")]
     corner = torch.stack([labels // cells, labels % cells], 1).double()  # (n, 2): (i, j)
-    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64, device="cpu")
     return ((corner + u) * (2 / cells) - 1).float(), labels
 
 

@@ -102,8 +102,8 @@ class Trainer:
     def _indices(self) -> torch.Tensor:
         """This rank's example indices for the current step, one row per micro-batch."""
         if self._perm_epoch != self.epoch:
-            g = torch.Generator().manual_seed(seed_for(self.cfg.seed, self.epoch))
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g), self.epoch
+            g = torch.Generator(device="cpu").manual_seed(seed_for(self.cfg.seed, self.epoch))
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g, device="cpu"), self.epoch
         b = self.cfg.train.batch_size
         batch = self._perm[self.position * b:(self.position + 1) * b]  # (B,) global batch
         chunks = batch.view(-1, self.micro)  # (world·accum, micro)

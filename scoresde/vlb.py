@@ -21,6 +21,7 @@ import torch
 
 from .data import to_model_space
 from .likelihood import BpdResult, _check_data, _check_int, summarize
+from .rng import rand, randn
 from .samplers.base import check_choice, check_model, progress_bar
 from .sde import append_dims
 
@@ -32,7 +33,7 @@ VARIANCES = ("beta", "beta_tilde")
 
 def ddpm_tables(sde, N: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ᾱ_0..ᾱ_N, β_0..β_N)``, float64 of shape ``(N+1,)``, on the grid ``i/N`` (``β_0 = 0`` unused)."""
-    t = torch.arange(N + 1, dtype=torch.float64) / N
+    t = torch.arange(N + 1, dtype=torch.float64, device="cpu") / N
     alpha_bar = sde.alpha_bar(t)
     _, betas = sde.transition(t[:-1], t[1:])  # 1 - ᾱ(t_i)/ᾱ(t_{i-1}), without cancellation
     return alpha_bar, torch.cat([betas.new_zeros(1), betas])
@@ -71,7 +72,7 @@ def discretized_gaussian_log_likelihood(x0, mean, std, levels: int) -> torch.Ten
 
 def vlb_prior_term(x0: torch.Tensor, alpha_bar_N: float) -> torch.Tensor:
     """``L_T = KL(N(√ᾱ_N x0, (1-ᾱ_N) I) ‖ N(0, I))`` per sample, nats, shape ``(B,)``."""
-    a = torch.as_tensor(alpha_bar_N, dtype=torch.float64)
+    a = torch.as_tensor(alpha_bar_N, dtype=torch.float64, device=x0.device)
     kl = 0.5 * (a * x0**2 - a - torch.log1p(-a))
     return kl.flatten(1).sum(1)
 
@@ -90,7 +91,7 @@ def vlb_term(model, x0: torch.Tensor, i: torch.Tensor, levels: int, alpha_bar: t
     n = x0.ndim
     N = betas.shape[0] - 1
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.device)
+        noise = randn(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
     i_cpu = i.cpu()
     ab, ab_prev, beta = alpha_bar[i_cpu], alpha_bar[i_cpu - 1], betas[i_cpu]
     one_m_ab = 1 - ab  # ≥ β_1 > 0: no cancellation issue at this precision
@@ -136,7 +137,9 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
     ``terms`` gives the mean of ``L_T``, ``L_sum`` (``Σ_{i≥2} L_{i-1}``) and ``L_0`` in bits/dim;
     ``nfe`` counts batched network calls; ``stderr`` is over the data set. Randomness, per batch:
     with all terms, term ``i = 1..N`` uses the ``i``-th ``torch.randn(x0.shape, generator=generator)``
-    draw; with a subset, one ``torch.rand((b, N))`` draw picks the steps first. Runs under ``no_grad``.
+    draw; with a subset, one ``torch.rand((b, N))`` draw picks the steps first. ``generator`` may be
+    a CPU generator or one on ``x_int``'s device: draws are made on its device and moved
+    (:mod:`scoresde.rng`). ``x_int`` must be on the model's device. Runs under ``no_grad``.
     """
     check_model(model)
     dim = _check_data(x_int, levels)
@@ -149,7 +152,7 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
     alpha_bar, betas = ddpm_tables(model.sde, N)
     scale, to_bits = N / n_terms, 1.0 / (dim * math.log(2))
     B = x_int.shape[0]
-    parts = torch.zeros((3, B), dtype=torch.float64)  # L_T, Σ L_{i-1}, L_0 in nats
+    parts = torch.zeros((3, B), dtype=torch.float64, device="cpu")  # L_T, Σ L_{i-1}, L_0 in nats
     nfe = 0
     starts = range(0, B, batch_size)
     bar = progress_bar(len(starts) * n_terms, progress, "variational bound")
@@ -159,9 +162,9 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
             b = x0.shape[0]
             parts[0, s:s + b] = vlb_prior_term(x0, float(alpha_bar[N])).cpu()
             if n_terms == N:  # every term, in order
-                order = torch.arange(1, N + 1).expand(b, N)
+                order = torch.arange(1, N + 1, device="cpu").expand(b, N)
             else:  # n_terms distinct steps per sample
-                order = torch.rand((b, N), generator=generator).argsort(1)[:, :n_terms] + 1
+                order = rand((b, N), generator=generator, device="cpu").argsort(1)[:, :n_terms] + 1
             for j in range(n_terms):
                 i = order[:, j]
                 term = scale * vlb_term(model, x0, i.to(x0.device), levels, alpha_bar, betas,

@@ -37,7 +37,7 @@ def t_of_sigma(sde, sigma: float) -> float:
     """The time ``t`` with ``σ(t) = sigma`` (``B(t) = -log(1 - σ²)``), for ``0 < sigma < σ(1)``."""
     if not (isinstance(sigma, (int, float)) and 0 < sigma < float(sde.sigma(1.0))):
         raise ValueError(f"sigma={sigma!r}: expected a number in (0, σ(1)={float(sde.sigma(1.0)):.4g})")
-    b = torch.tensor([-math.log1p(-sigma**2)], dtype=torch.float64)
+    b = torch.tensor([-math.log1p(-sigma**2)], dtype=torch.float64, device="cpu")
     return float(sde.time_for_integrated_beta(b)[0])
 
 
@@ -48,10 +48,10 @@ def vlb_grid(sde, N: int, t_eps: float, spacing: str = "log_snr") -> torch.Tenso
     if not (isinstance(t_eps, (int, float)) and 0 < t_eps < 1):
         raise ValueError(f"t_eps={t_eps!r}: expected a number in (0, 1)")
     if spacing == "time" or N == 1:
-        inner = torch.linspace(t_eps, 1.0, N, dtype=torch.float64)
+        inner = torch.linspace(t_eps, 1.0, N, dtype=torch.float64, device="cpu")
     else:
-        ends = torch.tensor([t_eps, 1.0], dtype=torch.float64)
-        lam = torch.linspace(*sde.log_snr(ends).tolist(), N, dtype=torch.float64)
+        ends = torch.tensor([t_eps, 1.0], dtype=torch.float64, device="cpu")
+        lam = torch.linspace(*sde.log_snr(ends).tolist(), N, dtype=torch.float64, device="cpu")
         b = torch.nn.functional.softplus(-lam)  # λ = -B - log(1 - e^{-B})  ⇔  B = log(1 + e^{-λ})
         inner = sde.time_for_integrated_beta(b, lo=t_eps, hi=1.0).clamp(t_eps, 1.0)
         inner[0], inner[-1] = t_eps, 1.0
@@ -67,7 +67,7 @@ class GridChainModel(EpsModel):
 
     def __init__(self, model, times: torch.Tensor):
         check_model(model)
-        times = torch.as_tensor(times, dtype=torch.float64)
+        times = torch.as_tensor(times, dtype=torch.float64, device="cpu")
         if times.ndim != 1 or times.shape[0] < 2 or times[0] != 0 or not (times.diff() > 0).all():
             raise ValueError("times: expected an increasing 1-D grid starting at 0")
         _, betas = model.sde.transition(times[:-1], times[1:])  # 1 - ᾱ(τ_i)/ᾱ(τ_{i-1})

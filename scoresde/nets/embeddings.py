@@ -47,8 +47,8 @@ class GaussianFourierFeatures(nn.Module):
         super().__init__()
         if dim < 2 or dim % 2:
             raise ValueError(f"dim={dim!r}: expected an even embedding size ≥ 2")
-        g = torch.Generator().manual_seed(seed)
-        self.register_buffer("W", torch.randn(dim // 2, generator=g) * scale)
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        self.register_buffer("W", torch.randn(dim // 2, generator=g, device="cpu") * scale)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=t.device.type, enabled=False):

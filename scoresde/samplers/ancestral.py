@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..rng import randn
 from .base import (
     SPACINGS,
     NFECounter,
@@ -46,9 +47,10 @@ def descent_grid(sde, steps: int, t_eps: float, spacing: str, denoise: bool) -> 
     if not denoise:
         grid = time_grid(sde, steps, t_eps, spacing)
     elif steps == 1:
-        grid = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        grid = torch.tensor([0.0, 1.0], dtype=torch.float64, device="cpu")
     else:
-        grid = torch.cat([torch.zeros(1, dtype=torch.float64), time_grid(sde, steps - 1, t_eps, spacing)])
+        grid = torch.cat([torch.zeros(1, dtype=torch.float64, device="cpu"),
+                          time_grid(sde, steps - 1, t_eps, spacing)])
     first = float(grid[1] if denoise else grid[0])
     if first <= 0:
         raise ValueError(f"t_eps={t_eps!r}: rounds to 0 on the discrete schedule with "
@@ -98,7 +100,7 @@ def ancestral(model, x_T: torch.Tensor, *, steps: int, generator=None, progress:
         if grid[k - 1] > 0:  # no noise on the step to t = 0
             var = beta_prime if opts["variance"] == "beta" else \
                 float(sigma[k - 1] ** 2 / sigma[k] ** 2) * beta_prime  # β̃_k
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             x = x + var**0.5 * z
         bar.update(1)
     bar.close()

@@ -8,6 +8,11 @@ The shared signature (ARCHITECTURE.md, "Samplers")::
 ``model`` is anything with ``.sde`` and ``.eps(x, t)`` (a :class:`~scoresde.model.ScoreModel`
 or the oracle :class:`~scoresde.analytic.GaussianMixture`); ``x_T`` of shape ``(B, *dims)``
 is a draw of the prior at ``t = 1``. NFE counts batched calls of ``model.eps``.
+
+Devices: samples come back on ``x_T``'s device. ``generator`` may live on the CPU or on
+``x_T``'s device; noise is drawn on the generator's device and moved to ``x_T``'s
+(:mod:`scoresde.rng`), so a CPU generator gives the same noise on every device. Time grids
+are float64 CPU tensors (read as numbers or moved to the data's device where used).
 """
 
 from __future__ import annotations
@@ -116,9 +121,9 @@ def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: floa
     check_choice("spacing", spacing, SPACINGS)
     if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
         raise ValueError(f"rho={rho!r}: expected a finite number > 0")
-    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    t0 = torch.tensor(t_eps, dtype=torch.float64)
-    t1 = torch.tensor(1.0, dtype=torch.float64)
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64, device="cpu")
+    t0 = torch.tensor(t_eps, dtype=torch.float64, device="cpu")
+    t1 = torch.tensor(1.0, dtype=torch.float64, device="cpu")
     if spacing == "uniform":
         grid = t_eps + (1.0 - t_eps) * u
     elif spacing == "quadratic":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..rng import randn
 from .ancestral import descent_grid
 from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar
 
@@ -65,7 +66,7 @@ def ddim(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool
         direction = float(torch.clamp(sigma[k - 1] ** 2 - s_k**2, min=0.0).sqrt())
         x = float(alpha[k - 1]) * x0_hat + direction * eps  # eq. 12
         if s_k > 0:
-            x = x + s_k * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = x + s_k * randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         bar.update(1)
     bar.close()
     return SampleResult(x=x, nfe=net.nfe, t_end=float(grid[0]), info={"grid": grid, "eta": eta})

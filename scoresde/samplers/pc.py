@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..rng import randn
 from ..sde import append_dims
 from .ancestral import descent_grid
 from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar
@@ -48,7 +49,7 @@ def _check(opts: dict) -> dict:
 def _langevin(net, x, t, beta_prime: float, snr: float, norms: str, generator):
     """One corrector step at time ``t`` (Song et al. 2021, Algorithm 5, lines 7–9)."""
     score = net.score(x, t)
-    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     z_norm = z.flatten(1).norm(dim=1)  # (B,)
     s_norm = score.flatten(1).norm(dim=1)
     if norms == "batch":  # score_sde's implementation: batch-mean norms, one δ for all
@@ -98,7 +99,7 @@ def pc(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool =
         beta_prime = float(-torch.expm1(2 * (log_alpha[k] - log_alpha[k - 1])))  # 1 - ᾱ_k/ᾱ_{k-1}
         sqrt_keep = float(torch.exp(log_alpha[k] - log_alpha[k - 1]))  # √(1 - β'_k)
         score = net.score(x, grid[k])
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         if opts["predictor"] == "reverse_diffusion":  # eq. 46: x - f_k + G_k² s + G_k z
             x = (2 - sqrt_keep) * x + beta_prime * score
         else:  # ancestral (Ho et al. eq. 11 with s = -ε/σ)
