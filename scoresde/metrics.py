@@ -56,7 +56,8 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, n_projections: int =
     distances are exact for empirical distributions either way). Same ``generator`` state,
     same directions. ``y`` is moved to ``x``'s device; ``generator`` may be on the CPU or there.
     """
-    x, y = x.reshape(x.shape[0], -1).to(torch.float64), y.reshape(y.shape[0], -1).to(device=x.device, dtype=torch.float64)
+    x = x.reshape(x.shape[0], -1).to(torch.float64)
+    y = y.reshape(y.shape[0], -1).to(device=x.device, dtype=torch.float64)
     if x.shape[1] != y.shape[1] or x.shape[0] < 1 or y.shape[0] < 1:
         raise ValueError(f"x has shape {tuple(x.shape)}, y {tuple(y.shape)}: expected non-empty "
                          f"samples of the same dimension")
