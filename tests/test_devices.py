@@ -15,8 +15,10 @@ is one), with generators on the CPU and on the data's device.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +43,7 @@ from scoresde.vlb_grid import grid_vlb_bits_per_dim
 
 from .train_util import TINY_DIGITS, write_config
 
+ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                  reason="needs CUDA"))]
 
@@ -154,3 +157,17 @@ def test_end_to_end_on_each_device(tmp_path, device, generator_device):
         _end_to_end(tmp_path, device, device if generator_device == "data" else "cpu")
     finally:
         torch.set_num_threads(threads)
+
+
+def test_gpu_check_helpers(tmp_path):
+    """``benchmarks/gpu_check.py`` writes CIFAR-10 pickles that the project's reader accepts and reads
+    ``evaluate``'s exact ``figures:`` line (the script itself needs a GPU to be worth its minutes)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    folder = gpu_check.write_synthetic_cifar10(tmp_path / "cifar-10-batches-py", n_per_batch=3)
+    for split, n in (("train", 15), ("test", 3)):
+        data = load_dataset("cifar10", split, root=folder)
+        assert data.x_int.shape == (n, 3, 32, 32) and data.levels == 256
+    text = "settings: ...\nfigures: bpd_n=3, bpd_ode=1.9855498986613123, bpd_vlb_nfe=200\n"
+    assert gpu_check.figures_line(text) == {"bpd_n": 3.0, "bpd_ode": 1.9855498986613123, "bpd_vlb_nfe": 200.0}
