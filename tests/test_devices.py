@@ -171,3 +171,23 @@ def test_gpu_check_helpers(tmp_path):
         assert data.x_int.shape == (n, 3, 32, 32) and data.levels == 256
     text = "settings: ...\nfigures: bpd_n=3, bpd_ode=1.9855498986613123, bpd_vlb_nfe=200\n"
     assert gpu_check.figures_line(text) == {"bpd_n": 3.0, "bpd_ode": 1.9855498986613123, "bpd_vlb_nfe": 200.0}
+
+
+def test_draws_follow_the_generators_stream_and_land_on_the_datas_device():
+    """``scoresde.rng``: a CPU generator's draw is the CPU stream's (bit for bit), moved to the
+    requested device; without a generator the draw is made on the data's device."""
+    from scoresde import rng
+
+    for draw, ref in ((lambda g, d: rng.randn((5,), generator=g, dtype=torch.float64, device=d),
+                       lambda g: torch.randn(5, generator=g, dtype=torch.float64, device="cpu")),
+                      (lambda g, d: rng.rand((5,), generator=g, dtype=torch.float64, device=d),
+                       lambda g: torch.rand(5, generator=g, dtype=torch.float64, device="cpu")),
+                      (lambda g, d: rng.randint(0, 7, (5,), generator=g, device=d),
+                       lambda g: torch.randint(0, 7, (5,), generator=g, device="cpu"))):
+        expected = ref(torch.Generator(device="cpu").manual_seed(3))
+        assert torch.equal(draw(torch.Generator(device="cpu").manual_seed(3), "cpu"), expected)
+        moved = draw(torch.Generator(device="cpu").manual_seed(3), "meta")
+        assert moved.device.type == "meta" and moved.shape == expected.shape
+        assert draw(None, "meta").device.type == "meta"
+    assert rng.model_device(torch.nn.Linear(2, 2, device="meta")).type == "meta"
+    assert rng.model_device(GaussianMixture.ring()).type == "cpu"  # no parameters: the CPU

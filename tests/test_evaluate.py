@@ -136,3 +136,20 @@ def test_reproduces_the_runs_summary_exactly(tmp_path, capsys, grid):
     assert {k: figures[k] for k in keys} == {k: summary[k] for k in keys}
     assert evaluate_main(["--ckpt", tmp_path / "run", "--vlb", "--seed", "6", "--device", "cpu"]) == 0
     assert _figures(capsys.readouterr().out)["bpd_vlb"] != summary["bpd_vlb"]
+
+
+def test_settings_mirror_the_config_and_refuse_bad_values():
+    from scoresde.config import load_config
+    from scoresde.evaluation import EvalSettings
+
+    cfg = load_config(None)  # the digits default
+    s = EvalSettings.from_config(cfg)
+    assert (s.limit, s.ode_sigma, s.vlb_sigma, s.vlb_steps, s.vlb_terms, s.seed) == (0, 0.035, 0.02, 1000, 100, 0)
+    assert EvalSettings.from_config(cfg, limit=64, seed=None).limit == 64  # None: not overridden
+    assert "σ(t_eps) 0.035" in s.describe() and "100 terms" in s.describe()
+    for bad, message in (({"trace": "full"}, "trace='full': expected one of exact, hutchinson"),
+                         ({"probes": 0}, "probes=0: expected an integer ≥ 1"),
+                         ({"rtol": float("inf")}, "rtol=inf: expected a finite number > 0"),
+                         ({"nonsense": 1}, "setting 'nonsense': expected one of")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            s.replace(**bad)
