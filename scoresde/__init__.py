@@ -5,6 +5,7 @@ is the ``python -m scoresde.sample`` program).
 """
 
 from .analytic import GaussianMixture
+from .evaluation import EvalSettings, evaluate_likelihood
 from .likelihood import bits_per_dim, log_likelihood
 from .model import EpsModel, ScoreModel
 from .samplers import SAMPLERS
@@ -16,6 +17,7 @@ __all__ = [
     "CosineSchedule",
     "DiscreteSchedule",
     "EpsModel",
+    "EvalSettings",
     "GaussianMixture",
     "LinearSchedule",
     "SAMPLERS",
@@ -25,6 +27,7 @@ __all__ = [
     "append_dims",
     "bits_per_dim",
     "ddpm_vlb_bits_per_dim",
+    "evaluate_likelihood",
     "log_likelihood",
 ]
 
