@@ -27,7 +27,8 @@ def gmm_bits_per_dim(train_int: torch.Tensor, test_int: torch.Tensor, levels: in
     """Test bits/dim of a ``GaussianMixture`` fitted to dequantized training data.
 
     Args:
-        train_int, test_int: ``(N, *dims)`` integers in ``0..levels-1`` (same ``dims``).
+        train_int, test_int: ``(N, *dims)`` integers in ``0..levels-1`` (same ``dims``), on any
+            device (scikit-learn works on the CPU: they are copied there).
         levels: ``L``, levels per dimension (17 for digits).
         n_components, covariance_type, reg_covar: passed to ``sklearn.mixture.GaussianMixture``.
         copies: dequantized copies of the training set the mixture is fitted to.
