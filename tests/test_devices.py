@@ -192,3 +192,28 @@ def test_draws_follow_the_generators_stream_and_land_on_the_datas_device():
         assert draw(None, "meta").device.type == "meta"
     assert rng.model_device(torch.nn.Linear(2, 2, device="meta")).type == "meta"
     assert rng.model_device(GaussianMixture.ring()).type == "cpu"  # no parameters: the CPU
+
+
+def test_evaluation_moves_the_data_it_is_given_to_the_models_device(monkeypatch):
+    """The bug a GPU run of the old report hit (CPU test data fed to a CUDA model), checked without
+    a GPU: a model whose parameters live on ``meta`` receives its examples on ``meta``."""
+    from scoresde import evaluation
+    from scoresde.likelihood import BpdResult
+
+    seen = {}
+
+    def spy(name):
+        def estimator(model, x_int, levels, **options):
+            seen[name] = x_int.device.type
+            return BpdResult(2.0, 0.1, 1, torch.zeros(x_int.shape[0], device="cpu"), info={"N": 1, "n_terms": 1})
+        return estimator
+
+    monkeypatch.setattr(evaluation, "bits_per_dim", spy("ode"))
+    monkeypatch.setattr(evaluation, "ddpm_vlb_bits_per_dim", spy("vlb"))
+    net = torch.nn.Linear(64, 64, device="meta")
+    model = type("MetaModel", (torch.nn.Module,), {})()
+    model.net, model.sde = net, VPSDE.linear()
+    test = load_dataset("digits", "test")
+    assert test.x_int.device.type == "cpu"
+    report = evaluate_likelihood(model, test, EvalSettings(limit=4))
+    assert seen == {"ode": "meta", "vlb": "meta"} and report.n == 4
