@@ -24,7 +24,8 @@ from . import data_files, toy
 from .rng import rand
 from .toy import toy_oracle
 
-__all__ = ["to_model_space", "dequantize", "Dataset", "load_dataset", "DATASET_NAMES", "toy_oracle"]
+__all__ = ["to_model_space", "dequantize", "Dataset", "load_dataset", "load_images", "DATASET_NAMES",
+           "toy_oracle"]
 
 DATASET_NAMES = (*toy.TOY_SETS, "digits", "mnist", "cifar10")
 SPLITS = ("train", "test")
@@ -136,6 +137,13 @@ def load_dataset(name: str, split: str = "train", *, root=None, n: int | None = 
     if n is not None:
         x_int, labels = x_int[:n], labels[:n]
     return Dataset(name, to_model_space(x_int, levels), x_int, levels, tuple(x_int.shape[1:]), labels)
+
+
+def load_images(path, levels: int = 256, *, channels: int | None = None) -> Dataset:
+    """Your own integer images as a :class:`Dataset`: an ``.npz`` of uint8 images or a folder of
+    image files (:func:`scoresde.data_files.read_images`), each value a level ``0..levels-1``."""
+    x_int = data_files.read_images(Path(path), channels)
+    return Dataset(str(path), to_model_space(x_int, levels), x_int, levels, tuple(x_int.shape[1:]), None)
 
 
 def _load_toy(name: str, split: str, n: int, seed: int) -> Dataset:

@@ -8,6 +8,10 @@
   dicts with ``b'data'`` (uint8, ``(N, 3072)``: 1024 red, 1024 green, 1024 blue values, each a
   32×32 image in row-major order) and ``b'labels'`` (N ints).
 
+- Your own images: an ``.npz`` holding one uint8 array (``images``, ``x`` or its only array) of
+  shape ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``, or a folder of image files
+  (PNG, JPEG, BMP, WebP, all of one size), read with Pillow in sorted file-name order.
+
 No torchvision (PITFALLS.md): the formats are read directly. CIFAR pickles are read with an
 unpickler that only builds plain containers and numpy arrays, so a hostile file cannot run code.
 Every reader returns ``(images (N, C, H, W) int64, labels (N,) int64)``.
@@ -23,12 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["MNIST_FILES", "CIFAR10_FILES", "read_idx", "read_mnist", "read_cifar10"]
+__all__ = ["MNIST_FILES", "CIFAR10_FILES", "IMAGE_SUFFIXES", "read_idx", "read_mnist", "read_cifar10",
+           "read_images"]
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CIFAR10_FILES = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
     "test": ("test_batch",),
@@ -128,3 +134,68 @@ def read_cifar10(root: Path, split: str, n: int | None = None) -> tuple[torch.Te
             break
     x = np.concatenate(images).reshape(-1, 3, 32, 32)  # R, G, B planes, each row-major 32×32
     return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(np.concatenate(labels).astype(np.int64))
+
+
+def _channels_first(x: np.ndarray, channels: int | None, where: str) -> np.ndarray:
+    """``(N, H, W)`` → ``(N, 1, H, W)``; ``(N, H, W, C)`` → ``(N, C, H, W)`` when the channel count
+    (``channels``, else a last axis of 1, 3 or 4 and a second that is not) says so."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim != 4:
+        raise ValueError(f"{where}: images of shape {x.shape}: expected (N, H, W), (N, C, H, W) or (N, H, W, C)")
+    if channels is not None:
+        if x.shape[1] == channels:
+            return x
+        if x.shape[3] == channels:
+            return x.transpose(0, 3, 1, 2)
+        raise ValueError(f"{where}: images of shape {x.shape}: expected {channels} channels first or last")
+    return x.transpose(0, 3, 1, 2) if x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4) else x
+
+
+def read_images(path: Path, channels: int | None = None) -> torch.Tensor:
+    """uint8 images from an ``.npz`` file or a folder of image files as int64 ``(N, C, H, W)``.
+
+    ``channels`` (e.g. the model's) settles the layout of an ``.npz`` array and the Pillow mode
+    of image files (1: ``L``, 3: ``RGB``); without it files keep their own mode."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                keys = list(f.keys())
+                key = next((k for k in ("images", "x") if k in keys), keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise ValueError(f"{path}: holds arrays {', '.join(keys) or 'none'}: expected one array "
+                                     f"or one named 'images' or 'x'")
+                x = f[key]
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path}: not a readable .npz file ({err})") from None
+        if x.dtype != np.uint8:
+            raise ValueError(f"{path}: array {key!r} is {x.dtype}: expected uint8 images")
+        x = _channels_first(x, channels, str(path))
+    elif path.is_dir():
+        from PIL import Image  # noqa: PLC0415 - only image folders need Pillow
+
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"{path}: no image files: expected {', '.join(IMAGE_SUFFIXES)} files")
+        mode = {1: "L", 3: "RGB"}.get(channels)
+        arrays = []
+        for p in files:
+            try:
+                with Image.open(p) as im:
+                    a = np.asarray(im.convert(mode) if mode else im)
+            except OSError as err:
+                raise ValueError(f"{p}: not a readable image ({err})") from None
+            if a.dtype != np.uint8:
+                raise ValueError(f"{p}: pixels are {a.dtype}: expected 8-bit images")
+            a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+            if arrays and a.shape != arrays[0].shape:
+                raise ValueError(f"{p}: image of shape {a.shape} (C, H, W): expected {arrays[0].shape} "
+                                 f"like {files[0].name}")
+            arrays.append(a)
+        x = np.stack(arrays)
+    else:
+        raise ValueError(f"{path}: not found: expected an .npz file of uint8 images or a folder of image files")
+    if x.shape[0] < 1:
+        raise ValueError(f"{path}: holds no images")
+    return torch.from_numpy(np.ascontiguousarray(x).astype(np.int64))

@@ -9,6 +9,10 @@ the training run's report uses, and start from the **run's own** ``eval.*`` sett
 (``config.yaml``); every flag below overrides one of them. The settings used are printed first,
 so ``--bpd --vlb`` without other flags reproduces ``summary.json``'s bits/dim exactly (same
 examples, same seed, same thread count). Results: mean ± standard error over the examples, NFE.
+``--ckpt`` may also be a diffusers DDPM folder (:mod:`scoresde.interop`): then the settings start
+from :class:`~scoresde.evaluation.EvalSettings`' defaults and ``--data`` names the data set:
+``digits``, ``mnist``, ``cifar10`` (files under ``--data-root``) or your own ``.npz`` / image
+folder of integer images with ``--levels`` levels (default 256).
 Bad input (missing or corrupt checkpoint, bad flag, data without levels, CUDA missing) is one
 line on stderr and exit status 2.
 """
@@ -20,12 +24,13 @@ import sys
 
 import torch
 
-from .checkpoint import load_run
 from .cli import ArgumentParser, run_cli
-from .data import load_dataset
+from .data import DATASET_NAMES, load_dataset, load_images
 from .distributed import resolve_device
 from .evaluation import EvalSettings, evaluate_likelihood
+from .interop import load_model
 from .likelihood import PROBES, TRACES
+from .report import model_shape
 from .vlb import VARIANCES
 
 __all__ = ["main", "build_parser"]
@@ -35,7 +40,12 @@ _RUN = "default: the run's"
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m scoresde.evaluate", description="Test bits/dim of a trained run.")
-    p.add_argument("--ckpt", required=True, help="run folder, checkpoint .pt or ema.safetensors")
+    p.add_argument("--ckpt", required=True, help="run folder, checkpoint .pt, ema.safetensors or diffusers folder")
+    p.add_argument("--data", help="digits | mnist | cifar10 | an .npz or folder of uint8 images "
+                                  "(default: the run's data set; required for a diffusers folder)")
+    p.add_argument("--data-root", help="folder of the mnist / cifar10 files (default: the run's data.root, "
+                                       "else $SCORESDE_DATA or ./data)")
+    p.add_argument("--levels", type=int, help="levels of an .npz / image folder's values (default 256)")
     p.add_argument("--bpd", action="store_true", help="bits/dim by the probability-flow ODE")
     p.add_argument("--vlb", action="store_true", help="bits/dim by the DDPM variational bound")
     p.add_argument("--trace", help=f"{' | '.join(TRACES)} ({_RUN} eval.bpd_trace)")
@@ -54,7 +64,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--vlb-terms", type=int, help=f"random subset of the terms ({_RUN} eval.vlb_terms)")
     p.add_argument("--vlb-all-terms", action="store_true", help="every term instead of eval.vlb_terms")
     p.add_argument("--variance", help=f"VLB reverse variance: {' | '.join(VARIANCES)} (default beta)")
-    p.add_argument("--split", default="test", help="test | train (default test)")
+    p.add_argument("--split", default="test", help="test | train of a named data set (default test)")
     p.add_argument("--limit", type=int, help=f"first N examples, 0: all ({_RUN} eval.bpd_n)")
     p.add_argument("--batch-size", type=int, help=f"examples per solve ({_RUN} eval.batch_size)")
     p.add_argument("--seed", type=int, help=f"seed of dequantization, probes and VLB noise ({_RUN} seed)")
@@ -87,32 +97,58 @@ def _check_args(args) -> None:
 
 
 def settings_from_args(config, args) -> EvalSettings:
-    """The run's settings (:meth:`EvalSettings.from_config`) with the flags given applied."""
-    settings = EvalSettings.from_config(
-        config, ode=args.bpd, vlb=args.vlb, limit=args.limit, trace=args.trace, probes=args.probes,
-        probe=args.probe, dequant=args.dequant, ode_sigma=args.ode_sigma, rtol=args.rtol, atol=args.atol,
-        vlb_sigma=args.vlb_sigma, vlb_steps=args.vlb_steps, vlb_terms=args.vlb_terms,
-        variance=args.variance, batch_size=args.batch_size, seed=args.seed)
+    """The run's settings (:meth:`EvalSettings.from_config`; :class:`EvalSettings`' defaults for a
+    model without a config, a diffusers folder) with the flags given applied."""
+    flags = dict(ode=args.bpd, vlb=args.vlb, limit=args.limit, trace=args.trace, probes=args.probes,
+                 probe=args.probe, dequant=args.dequant, ode_sigma=args.ode_sigma, rtol=args.rtol, atol=args.atol,
+                 vlb_sigma=args.vlb_sigma, vlb_steps=args.vlb_steps, vlb_terms=args.vlb_terms,
+                 variance=args.variance, batch_size=args.batch_size, seed=args.seed)
+    settings = (EvalSettings.from_config(config, **flags) if config is not None
+                else EvalSettings().replace(**flags))
     clear = {name: None for flag, name in (("ode_t_eps", "ode_sigma"), ("vlb_ddpm_grid", "vlb_sigma"),
                                            ("vlb_all_terms", "vlb_terms")) if getattr(args, flag)}
     return dataclasses.replace(settings, **clear) if clear else settings
+
+
+def _eval_data(run, args):
+    """The data set to evaluate on: ``--data`` (a name or a path), else the run's own."""
+    cfg, name = run.config, args.data
+    if name is None and cfg is None:
+        raise ValueError(f"--data missing: {args.ckpt} is a diffusers folder without a data set of its own; "
+                         f"expected --data {' | '.join(DATASET_NAMES[-3:])} or an .npz / image folder")
+    if args.levels is not None and (name is None or name in DATASET_NAMES):
+        raise ValueError(f"--levels {args.levels}: only for an .npz / image folder given as --data")
+    shape = model_shape(run.model)
+    if name is None or name in DATASET_NAMES:
+        name = name or cfg.data.name
+        own = cfg is not None and cfg.data.name == name
+        root = args.data_root or (cfg.data.root if own else None)
+        data = load_dataset(name, args.split, root=root, seed=cfg.seed if own else 0)
+    else:
+        data = load_images(name, 256 if args.levels is None else args.levels, channels=shape[0])
+    if tuple(data.shape) != shape:
+        raise ValueError(f"--data {data.name}: examples of shape {tuple(data.shape)}: expected the model's "
+                         f"{shape}")
+    return data
 
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
     device = resolve_device(args.device)
-    run = load_run(args.ckpt, device=device, ema=True)
+    run = load_model(args.ckpt, device=device)
     settings = settings_from_args(run.config, args)
-    threads = args.threads or run.config.train.threads
+    threads = args.threads or (run.config.train.threads if run.config is not None else None)
     if threads:
         torch.set_num_threads(threads)
-    data = load_dataset(run.config.data.name, args.split, root=run.config.data.root, seed=run.config.seed)
+    data = _eval_data(run, args)
     if data.levels is None or data.x_int is None:
         raise ValueError(f"data set {data.name!r} has no integer levels: bits/dim needs integer data "
                          f"(digits, mnist, cifar10)")
     n = data.x_int.shape[0] if settings.limit == 0 else min(settings.limit, data.x_int.shape[0])
-    print(f"{run.source} (step {run.step}): {data.name} {args.split}, {n} examples, "
+    what = f"{run.source} (step {run.step})" if run.config is not None else run.model.describe()
+    split = f" {args.split}" if data.name in DATASET_NAMES else ""  # an .npz / image folder is what it is
+    print(f"{what}: {data.name}{split}, {n} examples, "
           f"D = {data.dim}, {data.levels} levels, {device}")
     print(f"settings: {settings.describe()}")
     try:

@@ -5,7 +5,8 @@
 
 Writes a PNG (image grid, or scatter plot for 2-D data) and an ``.npz`` with ``samples``
 (``(n, *shape)`` float32 in model space) next to it. ``--ckpt`` is a run folder, a
-checkpoint ``.pt`` or an ``ema.safetensors`` file.
+checkpoint ``.pt``, an ``ema.safetensors`` file or a diffusers DDPM folder
+(:mod:`scoresde.interop`; default sampler ``dpmpp``, 19 steps).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import load_run
 from .cli import ArgumentParser, run_cli
 from .distributed import resolve_device
+from .interop import load_model
 from .report import draw_samples, save_samples
 from .samplers import SAMPLERS
 
@@ -25,7 +26,7 @@ __all__ = ["main", "build_parser"]
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m scoresde.sample", description="Sample from a trained run.")
-    p.add_argument("--ckpt", required=True, help="run folder, checkpoint .pt or ema.safetensors")
+    p.add_argument("--ckpt", required=True, help="run folder, checkpoint .pt, ema.safetensors or diffusers folder")
     p.add_argument("--sampler", help=f"one of {', '.join(sorted(SAMPLERS))} "
                                      f"(default: the run's sample.sampler)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
@@ -49,9 +50,10 @@ def _main(argv) -> int:
     if args.out is not None and Path(args.out).suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: expected a file name ending in .png")
     device = resolve_device(args.device)
-    run = load_run(args.ckpt, device=device, ema=True)
-    sampler = args.sampler or run.config.sample.sampler
-    steps = args.steps or run.config.sample.steps
+    run = load_model(args.ckpt, device=device)
+    cfg = run.config  # None for a diffusers folder: dpmpp with 19 steps (20 NFE)
+    sampler = args.sampler or (cfg.sample.sampler if cfg is not None else "dpmpp")
+    steps = args.steps or (cfg.sample.steps if cfg is not None else 19)
     run_dir = Path(args.ckpt) if Path(args.ckpt).is_dir() else run.source.parent
     out = Path(args.out) if args.out else run_dir / "samples" / f"{sampler}_seed{args.seed}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -60,13 +62,14 @@ def _main(argv) -> int:
     x, nfe, _ = draw_samples(run.model, sampler, args.n, steps=steps, seed=args.seed, device=device,
                              progress=sys.stderr.isatty())
     background = None
-    if x.ndim == 2 and run.config.data.name in ("ring", "moons", "swissroll", "checkerboard"):
+    if x.ndim == 2 and cfg is not None and cfg.data.name in ("ring", "moons", "swissroll", "checkerboard"):
         from .data import load_dataset  # noqa: PLC0415 - toy data are generated in milliseconds
 
         background = load_dataset(run.config.data.name, "test", seed=run.config.seed).x
     save_samples(out, x, background, f"{sampler}, {nfe} NFE")
     print(f"wrote {out} and {out.with_suffix('.npz')}: {args.n} samples, sampler {sampler}, "
-          f"{nfe} NFE, {time.perf_counter() - start:.1f} s (step {run.step} of {run.source})")
+          f"{nfe} NFE, {time.perf_counter() - start:.1f} s ("
+          + (f"step {run.step} of {run.source})" if cfg is not None else f"{run.model.describe()})"))
     return 0
 
 
