@@ -342,3 +342,66 @@ def test_in_memory_misuse_is_one_value_error():
         load_diffusers(torch.nn.Linear(2, 2), sched)
     with pytest.raises(ValueError, match="dtype=torch.int32"):
         load_diffusers(unet, sched, dtype=torch.int32)
+
+
+# --- export: scoresde runs for diffusers users -------------------------------------------------
+
+def _random_run(folder: Path, **model) -> Path:
+    """A run folder holding only ``ema.safetensors`` of a randomly initialised network (every weight
+    drawn, so that no zero-initialised layer hides a wrong mapping)."""
+    from scoresde.build import build_model
+    from scoresde.checkpoint import export_ema_safetensors
+    from scoresde.config import config_from_dict
+
+    cfg = config_from_dict({"data": {"name": "digits"}, "sde": {"schedule": "linear"},
+                            "model": {"kind": "unet", "channel_mult": [1, 1], "num_res_blocks": 1,
+                                      "attn_resolutions": [4], **model}})
+    net_model = build_model(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net_model.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    folder.mkdir()
+    export_ema_safetensors(folder / "ema.safetensors", net_model, cfg, step=1)
+    return folder
+
+
+def test_export_is_the_run_at_diffusers_timesteps(tmp_path):
+    """A U-Net run (widths 128 and 256: one group count; two heads of 64) exported to a DDPMPipeline
+    folder: diffusers' own UNet at timestep k computes the run's ε at t = (k+1)/1000 to float32
+    round-off (the time shift is folded into the first time layer), its scheduler's ᾱ_k is the run's
+    continuous linear-schedule ᾱ((k+1)/1000) to diffusers' float32 storage of the betas."""
+    from scoresde.checkpoint import load_run
+    from scoresde.interop import export_diffusers
+
+    run_dir = _random_run(tmp_path / "run", channels=128, num_heads=2)
+    folder = export_diffusers(run_dir)
+    assert folder == run_dir / "diffusers" and (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    pipe = diffusers.DDPMPipeline.from_pretrained(folder)
+    run = load_run(run_dir)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    k = torch.tensor([0, 17, 500, 999])
+    with torch.no_grad():
+        theirs = pipe.unet(x, k).sample
+    ours = run.model.eps(x, (k + 1).double() / 1000)
+    assert ours.abs().max() > 0.3  # a network that computes something
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    t = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod.double(), run.model.sde.alpha_bar(t), rtol=1e-6, atol=0)
+    assert not pipe.scheduler.config.clip_sample and pipe.scheduler.config.prediction_type == "epsilon"
+    with pytest.raises(ValueError, match="exists: expected a new folder"):
+        export_diffusers(run_dir / "ema.safetensors")  # the same default folder: never overwritten
+
+
+@pytest.mark.parametrize("model, fragment", [
+    ({"channels": 8}, "group norms of 2 sizes (2, 4 groups for widths 8, 16): UNet2DModel has one"),
+    ({"channels": 128, "base": "lattice"}, "model.base='lattice': the lattice base has no diffusers counterpart"),
+    ({"kind": "mlp"}, "model.kind: found MLP: only the U-Net has a UNet2DModel counterpart"),
+])
+def test_export_refuses_what_has_no_counterpart(tmp_path, model, fragment):
+    from scoresde.interop import export_diffusers
+
+    with pytest.raises(ValueError, match=None) as err:
+        export_diffusers(_random_run(tmp_path / "run", **model))
+    assert fragment in str(err.value)
+    assert not (tmp_path / "run" / "diffusers").exists()
