@@ -328,6 +328,9 @@ def load_model(path, *, device="cpu"):
 
     if is_diffusers_folder(path):
         return LoadedRun(load_diffusers(path, device=device), None, None, Path(path))
+    if (Path(path) / "config.json").is_file() or (Path(path) / "scheduler_config.json").is_file():
+        raise ValueError(f"{str(path)!r} is one part of a diffusers folder: expected the folder holding "
+                         f"unet/ and scheduler/ (or model_index.json)")
     return load_run(path, device=device, ema=True)
 
 
