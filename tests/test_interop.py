@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,33 @@ def test_eps_equals_diffusers_forward(tmp_path, prediction_type):
     torch.testing.assert_close(model.eps(x[2:3], 251 / N), ours[2:3])  # a scalar t, the same ε
     s = model.sde.sigma(torch.tensor(0.3, dtype=torch.float64))
     torch.testing.assert_close(model.score(x, 0.3), -model.eps(x, 0.3) / float(s))
+
+
+class _Oracle(torch.nn.Module):
+    """A stand-in UNet whose output is the exact target (ε, v or x_0) of a known draw x_t = α x_0 + σ ε."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target, self.dtype = target, torch.float64
+        self.config = types.SimpleNamespace(sample_size=4, in_channels=2)
+
+    def forward(self, x, timestep):
+        return types.SimpleNamespace(sample=self.target)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_prediction_types_recover_the_true_eps(prediction_type):
+    """The conversions are exact algebra: fed the true v = α ε - σ x_0 or the true x_0 of a draw at
+    any t (grid or not), ``eps`` returns that draw's ε to float64 round-off."""
+    sde = load_diffusers(tiny_unet(), diffusers.DDPMScheduler(num_train_timesteps=N)).sde
+    g = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(4, 2, 4, 4, generator=g, dtype=torch.float64), torch.randn(4, 2, 4, 4, generator=g,
+                                                                                      dtype=torch.float64)
+    t = torch.tensor([0.001, 0.0123, 0.5, 1.0], dtype=torch.float64)
+    a, s = sde.alpha(t).reshape(-1, 1, 1, 1), sde.sigma(t).reshape(-1, 1, 1, 1)
+    target = {"epsilon": eps, "v_prediction": a * eps - s * x0, "sample": x0}[prediction_type]
+    model = DiffusersModel(_Oracle(target), sde, prediction_type)
+    torch.testing.assert_close(model.eps(a * x0 + s * eps, t), eps, rtol=1e-12, atol=1e-11)
 
 
 def test_learned_variance_contributes_its_eps_half(tmp_path):
