@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     out = Path(args.out or tmp.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     dev, q = args.device, args.quick
-    import torch  # noqa: PLC0415 - after argument parsing: --help stays instant
+    import torch  # after argument parsing: --help stays instant
 
     where = torch.cuda.get_device_name(dev) if dev.startswith("cuda") and torch.cuda.is_available() else dev
     print(f"gpu_check: device {dev} ({where}), torch {torch.__version__}, "

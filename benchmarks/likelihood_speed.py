@@ -24,46 +24,10 @@ import statistics
 import time
 
 import torch
+from timing_nets import timed_digits_model
 
-from scoresde.build import build_model
-from scoresde.config import load_config
 from scoresde.data import load_dataset
 from scoresde.likelihood import bits_per_dim
-
-
-class _Null(torch.nn.Module):
-    """A trivial ε-network ``0.3 x + w x`` (``w = 0``): isolates the cost outside the network."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x, t):
-        return 0.3 * x + self.w * x
-
-
-class _Timed(torch.nn.Module):
-    """``net`` whose forward time (and, via a tensor hook, backward time) is summed in ``seconds``."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.seconds = net, 0.0
-
-    def forward(self, x, t):
-        start = {}
-        if x.requires_grad:  # backward through the network ends at x's gradient
-            x = x.view_as(x)
-            x.register_hook(lambda g: self._add(start))
-        t0 = time.perf_counter()
-        out = self.net(x, t)
-        self.seconds += time.perf_counter() - t0
-        if out.requires_grad:
-            out.register_hook(lambda g: start.__setitem__("t", time.perf_counter()))
-        return out
-
-    def _add(self, start):
-        if "t" in start:
-            self.seconds += time.perf_counter() - start["t"]
 
 
 def _call_time(net, x, t, calls: int) -> float:
@@ -91,19 +55,10 @@ def main(argv=None) -> None:
                    help="replace the U-Net by ε = 0.3 x: ms/NFE is then the pure overhead")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = load_config()
-    model = build_model(cfg)
-    if args.ckpt:
-        from safetensors.torch import load_file  # noqa: PLC0415
-        model.load_state_dict(load_file(args.ckpt))
-    if args.null_net:
-        model.net = _Null()
-    model.eval().requires_grad_(False)
-    model.net = timed = _Timed(model.net)
+    cfg, model, timed = timed_digits_model(args.ckpt, args.null_net)
     test = load_dataset("digits", "test")
     x_int = test.x_int[:args.n]
-    x = (2 * x_int.float() + 1) / test.levels - 1
+    x = test.x[:args.n]
     x_call, t_call = x[:args.batch].float(), torch.full((min(args.batch, args.n),), 0.5)
     _call_time(timed.net, x_call, t_call, 2)  # warm-up
     rows = []

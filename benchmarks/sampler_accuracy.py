@@ -55,6 +55,8 @@ def run(args):
     problems = {"ring8 (2-D)": GaussianMixture.ring(),
                 "mixture (16-D, 4 comp.)": GaussianMixture.random(16, 4, seed=0)}
     names = {n: (n, {}) for n in SAMPLERS} | EXTRA
+    if args.only:
+        names = {n: v for n, v in names.items() if n in args.only.split(",")}
     steps_list = (10, 20) if args.quick else STEPS
     g = torch.Generator().manual_seed(0)
     print(f"# n={args.n} samples per run, reference {args.ref}, {args.proj} projections, "
@@ -89,6 +91,7 @@ def main():
     p.add_argument("--ref", type=int, default=None, help="oracle reference size (default 50000)")
     p.add_argument("--proj", type=int, default=128, help="random projections for SW1")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--only", default="", help="comma-separated rows to run, e.g. ode (default: all)")
     args = p.parse_args()
     args.n = args.n or (400 if args.quick else 4000)
     args.ref = args.ref or (5000 if args.quick else 50000)

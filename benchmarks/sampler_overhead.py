@@ -30,9 +30,8 @@ import statistics
 import time
 
 import torch
+from timing_nets import timed_digits_model
 
-from scoresde.build import build_model
-from scoresde.config import load_config
 from scoresde.samplers import SAMPLERS, sample
 
 
@@ -43,31 +42,6 @@ def _net_time(net, x, t, calls: int) -> float:
         net(x, t)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-class _Null(torch.nn.Module):
-    """A trivial ε-network ``0.3 x + w x`` (``w = 0``): isolates the cost outside the network."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x, t):
-        return 0.3 * x + self.w * x
-
-
-class _Timed(torch.nn.Module):
-    """``net`` with the wall time of its forward calls summed in ``seconds``."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.seconds = net, 0.0
-
-    def forward(self, x, t):
-        t0 = time.perf_counter()
-        out = self.net(x, t)
-        self.seconds += time.perf_counter() - t0
-        return out
 
 
 def main(argv=None) -> None:
@@ -83,16 +57,7 @@ def main(argv=None) -> None:
                    help="replace the U-Net by ε = 0.3 x: ms/NFE is then the pure overhead")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = load_config()
-    model = build_model(cfg)
-    if args.ckpt:
-        from safetensors.torch import load_file  # noqa: PLC0415
-        model.load_state_dict(load_file(args.ckpt))
-    if args.null_net:
-        model.net = _Null()
-    model.eval().requires_grad_(False)
-    model.net = timed = _Timed(model.net)
+    cfg, model, timed = timed_digits_model(args.ckpt, args.null_net)
     names = args.samplers.split(",")
     shape = (args.batch, *cfg.data.shape)
     x_T = model.sde.prior_sample(shape, generator=torch.Generator().manual_seed(1))

@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     trainer = Trainer(cfg, model, data, torch.device("cpu"), DistInfo())
     bare = bare_loop(bare_model, data.x[:cfg.train.batch_size].float(), cfg.train.lr)
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+        from torch.profiler import ProfilerActivity, profile
         _rate(trainer.train_step, 3)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             _rate(trainer.train_step, args.profile)

@@ -1,6 +1,6 @@
 """The analytic oracle: Gaussian-mixture data with an exact score at every ``t``.
 
-For data ``x_0 ~ Σ_k w_k N(μ_k, Σ_k)`` and any VP-SDE (MATH.md, "Closed forms"),
+For data ``x_0 ~ Σ_k w_k N(μ_k, Σ_k)`` and any VP-SDE (docs/math.md, "Closed forms"),
 ``p_t = Σ_k w_k N(α(t) μ_k, α(t)² Σ_k + σ(t)² I)``,
 so ``log p_t``, the score ``∇ log p_t`` and the optimal noise prediction
 ``ε*(x, t) = -σ(t) ∇ log p_t(x)`` are known exactly.

@@ -4,17 +4,15 @@ The mixture is fitted to ``copies`` uniformly dequantized copies of the training
 space ``z = 2(k + u)/L - 1`` (several copies smooth the fit: one copy lets full covariances
 collapse onto the data's 17-level lattice) and scored on ``n_dequant`` dequantized draws of
 the test set. Bits/dim use the same bound and offset as :func:`scoresde.likelihood.bits_per_dim`
-(MATH.md, "Bits per dimension"): ``bpd = -E_u[log p_z(z)]/(D ln 2) - log₂(2/L)``.
+(:mod:`scoresde.bpd`; docs/math.md, "Bits per dimension"): ``bpd = -E_u[log p_z(z)]/(D ln 2) - log₂(2/L)``.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .data import dequantize
-from .likelihood import BpdResult, _check_data, _check_int, summarize
+from .bpd import BpdResult, bpd_offset, check_int_data, dequantize, nats_to_bpd, summarize
+from .checks import check_choice, check_int
 
 __all__ = ["gmm_bits_per_dim", "COVARIANCE_TYPES"]
 
@@ -35,33 +33,30 @@ def gmm_bits_per_dim(train_int: torch.Tensor, test_int: torch.Tensor, levels: in
         n_dequant: dequantization draws per test example (averaged per example).
         seed: seeds the dequantization noise and scikit-learn's initialisation.
 
-    Returns a :class:`~scoresde.likelihood.BpdResult`: mean test bits/dim, its standard error
+    Returns a :class:`~scoresde.bpd.BpdResult`: mean test bits/dim, its standard error
     over test examples, ``nfe = 0`` and per-example bits/dim; ``info`` holds the fit's
     training bits/dim and the offset.
     """
-    from sklearn.mixture import GaussianMixture  # noqa: PLC0415 - heavy import, only here
+    from sklearn.mixture import GaussianMixture  # heavy import, only here
 
-    dim = _check_data(train_int, levels)
+    dim = check_int_data(train_int, levels)
     train_int, test_int = train_int.cpu(), test_int.cpu()  # scikit-learn works on the CPU
-    if _check_data(test_int, levels) != dim or train_int.shape[1:] != test_int.shape[1:]:
+    if check_int_data(test_int, levels) != dim or train_int.shape[1:] != test_int.shape[1:]:
         raise ValueError(f"test_int has shape {tuple(test_int.shape)}: expected (N, "
                          f"*{tuple(train_int.shape[1:])}) like train_int")
-    n_components = _check_int("n_components", n_components)
-    copies, n_dequant = _check_int("copies", copies), _check_int("n_dequant", n_dequant)
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(f"covariance_type={covariance_type!r}: expected one of "
-                         f"{', '.join(COVARIANCE_TYPES)}")
+    n_components = check_int("n_components", n_components)
+    copies, n_dequant = check_int("copies", copies), check_int("n_dequant", n_dequant)
+    check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     z_train = torch.cat([dequantize(train_int, levels, generator=g) for _ in range(copies)])
     gmm = GaussianMixture(n_components, covariance_type=covariance_type, reg_covar=reg_covar,
                           random_state=int(seed))
     gmm.fit(z_train.flatten(1).numpy())
-    offset = -math.log2(2.0 / levels)  # -log₂(bin width in model space)
-    to_bpd = -1.0 / (dim * math.log(2))
+    offset = bpd_offset(levels)
     values = torch.empty((n_dequant, test_int.shape[0]), dtype=torch.float64, device="cpu")
     for r in range(n_dequant):
         z = dequantize(test_int, levels, generator=g).flatten(1).numpy()
-        values[r] = torch.from_numpy(gmm.score_samples(z)) * to_bpd + offset
+        values[r] = nats_to_bpd(-torch.from_numpy(gmm.score_samples(z)), dim) + offset
     bpd, stderr = summarize(values)
-    train_bpd = float(gmm.score(z_train.flatten(1).numpy())) * to_bpd + offset
+    train_bpd = float(nats_to_bpd(-torch.tensor(gmm.score(z_train.flatten(1).numpy()), device="cpu"), dim)) + offset
     return BpdResult(bpd, stderr, 0, values.mean(0), info={"train_bpd": train_bpd, "offset": offset})

@@ -1,7 +1,7 @@
 """Objects from a :class:`~scoresde.config.Config`: the SDE, the ε-network, the score model.
 
 The one place where config keys become constructor arguments; library code below takes
-explicit keyword arguments only (ARCHITECTURE.md, "CLI modules").
+explicit keyword arguments only (docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ import torch
 from torch import nn
 
 from .config import Config
+from .datasets import dataset_info
+from .lattice import FactorizedLattice, LatticeResidualModel, lattice_log_probs
 from .model import ScoreModel
+from .nets import MLP, UNet
 from .sde import VPSDE
 
 __all__ = ["build_sde", "build_net", "build_model"]
@@ -33,8 +36,6 @@ def build_sde(config: Config) -> VPSDE:
 
 def build_net(config: Config) -> nn.Module:
     """The ε-network of ``config.model`` for examples of shape ``config.data.shape``."""
-    from .nets import MLP, UNet  # noqa: PLC0415 - nets import torch-heavy modules
-
     m, shape = config.model, tuple(config.data.shape)
     if m.kind == "mlp":
         return MLP(shape, hidden=m.hidden, depth=m.depth, time_dim=m.time_dim, dropout=m.dropout)
@@ -43,9 +44,6 @@ def build_net(config: Config) -> nn.Module:
                     num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
                     dropout=m.dropout, num_heads=m.num_heads)
     raise ValueError(f"model.kind={m.kind!r}: expected mlp or unet")
-
-
-LEVELS = {"digits": 17, "mnist": 256, "cifar10": 256}  # integer levels of the image data sets
 
 
 def build_model(config: Config, data=None) -> ScoreModel:
@@ -60,13 +58,12 @@ def build_model(config: Config, data=None) -> ScoreModel:
         net, sde = build_net(config), build_sde(config)
     if config.model.base == "none":
         return ScoreModel(net, sde)
-    from .lattice import FactorizedLattice, LatticeResidualModel, lattice_log_probs  # noqa: PLC0415
-
     shape = tuple(config.data.shape)
+    levels = dataset_info(config.data.name).levels
     if data is not None and data.x_int is not None:
         log_probs = lattice_log_probs(data.x_int.cpu(), data.levels)
-    elif config.data.name in LEVELS:
-        log_probs = torch.zeros((math.prod(shape), LEVELS[config.data.name]), dtype=torch.float64, device="cpu")
+    elif levels is not None:
+        log_probs = torch.zeros((math.prod(shape), levels), dtype=torch.float64, device="cpu")
     else:
         raise ValueError(f"model.base=lattice: data set {config.data.name!r} has no integer levels")
     out = getattr(net, "out", None)

@@ -5,19 +5,17 @@ Layout of a run folder's ``checkpoints/``::
     ckpt_000001000.pt   torch.save of a dict of tensors and plain types (weights_only-loadable)
     latest              one line: the file name of the newest complete checkpoint
 
-Every file is written to a temporary file in the same folder, flushed and fsynced, then
-atomically renamed over the target (``os.replace``), and the folder is fsynced: a process
-killed at any moment leaves either the old or the new file, never a torn one. Old
+Every file is written by :func:`scoresde.atomic.atomic_write` (temporary file, fsync, rename,
+fsync of the folder): a process killed at any moment leaves either the old or the new file,
+never a torn one. Old
 checkpoints are pruned (keep-last-k) only after the new one and its pointer are on disk.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,45 +27,17 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .build import build_model, build_sde
+from .atomic import atomic_write
+from .build import build_model
 from .config import Config, config_from_dict, config_to_yaml
 from .model import ScoreModel
 
-__all__ = ["FORMAT", "atomic_write", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
-           "capture_rng", "restore_rng", "export_ema_safetensors", "load_run", "LoadedRun",
-           "build_model", "build_sde"]
+__all__ = ["FORMAT", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
+           "capture_rng", "restore_rng", "export_ema_safetensors", "load_run", "LoadedRun"]
 
 FORMAT = "scoresde-checkpoint-1"
 EMA_FORMAT = "scoresde-ema-1"
 _CKPT = re.compile(r"^ckpt_(\d+)\.pt$")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write) -> Path:
-    """Write ``path`` atomically: ``write(f)`` into a temp file beside it, fsync, rename, fsync dir."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -113,7 +83,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise ValueError(f"checkpoint {str(path)!r} not found: expected a file written by scoresde.train")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for torn/corrupt files
+    except Exception as e:  # torch raises many kinds for torn or corrupt files
         raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: torn, truncated "
                          f"or not a torch file): expected a complete scoresde checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -12,11 +12,9 @@ import argparse
 import os
 import sys
 
+from .trainer import TrainingStopped
+
 __all__ = ["ArgumentParser", "TrainingStopped", "run_cli"]
-
-
-class TrainingStopped(RuntimeError):
-    """Training cannot go on (non-finite loss or gradient); exit status 1."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -22,16 +22,16 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config_rules import DATA_SHAPES, model_keys, validate
+from .config_rules import model_keys, validate
 
-__all__ = ["Config", "DATA_SHAPES", "load_config", "config_from_dict", "config_to_dict",
+__all__ = ["Config", "load_config", "config_from_dict", "config_to_dict",
            "config_to_yaml", "validate", "model_keys", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "digits.yaml"
 
 @dataclass
 class DataConfig:
-    name: str = "digits"                 # one of DATA_SHAPES
+    name: str = "digits"                 # a name of scoresde.datasets.DATASETS
     root: str | None = None           # folder holding the mnist / cifar10 files
     n: int | None = None              # use only n training examples (toy: points generated)
     shape: list[int] | None = None    # expected example shape; None = the data set's own
@@ -142,7 +142,7 @@ def _describe(tp) -> str:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) is typing.Union and args:
         return _describe(args[0]) + " or null"
-    if typing.get_origin(tp) in (list, list):
+    if typing.get_origin(tp) is list:
         return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
     if dataclasses.is_dataclass(tp):
         return "a section with keys " + ", ".join(f.name for f in dataclasses.fields(tp))

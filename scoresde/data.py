@@ -1,17 +1,15 @@
-"""Data sets and the scaling between integer levels and model space ``[-1, 1]``.
+"""Data sets as tensors: :func:`load_dataset` is the one entry point.
 
-:func:`load_dataset` is the one entry point: toy 2-D sets (:mod:`scoresde.toy`), scikit-learn's
-digits (embedded, no download), MNIST and CIFAR-10 from a local folder
+It reads the data-set table (:mod:`scoresde.datasets`): toy 2-D sets (:mod:`scoresde.toy`),
+scikit-learn's digits (embedded, no download), MNIST and CIFAR-10 from a local folder
 (:mod:`scoresde.data_files`). It returns a :class:`Dataset` of tensors; batching is the caller's.
 
-Scaling convention (MATH.md, "Bits per dimension"): integer data ``k ∈ {0..L-1}`` lives
-in bins ``[2k/L - 1, 2(k+1)/L - 1]`` of model space. Training data are the bin centres
-(:func:`to_model_space`); likelihoods use uniform dequantization (:func:`dequantize`).
+Integer data are scaled into model space ``[-1, 1]`` by :func:`scoresde.bpd.to_model_space`
+(the bin centres; re-exported here with :func:`~scoresde.bpd.dequantize`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -20,42 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data_files, toy
-from .rng import rand
+from .bpd import dequantize, to_model_space
+from .checks import check_choice, check_int
+from .choices import SPLITS
+from .datasets import DATASET_NAMES, dataset_info
 from .toy import toy_oracle
 
 __all__ = ["to_model_space", "dequantize", "Dataset", "load_dataset", "load_images", "DATASET_NAMES",
            "toy_oracle"]
 
-DATASET_NAMES = (*toy.TOY_SETS, "digits", "mnist", "cifar10")
-SPLITS = ("train", "test")
 TOY_SIZES = {"train": 10000, "test": 2000}
-
-
-def _check_levels(x_int: torch.Tensor, levels: int) -> None:
-    if isinstance(levels, bool) or int(levels) != levels or levels < 2:
-        raise ValueError(f"levels={levels!r}: expected an integer ≥ 2")
-    if x_int.is_floating_point() and not torch.equal(x_int, torch.round(x_int)):
-        raise ValueError("x_int: expected integer data (whole numbers) for the given levels")
-    if x_int.numel() and (x_int.min() < 0 or x_int.max() > levels - 1):
-        raise ValueError(f"x_int: expected values in 0..{levels - 1}, got "
-                         f"{x_int.min().item()}..{x_int.max().item()}")
-
-
-def to_model_space(x_int: torch.Tensor, levels: int, dtype=torch.float32) -> torch.Tensor:
-    """Bin centres: ``(2k + 1)/L - 1``."""
-    _check_levels(x_int, levels)
-    return ((2 * x_int.to(torch.float64) + 1) / levels - 1).to(dtype)
-
-
-def dequantize(x_int: torch.Tensor, levels: int, u: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
-    """Uniform dequantization ``z = 2 (k + u)/L - 1`` with ``u ~ U[0, 1)`` (or the given ``u``), on
-    ``x_int``'s device; ``u`` is drawn on the generator's device (CPU or ``x_int``'s) and moved."""
-    _check_levels(x_int, levels)
-    if u is None:
-        u = rand(x_int.shape, generator=generator, dtype=torch.float64, device=x_int.device)
-    return (2 * (x_int.to(torch.float64) + u.to(torch.float64)) / levels - 1).to(dtype)
 
 
 @dataclass
@@ -116,27 +88,16 @@ def load_dataset(name: str, split: str = "train", *, root=None, n: int | None = 
             first ``n`` (all if ``None`` or larger).
         seed: toy sets only: the draw is a function of ``(seed, split)``.
     """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"dataset {name!r}: expected one of {', '.join(DATASET_NAMES)}")
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}: expected 'train' or 'test'")
-    if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
-        raise ValueError(f"n={n!r}: expected a positive integer or None")
-    if name in toy.TOY_SETS:
-        return _load_toy(name, split, TOY_SIZES[split] if n is None else int(n), seed)
-    if name == "digits":
-        x_int, labels = _digits(split)
-        levels = 17
-    else:
-        root = Path(root if root is not None else os.environ.get("SCORESDE_DATA", "data"))
-        if name == "mnist":
-            x_int, labels = data_files.read_mnist(root, split)
-        else:
-            x_int, labels = data_files.read_cifar10(root, split, n=n)
-        levels = 256
+    info = dataset_info(name)
+    check_choice("split", split, SPLITS)
+    n = check_int("n", n, none_ok=True)
+    if info.is_toy:
+        return _load_toy(name, split, TOY_SIZES[split] if n is None else n, seed)
+    root = Path(root if root is not None else os.environ.get("SCORESDE_DATA", "data"))
+    x_int, labels = info.reader(root, split, n)
     if n is not None:
         x_int, labels = x_int[:n], labels[:n]
-    return Dataset(name, to_model_space(x_int, levels), x_int, levels, tuple(x_int.shape[1:]), labels)
+    return Dataset(name, to_model_space(x_int, info.levels), x_int, info.levels, tuple(x_int.shape[1:]), labels)
 
 
 def load_images(path, levels: int = 256, *, channels: int | None = None) -> Dataset:
@@ -150,24 +111,5 @@ def _load_toy(name: str, split: str, n: int, seed: int) -> Dataset:
     """A toy set drawn with a generator seeded by ``(name, seed, split)``: train and test are independent."""
     key = np.random.SeedSequence([int(seed), SPLITS.index(split), DATASET_NAMES.index(name)])
     generator = torch.Generator(device="cpu").manual_seed(int(key.generate_state(1, dtype=np.uint64)[0] >> 1))
-    x, labels = toy.TOY_SETS[name](n, generator)
+    x, labels = dataset_info(name).reader(n, generator)
     return Dataset(name, x, None, None, tuple(x.shape[1:]), labels)
-
-
-def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1797 8×8 digits (levels 0..16), split 80/20 with ``random_state=0``."""
-    x, y = _digits_split()[split]
-    return torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.copy())  # fresh tensors per call
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_split() -> dict:
-    """Parsed once per process (scikit-learn reads a CSV file each time)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = digits.images.astype(np.int64)  # (1797, 8, 8), values 0..16
-    x_tr, x_te, y_tr, y_te = train_test_split(images, digits.target.astype(np.int64),
-                                              test_size=0.2, random_state=0)
-    return {"train": (x_tr, y_tr), "test": (x_te, y_te)}

@@ -4,6 +4,7 @@
   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (optionally ``.gz``). An IDX file is a
   big-endian header ``0x00 0x00 <type> <ndim>`` (type ``0x08`` = uint8), ``ndim`` big-endian
   int32 sizes, then the data in C order.
+- scikit-learn's digits (embedded in the package, no file): 1797 8×8 images with levels 0..16.
 - CIFAR-10 (Krizhevsky 2009), python version: pickles ``data_batch_1..5`` and ``test_batch``,
   dicts with ``b'data'`` (uint8, ``(N, 3072)``: 1024 red, 1024 green, 1024 blue values, each a
   32×32 image in row-major order) and ``b'labels'`` (N ints).
@@ -12,13 +13,15 @@
   shape ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``, or a folder of image files
   (PNG, JPEG, BMP, WebP, all of one size), read with Pillow in sorted file-name order.
 
-No torchvision (PITFALLS.md): the formats are read directly. CIFAR pickles are read with an
+No torchvision: the formats are read directly. CIFAR pickles are read with an
 unpickler that only builds plain containers and numpy arrays, so a hostile file cannot run code.
-Every reader returns ``(images (N, C, H, W) int64, labels (N,) int64)``.
+Every reader is ``read_*(root, split, n=None)`` and returns ``(images (N, C, H, W) int64,
+labels (N,) int64)`` (``n`` lets a reader stop early; the loader keeps the first ``n``).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import pickle
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["MNIST_FILES", "CIFAR10_FILES", "IMAGE_SUFFIXES", "read_idx", "read_mnist", "read_cifar10",
+__all__ = ["MNIST_FILES", "CIFAR10_FILES", "IMAGE_SUFFIXES", "read_idx", "read_digits", "read_mnist", "read_cifar10",
            "read_images"]
 
 MNIST_FILES = {
@@ -76,7 +79,27 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def read_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def read_digits(root, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1797 8×8 digits (levels 0..16), split 80/20 with ``random_state=0``:
+    images ``(N, 1, 8, 8)``, labels ``(N,)``. ``root`` is unused (the data are embedded)."""
+    x, y = _digits_split()[split]
+    return torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.copy())  # fresh tensors per call
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_split() -> dict:
+    """Parsed once per process (scikit-learn reads a CSV file each time)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = digits.images.astype(np.int64)  # (1797, 8, 8), values 0..16
+    x_tr, x_te, y_tr, y_te = train_test_split(images, digits.target.astype(np.int64),
+                                              test_size=0.2, random_state=0)
+    return {"train": (x_tr, y_tr), "test": (x_te, y_te)}
+
+
+def read_mnist(root: Path, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST from ``root`` (or ``root/MNIST/raw``, ``root/mnist``): images (N, 1, 28, 28), labels (N,)."""
     root = Path(root)
     img_path, lab_path = _find([root, root / "MNIST" / "raw", root / "mnist"], MNIST_FILES[split],
@@ -173,7 +196,7 @@ def read_images(path: Path, channels: int | None = None) -> torch.Tensor:
             raise ValueError(f"{path}: array {key!r} is {x.dtype}: expected uint8 images")
         x = _channels_first(x, channels, str(path))
     elif path.is_dir():
-        from PIL import Image  # noqa: PLC0415 - only image folders need Pillow
+        from PIL import Image  # only image folders need Pillow
 
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:

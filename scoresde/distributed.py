@@ -2,7 +2,7 @@
 
 Under ``torchrun`` the environment holds ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; the
 process group uses NCCL on GPUs and gloo on CPU. Rank 0 alone logs and writes files; every
-rank calls the collectives below in the same order (PITFALLS.md, "Training infrastructure").
+rank calls the collectives below in the same order (a rank that skips one deadlocks the others).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "barrier", "all_reduce_sum", "all_gather_objects",
-           "broadcast_object", "shutdown"]
+__all__ = ["DistInfo", "resolve_device", "init_distributed", "barrier", "all_reduce_sum", "all_gather_objects",
+           "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -80,15 +80,6 @@ def all_gather_objects(obj, info: DistInfo) -> list:
     out = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's ``obj`` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def shutdown(info: DistInfo) -> None:

@@ -3,13 +3,15 @@
 ``θ_ema ← d θ_ema + (1 - d) θ`` after every optimizer step, with the warm-up
 ``d_n = min(decay, (1 + n)/(10 + n))`` at update ``n`` (Tensorflow's ExponentialMovingAverage
 with ``num_updates``): the average moves from the first step on, so short CPU runs are not
-stuck at the initial weights (PITFALLS.md, "Training infrastructure").
+stuck at the initial weights.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .checks import check_number
 
 __all__ = ["EMA"]
 
@@ -18,8 +20,7 @@ class EMA:
     """EMA copies of a module's floating-point parameters and buffers (float32 or wider)."""
 
     def __init__(self, module: nn.Module, decay: float, warmup: bool = True):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay={decay!r}: expected a number in [0, 1)")
+        check_number("decay", decay, low=0, high=1, low_closed=True)
         self.decay, self.warmup, self.updates = float(decay), bool(warmup), 0
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
 

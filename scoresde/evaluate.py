@@ -24,14 +24,14 @@ import sys
 
 import torch
 
+from .checks import check_choice, check_int, check_number
+from .choices import PROBES, SPLITS, TRACES, VARIANCES
 from .cli import ArgumentParser, run_cli
 from .data import DATASET_NAMES, load_dataset, load_images
 from .distributed import resolve_device
 from .evaluation import EvalSettings, evaluate_likelihood
 from .interop import load_model
-from .likelihood import PROBES, TRACES
 from .report import model_shape
-from .vlb import VARIANCES
 
 __all__ = ["main", "build_parser"]
 
@@ -76,21 +76,20 @@ def build_parser() -> ArgumentParser:
 def _check_args(args) -> None:
     if not (args.bpd or args.vlb):
         raise ValueError("nothing to evaluate: expected --bpd and/or --vlb")
-    for flag, value, choices in (("--trace", args.trace, TRACES), ("--probe", args.probe, PROBES),
-                                 ("--variance", args.variance, VARIANCES),
-                                 ("--split", args.split, ("test", "train"))):
-        if value is not None and value not in choices:
-            raise ValueError(f"{flag} {value}: expected one of {', '.join(choices)}")
+    for flag, value, allowed in (("--trace", args.trace, TRACES), ("--probe", args.probe, PROBES),
+                                 ("--variance", args.variance, VARIANCES), ("--split", args.split, SPLITS)):
+        if value is not None:
+            check_choice(flag, value, allowed)
     for flag, value, low in (("--probes", args.probes, 1), ("--dequant", args.dequant, 1),
                              ("--limit", args.limit, 0), ("--batch-size", args.batch_size, 1),
                              ("--seed", args.seed, 0), ("--vlb-terms", args.vlb_terms, 1),
                              ("--vlb-steps", args.vlb_steps, 1), ("--threads", args.threads, 1)):
-        if value is not None and value < low:
-            raise ValueError(f"{flag} {value}: expected an integer ≥ {low}")
+        if value is not None:
+            check_int(flag, value, low)
     for flag, value in (("--rtol", args.rtol), ("--atol", args.atol), ("--ode-sigma", args.ode_sigma),
                         ("--vlb-sigma", args.vlb_sigma)):
-        if value is not None and not 0 < value < float("inf"):
-            raise ValueError(f"{flag} {value}: expected a finite number > 0")
+        if value is not None:
+            check_number(flag, value, low=0)
     for a, b in (("ode_sigma", "ode_t_eps"), ("vlb_sigma", "vlb_ddpm_grid"), ("vlb_terms", "vlb_all_terms")):
         if getattr(args, a) is not None and getattr(args, b):
             raise ValueError(f"--{a.replace('_', '-')} and --{b.replace('_', '-')}: expected at most one")

@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .likelihood import PROBES, TRACES, BpdResult, bits_per_dim
+from .bpd import BpdResult
+from .checks import check_choice, check_flag, check_int, check_number
+from .choices import PROBES, TRACES, VARIANCES
+from .likelihood import bits_per_dim
 from .rng import model_device
-from .vlb import VARIANCES, ddpm_vlb_bits_per_dim
+from .vlb import ddpm_vlb_bits_per_dim
 from .vlb_grid import grid_vlb_bits_per_dim, t_of_sigma
 
 __all__ = ["EvalSettings", "LikelihoodReport", "evaluate_likelihood"]
@@ -74,24 +77,16 @@ class EvalSettings:
 
     def __post_init__(self):
         for name in ("ode", "vlb"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected True or False")
+            check_flag(name, getattr(self, name))
         for name, choices in (("trace", TRACES), ("probe", PROBES), ("variance", VARIANCES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(choices)}")
+            check_choice(name, getattr(self, name), choices)
         for name, low in (("limit", 0), ("probes", 1), ("dequant", 1), ("vlb_steps", 1),
                           ("batch_size", 1), ("seed", 0), ("vlb_terms", 1)):
-            value = getattr(self, name)
-            if name == "vlb_terms" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r}: expected an integer ≥ {low}")
+            check_int(name, getattr(self, name), low, none_ok=name == "vlb_terms")
         for name in ("rtol", "atol", "ode_sigma", "vlb_sigma"):
             value = getattr(self, name)
-            if value is None and name.endswith("sigma"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise ValueError(f"{name}={value!r}: expected a finite number > 0")
+            if value is not None or not name.endswith("sigma"):
+                check_number(name, value, low=0)
 
     @classmethod
     def from_config(cls, config, **overrides) -> EvalSettings:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import atomic_write
+from .atomic import atomic_write
 
 __all__ = ["image_grid", "save_grid", "save_scatter", "save_samples_png"]
 
@@ -51,10 +51,10 @@ def save_grid(path, x: torch.Tensor, max_images: int = 64) -> Path:
 def save_scatter(path, samples: torch.Tensor, data: torch.Tensor | None = None,
                  title: str = "") -> Path:
     """2-D samples ``(B, 2)`` as a scatter plot over the data (grey)."""
-    import matplotlib  # noqa: PLC0415 - only for 2-D data
+    import matplotlib  # only for 2-D data
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     if data is not None:

@@ -43,7 +43,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import LoadedRun, load_run
 from .model import ScoreModel, batch_time
+from .nets.unet import AttnBlock, Downsample, UNet, Upsample, group_norm
 from .schedules import DiscreteSchedule
 from .sde import VPSDE, append_dims
 
@@ -60,7 +62,7 @@ _SAMPLING_ONLY = ("timestep_spacing", "steps_offset", "clip_sample", "thresholdi
 
 def _diffusers():
     try:
-        import diffusers  # noqa: PLC0415 - optional dependency, imported only when used
+        import diffusers  # optional dependency, imported only when used
     except ImportError:
         raise ValueError("loading a diffusers model needs the diffusers package: "
                          "pip install 'scoresde[diffusers]'") from None
@@ -324,8 +326,6 @@ def load_model(path, *, device="cpu"):
     """What ``--ckpt`` names, loaded for sampling or evaluation: a
     :class:`~scoresde.checkpoint.LoadedRun` whose ``model`` is a scoresde run's EMA model, or a
     :class:`DiffusersModel` for a diffusers folder (then ``config`` and ``step`` are ``None``)."""
-    from .checkpoint import LoadedRun, load_run  # noqa: PLC0415 - checkpoint builds every network
-
     if is_diffusers_folder(path):
         return LoadedRun(load_diffusers(path, device=device), None, None, Path(path))
     if (Path(path) / "config.json").is_file() or (Path(path) / "scheduler_config.json").is_file():
@@ -342,8 +342,6 @@ EXPORT_N = 1000  # the project's networks embed 1000·t: diffusers' timestep k =
 
 def _export_config(net, config) -> dict:
     """``UNet2DModel`` config of the project's U-Net, or ``ValueError`` naming what has no counterpart."""
-    from .nets.unet import AttnBlock, UNet, group_norm  # noqa: PLC0415
-
     if not isinstance(net, UNet):
         raise ValueError(f"model.kind: found {type(net).__name__}: only the U-Net has a UNet2DModel counterpart")
     if net.time.kind != "sinusoidal":
@@ -382,8 +380,6 @@ def _export_config(net, config) -> dict:
 
 def _export_weights(net) -> dict:
     """The project's U-Net state as ``UNet2DModel`` state-dict entries (float64 where folded)."""
-    from .nets.unet import AttnBlock, Downsample, Upsample  # noqa: PLC0415
-
     out: dict = {}
 
     def put(prefix, module):
@@ -445,8 +441,6 @@ def export_diffusers(run_dir, out=None):
     ``ᾱ((k+1)/N)`` on every schedule (only those 1000 times exist for diffusers). Default folder:
     ``RUN/diffusers``. ``ValueError`` for runs without a counterpart (docs/interop.md).
     """
-    from .checkpoint import load_run  # noqa: PLC0415
-
     d = _diffusers()
     run = load_run(run_dir, device="cpu", ema=True)
     model, cfg = run.model, run.config

@@ -1,13 +1,13 @@
 """An exact oracle for discrete data: independent per-dimension categorical levels on the lattice.
 
 Data ``k ∈ {0..L-1}^D`` with ``P(k) = Π_d π_d(k_d)`` sit, in model space, on the bin centres
-``x_l = (2l + 1)/L - 1`` (:func:`scoresde.data.to_model_space`). Under any VP-SDE
+``x_l = (2l + 1)/L - 1`` (:func:`scoresde.bpd.to_model_space`). Under any VP-SDE
 ``q(x_t | x_0) = N(α x_0, σ² I)``, so each coordinate's posterior over levels is exact,
 
     P(k_d = l | x_t) = softmax_l( log π_d(l) - (x_{t,d} - α x_l)² / (2σ²) ),
 
 and so are Tweedie's ``x̂_0 = Σ_l P(l | x_t) x_l`` and ``ε*(x_t, t) = (x_t - α x̂_0)/σ``
-(MATH.md, "Score and the ε-network"). This is the diffusion of a discrete distribution:
+(docs/math.md, "Score and ε"). This is the diffusion of a discrete distribution:
 as ``σ → 0`` its ε* is the "snap to the nearest level" sawtooth that networks find hard to
 learn (Kingma et al. 2021, "Variational Diffusion Models", §on Fourier features).
 
@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from .checks import check_int, check_number
 from .model import EpsModel, ScoreModel, batch_time
 from .sde import append_dims
 
@@ -35,12 +36,10 @@ __all__ = ["FactorizedLattice", "LatticeResidualModel", "lattice_log_probs"]
 def lattice_log_probs(x_int: torch.Tensor, levels: int, smoothing: float = 0.5) -> torch.Tensor:
     """Per-dimension ``log π_d(l)`` ``(D, L)`` from counts of ``x_int`` ``(N, *dims)`` plus ``smoothing``
     (0.5: the Krichevsky–Trofimov estimate; keeps every level possible)."""
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels={levels!r}: expected an integer ≥ 2")
+    check_int("levels", levels, 2)
     if not isinstance(x_int, torch.Tensor) or x_int.ndim < 2 or x_int.shape[0] < 1:
         raise ValueError(f"x_int of shape {tuple(getattr(x_int, 'shape', ()))}: expected (N, *dims)")
-    if not smoothing > 0:
-        raise ValueError(f"smoothing={smoothing!r}: expected a number > 0")
+    check_number("smoothing", smoothing, low=0)
     k = x_int.flatten(1).long()
     if k.min() < 0 or k.max() > levels - 1:
         raise ValueError(f"x_int: expected integers in 0..{levels - 1}")

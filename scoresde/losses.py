@@ -5,7 +5,7 @@ With ``x_t = α(t) x_0 + σ(t) ε`` the loss is
     L = E_{t ~ U[t_eps, 1]} E_{x_0, ε} [ λ(t) · mean_d (ε_θ(x_t, t) - ε)_d² ],
 
 the squared error averaged over the ``D`` dimensions (Ho et al.'s ``L_simple``; multiply
-by ``D`` for the sum over dimensions). Weightings (MATH.md, "Denoising score matching"):
+by ``D`` for the sum over dimensions). Weightings (docs/math.md, "Denoising score matching"):
 
 - ``simple``: ``λ = 1``.
 - ``likelihood``: ``λ(t) = β(t)/σ(t)²`` (Song, Durkan, Murray & Ermon 2021): then
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_choice, check_int, check_t_eps
+from .choices import TIME_SAMPLINGS, WEIGHTINGS
 from .rng import draw_device, rand, randint, randn
 
 __all__ = ["LossOutput", "dsm_loss", "sample_time", "likelihood_weight", "WEIGHTINGS", "TIME_SAMPLINGS"]
 
-WEIGHTINGS = ("simple", "likelihood")
-TIME_SAMPLINGS = ("continuous", "discrete")
 
 
 @dataclass
@@ -68,17 +68,16 @@ def sample_time(sde, n: int, *, weighting: str = "simple", time_sampling: str = 
     ``[t_eps, 1]`` (continuous) or on ``{1/N, ..., 1}`` (discrete). Returned on ``device``
     (default the CPU); draws are made on the generator's device and moved (:mod:`scoresde.rng`).
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting={weighting!r}: expected one of {WEIGHTINGS}")
-    if time_sampling not in TIME_SAMPLINGS:
-        raise ValueError(f"time_sampling={time_sampling!r}: expected one of {TIME_SAMPLINGS}")
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
     device = torch.device("cpu") if device is None else torch.device(device)
     f64 = dict(dtype=torch.float64, device=device)
     if time_sampling == "discrete":
         n_steps = n_steps if n_steps is not None else getattr(sde, "discrete_steps", None)
-        if n_steps is None or isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 1:
-            raise ValueError(f"n_steps={n_steps!r}: discrete time sampling needs an integer N ≥ 1 "
-                             f"(pass n_steps or use an SDE with discrete_steps)")
+        if n_steps is None:
+            raise ValueError("n_steps=None: discrete time sampling needs an integer N ≥ 1 "
+                             "(pass n_steps or use an SDE with discrete_steps)")
+        n_steps = check_int("n_steps", n_steps)
         grid = torch.arange(1, int(n_steps) + 1, **f64) / int(n_steps)  # t_i = i/N
         if weighting == "simple":
             i = randint(0, int(n_steps), (n,), generator=generator, device=device)
@@ -91,9 +90,7 @@ def sample_time(sde, n: int, *, weighting: str = "simple", time_sampling: str = 
         i = torch.multinomial(lam.to(where), n, replacement=True, generator=generator).to(device)  # p(i) ∝ λ(t_i)
         return grid[i], lam.mean().expand(n).clone()
 
-    t_eps = float(sde.sampling_eps if t_eps is None else t_eps)
-    if not 0.0 < t_eps < 1.0:
-        raise ValueError(f"t_eps={t_eps!r}: expected a number in (0, 1)")
+    t_eps = check_t_eps(t_eps, sde)
     u = rand((n,), generator=generator, **f64)
     if weighting == "simple" or not importance_sampling:
         t = t_eps + (1.0 - t_eps) * u

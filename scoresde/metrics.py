@@ -13,13 +13,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_write_bytes
+from .checks import check_int
+from .data import load_dataset
 from .rng import draw_device, randn
 
 __all__ = ["sliced_wasserstein", "wasserstein_1d", "random_directions", "frechet_distance",
@@ -61,9 +63,8 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, n_projections: int =
     if x.shape[1] != y.shape[1] or x.shape[0] < 1 or y.shape[0] < 1:
         raise ValueError(f"x has shape {tuple(x.shape)}, y {tuple(y.shape)}: expected non-empty "
                          f"samples of the same dimension")
-    if isinstance(n_projections, bool) or int(n_projections) != n_projections or n_projections < 1:
-        raise ValueError(f"n_projections={n_projections!r}: expected a positive integer")
-    theta = random_directions(x.shape[1], int(n_projections), generator, device=x.device)  # (P, D)
+    n_projections = check_int("n_projections", n_projections)
+    theta = random_directions(x.shape[1], n_projections, generator, device=x.device)  # (P, D)
     return float(wasserstein_1d(x @ theta.T, y @ theta.T).mean())
 
 
@@ -150,18 +151,15 @@ class DigitsFeatures:
         return True
 
     def _save(self, path: Path) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in self._params().items()}, str(tmp), metadata=self._metadata())
-        os.replace(tmp, path)
+        tensors = {k: v.contiguous() for k, v in self._params().items()}
+        atomic_write_bytes(path, save(tensors, metadata=self._metadata()))
 
     def _train(self) -> None:
         """Single-threaded: the weights are then bitwise the same whatever torch's thread
         setting (and a model this small trains faster on one core than on contended ones)."""
-        from .data import load_dataset
-
         train = load_dataset("digits", "train")
         x, y = train.x, train.labels
         threads = torch.get_num_threads()
@@ -193,8 +191,6 @@ class DigitsFeatures:
 
     def split_statistics(self) -> tuple:
         """Feature mean and covariance of the digits train and test splits (computed once)."""
-        from .data import load_dataset
-
         if self._split_stats is None:
             self._split_stats = tuple(feature_statistics(self.features(load_dataset("digits", s).x))
                                       for s in ("train", "test"))
@@ -202,8 +198,6 @@ class DigitsFeatures:
 
     @torch.no_grad()
     def accuracy(self, split: str = "test") -> float:
-        from .data import load_dataset
-
         d = load_dataset("digits", split)
         logits = self.head(self.features(d.x).float())
         return float((logits.argmax(1) == d.labels).double().mean())

@@ -2,7 +2,7 @@
 
 The ε-parameterisation (Ho et al. 2020) gives the score as
 ``s(x, t) = -ε(x, t) / σ(t)`` and Tweedie's denoiser as
-``E[x_0 | x_t] = (x_t - σ(t) ε) / α(t)`` (MATH.md, "Score and the ε-network").
+``E[x_0 | x_t] = (x_t - σ(t) ε) / α(t)`` (docs/math.md, "Score and ε").
 Both are derived here, once, from ``eps`` and the SDE; samplers and the likelihood
 call only these methods, so a trained network (:class:`ScoreModel`) and the exact
 oracle (:class:`scoresde.analytic.GaussianMixture`) are interchangeable.
@@ -55,7 +55,7 @@ class ScoreModel(nn.Module, EpsModel):
     """An ε-network ``net(x, t)`` (continuous ``t ∈ [0, 1]``, shape ``(B,)``) joined to an SDE.
 
     The network never sees the schedule. ``t`` reaches it in at least float32, never in a
-    reduced-precision dtype, even when ``x`` is bf16 (PITFALLS.md, "Numerics"). ``x`` is cast
+    reduced-precision dtype, even when ``x`` is bf16 (bf16 cannot tell ``t = 0.9984`` from 1). ``x`` is cast
     to the network's parameter dtype and the output back to ``x``'s dtype, so a float64
     sampler or likelihood solve can drive a float32 network.
     """

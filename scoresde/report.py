@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from . import metrics
-from .checkpoint import atomic_write
+from .atomic import atomic_write
 from .images import save_samples_png
 from .samplers import sample
+from .toy import toy_oracle
 
 __all__ = ["draw_samples", "save_samples", "sample_metrics", "model_shape"]
 
@@ -57,8 +58,6 @@ def sample_metrics(x: torch.Tensor, data_name: str, train, test, *, cache_dir, s
     if x.ndim == 2:
         n = x.shape[0]
         if data_name == "ring":
-            from .data import toy_oracle  # noqa: PLC0415
-
             oracle = toy_oracle("ring")
             ref = oracle.sample(n, generator=g).float()
             other = oracle.sample(n, generator=g).float()

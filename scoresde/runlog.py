@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .atomic import atomic_write
 
 __all__ = ["MetricsLog", "read_metrics"]
 
@@ -45,12 +45,12 @@ class MetricsLog:
             atomic_write(self.path, lambda f: f.write(text.encode()))
         if tensorboard_dir is not None:
             try:
-                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional extra
+                from torch.utils.tensorboard import SummaryWriter  # optional extra
             except ImportError:
                 self.tb = None
             else:
                 self.tb = SummaryWriter(str(tensorboard_dir))
-        self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
+        self._file = open(self.path, "a")  # kept open for the run
 
     def write(self, record: dict) -> None:
         if not self.enabled:

@@ -15,11 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+from .checks import check_choice, check_int
+from .choices import SAMPLERS
 from .cli import ArgumentParser, run_cli
+from .data import load_dataset
+from .datasets import dataset_info
 from .distributed import resolve_device
 from .interop import load_model
 from .report import draw_samples, save_samples
-from .samplers import SAMPLERS
 
 __all__ = ["main", "build_parser"]
 
@@ -27,7 +30,7 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m scoresde.sample", description="Sample from a trained run.")
     p.add_argument("--ckpt", required=True, help="run folder, checkpoint .pt, ema.safetensors or diffusers folder")
-    p.add_argument("--sampler", help=f"one of {', '.join(sorted(SAMPLERS))} "
+    p.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} "
                                      f"(default: the run's sample.sampler)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's sample.steps)")
@@ -39,14 +42,12 @@ def build_parser() -> ArgumentParser:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    if args.n < 1:
-        raise ValueError(f"--n {args.n}: expected an integer ≥ 1")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps {args.steps}: expected an integer ≥ 1")
-    if args.seed < 0:
-        raise ValueError(f"--seed {args.seed}: expected an integer ≥ 0")
-    if args.sampler is not None and args.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler {args.sampler}: expected one of {', '.join(sorted(SAMPLERS))}")
+    check_int("--n", args.n)
+    if args.steps is not None:
+        check_int("--steps", args.steps)
+    check_int("--seed", args.seed, 0)
+    if args.sampler is not None:
+        check_choice("--sampler", args.sampler, SAMPLERS)
     if args.out is not None and Path(args.out).suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: expected a file name ending in .png")
     device = resolve_device(args.device)
@@ -62,9 +63,7 @@ def _main(argv) -> int:
     x, nfe, _ = draw_samples(run.model, sampler, args.n, steps=steps, seed=args.seed, device=device,
                              progress=sys.stderr.isatty())
     background = None
-    if x.ndim == 2 and cfg is not None and cfg.data.name in ("ring", "moons", "swissroll", "checkerboard"):
-        from .data import load_dataset  # noqa: PLC0415 - toy data are generated in milliseconds
-
+    if x.ndim == 2 and cfg is not None and dataset_info(cfg.data.name).is_toy:  # generated in milliseconds
         background = load_dataset(run.config.data.name, "test", seed=run.config.seed).x
     save_samples(out, x, background, f"{sampler}, {nfe} NFE")
     print(f"wrote {out} and {out.with_suffix('.npz')}: {args.n} samples, sampler {sampler}, "

@@ -1,7 +1,7 @@
 """Noise schedules of the VP-SDE, each given by its integrated rate ``B(t)``.
 
 A schedule is a choice of ``B(t) = ∫₀ᵗ β(s) ds`` on ``t ∈ [0, 1]`` (see
-``shared/design/MATH.md``); everything else (``ᾱ``, ``α``, ``σ``, drift, diffusion)
+docs/math.md, "The VP-SDE"); everything else (``ᾱ``, ``α``, ``σ``, drift, diffusion)
 is derived from it by :class:`scoresde.sde.VPSDE`.
 
 All methods take a float64 tensor ``t`` (any shape, already validated to lie in
@@ -14,13 +14,15 @@ import math
 
 import torch
 
+from .checks import check_int
+
 __all__ = ["Schedule", "LinearSchedule", "CosineSchedule", "DiscreteSchedule"]
 
 
 class Schedule:
     """Base class: a schedule provides ``integrated_beta(t)`` and ``beta(t)``.
 
-    ``sampling_eps`` is the natural time at which samplers stop (MATH.md, "Time").
+    ``sampling_eps`` is the natural time at which samplers stop (docs/math.md, "Time").
     """
 
     sampling_eps: float = 1e-3
@@ -119,7 +121,7 @@ class DiscreteSchedule(Schedule):
 
     ``β(t) = -N log(1 - β_i)`` for ``t ∈ ((i-1)/N, i/N]``, so ``B(i/N) = -Σ_{j≤i} log(1-β_j)``,
     ``ᾱ(i/N) = Π_{j≤i}(1-β_j)`` and the SDE's transition from ``t_{i-1}`` to ``t_i`` is DDPM's
-    forward step ``N(√(1-β_i) x, β_i I)`` exactly (MATH.md). ``B`` is piecewise linear.
+    forward step ``N(√(1-β_i) x, β_i I)`` exactly (docs/math.md, "DDPM as a VP-SDE"). ``B`` is piecewise linear.
     The natural sampling end point is the first grid point ``t_1 = 1/N``.
     """
 
@@ -175,6 +177,4 @@ class DiscreteSchedule(Schedule):
 
 
 def _check_n(n_steps) -> int:
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps={n_steps!r}: expected an integer ≥ 1")
-    return int(n_steps)
+    return check_int("n_steps", n_steps)

@@ -2,9 +2,9 @@
 
 Everything derives from the schedule's integrated rate ``B(t) = ∫₀ᵗ β``:
 ``ᾱ = exp(-B)``, ``α = exp(-B/2)``, ``σ = √(-expm1(-B))`` and
-``q(x_t | x_0) = N(α(t) x_0, σ(t)² I)`` (MATH.md).
+``q(x_t | x_0) = N(α(t) x_0, σ(t)² I)`` (docs/math.md).
 
-Conventions (ARCHITECTURE.md, "Contracts"):
+Conventions (docs/architecture.md, "Contracts"):
 - ``t`` is a Python number or a tensor of shape ``()`` or ``(B,)`` with values in ``[0, 1]``.
 - Coefficient methods (``alpha``, ``sigma``, ...) return float64 tensors of ``t``'s shape.
 - Methods on data ``x`` of shape ``(B, *dims)`` broadcast coefficients with
@@ -140,6 +140,12 @@ class VPSDE:
             if done.all():
                 break
         return t
+
+    def time_for_log_snr(self, lam, *, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+        """The ``t ∈ [lo, hi]`` with ``λ(t) = lam`` (float64, ``lam``'s shape): ``λ = -B - log(1 - e^{-B})``
+        inverts to ``B = log(1 + e^{-λ})``, then :meth:`time_for_integrated_beta`."""
+        lam = torch.as_tensor(lam, dtype=torch.float64, device=lam.device if isinstance(lam, torch.Tensor) else "cpu")
+        return self.time_for_integrated_beta(torch.logaddexp(-lam, torch.zeros_like(lam)), lo=lo, hi=hi)
 
     def diffusion(self, t) -> torch.Tensor:
         """``g(t) = √β(t)``."""

@@ -26,9 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as D
+from .atomic import atomic_write
 from .build import build_model
 from .checkpoint import (
-    atomic_write,
     capture_rng,
     export_ema_safetensors,
     latest_checkpoint,

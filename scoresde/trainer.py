@@ -20,16 +20,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, capture_rng, restore_rng
-from .cli import TrainingStopped
+from .bpd import dequantize
+from .checkpoint import FORMAT, restore_rng
 from .config import Config, config_to_dict
-from .data import dequantize
 from .distributed import DistInfo, all_reduce_sum
 from .ema import EMA
 from .losses import dsm_loss
 from .model import EpsModel
 
-__all__ = ["Trainer", "seed_for", "check_batch"]
+__all__ = ["Trainer", "TrainingStopped", "seed_for", "check_batch"]
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (non-finite loss or gradient); the programs exit with status 1."""
 
 
 def seed_for(*keys: int) -> int:
@@ -215,6 +218,3 @@ class Trainer:
         torch.manual_seed(seed_for(self.cfg.seed, self.step, self.dist.rank))
         return (f"checkpoint written by {len(rng)} process(es), resumed by {self.dist.world_size}: "
                 f"dropout RNG streams reseeded")
-
-    def rng_state(self) -> dict:
-        return capture_rng()

@@ -7,7 +7,7 @@
 
 The chain lives on the grid ``t_i = i/N`` of the model's VP-SDE, with the exact
 discretization ``ᾱ_i = ᾱ(i/N)`` and ``β_i = 1 - ᾱ_i/ᾱ_{i-1} = -expm1(-(B(i/N) - B((i-1)/N)))``:
-on a discrete DDPM schedule with the same ``N`` these are its own ``β_i`` (MATH.md), on a
+on a discrete DDPM schedule with the same ``N`` these are its own ``β_i`` (docs/math.md), on a
 continuous schedule they define the DDPM chain that the SDE induces on the grid. Every
 KL is a closed-form Gaussian KL; the sum over ``i`` is exact or an unbiased estimate from a
 random subset of terms scaled by ``N / n_terms``.
@@ -19,16 +19,16 @@ import math
 
 import torch
 
-from .data import to_model_space
-from .likelihood import BpdResult, _check_data, _check_int, summarize
+from .bpd import BpdResult, check_int_data, nats_to_bpd, summarize, to_model_space
+from .checks import check_choice, check_int, check_model
+from .choices import VARIANCES
+from .progress import progress_bar
 from .rng import rand, randn
-from .samplers.base import check_choice, check_model, progress_bar
 from .sde import append_dims
 
 __all__ = ["ddpm_vlb_bits_per_dim", "ddpm_tables", "vlb_prior_term", "vlb_term", "normal_kl",
            "discretized_gaussian_log_likelihood", "VARIANCES"]
 
-VARIANCES = ("beta", "beta_tilde")
 
 
 def ddpm_tables(sde, N: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +128,7 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
     Args:
         model: any VP score model (``.sde``, ``.eps``); see the module docstring for the chain.
         x_int: ``(B, *dims)`` integers in ``0..levels-1``; model space is the bin centres
-            (:func:`scoresde.data.to_model_space`), the decoder uses the same bins.
+            (:func:`scoresde.bpd.to_model_space`), the decoder uses the same bins.
         n_terms: ``None`` sums all ``N`` terms; an integer draws that many distinct
             ``i ∈ 1..N`` per sample and scales their sum by ``N / n_terms`` (unbiased).
         N: chain length; default the schedule's own ``N`` if discrete, else 1000.
@@ -142,15 +142,15 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
     (:mod:`scoresde.rng`). ``x_int`` must be on the model's device. Runs under ``no_grad``.
     """
     check_model(model)
-    dim = _check_data(x_int, levels)
+    dim = check_int_data(x_int, levels)
     check_choice("variance", variance, VARIANCES)
-    batch_size = _check_int("batch_size", batch_size)
-    N = (getattr(model.sde, "discrete_steps", None) or 1000) if N is None else _check_int("N", N)
-    n_terms = N if n_terms is None else _check_int("n_terms", n_terms)
+    batch_size = check_int("batch_size", batch_size)
+    N = (getattr(model.sde, "discrete_steps", None) or 1000) if N is None else check_int("N", N)
+    n_terms = N if n_terms is None else check_int("n_terms", n_terms)
     if n_terms > N:
         raise ValueError(f"n_terms={n_terms}: expected at most N={N}")
     alpha_bar, betas = ddpm_tables(model.sde, N)
-    scale, to_bits = N / n_terms, 1.0 / (dim * math.log(2))
+    scale = N / n_terms
     B = x_int.shape[0]
     parts = torch.zeros((3, B), dtype=torch.float64, device="cpu")  # L_T, Σ L_{i-1}, L_0 in nats
     nfe = 0
@@ -175,7 +175,7 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
                 bar.update(1)
     finally:
         bar.close()
-    per_draw = parts.sum(0, keepdim=True) * to_bits  # (1, B)
+    per_draw = nats_to_bpd(parts.sum(0, keepdim=True), dim)  # (1, B)
     bpd, stderr = summarize(per_draw)
-    terms = {k: float(v.mean() * to_bits) for k, v in zip(("L_T", "L_sum", "L_0"), parts)}
+    terms = {k: float(nats_to_bpd(v.mean(), dim)) for k, v in zip(("L_T", "L_sum", "L_0"), parts)}
     return BpdResult(bpd, stderr, nfe, per_draw[0], terms=terms, info={"N": N, "n_terms": n_terms})

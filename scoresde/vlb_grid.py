@@ -2,7 +2,7 @@
 
 The exact discretization of a VP-SDE on a grid, ``ᾱ_i = ᾱ(τ_i)`` and
 ``β_i = 1 - ᾱ(τ_i)/ᾱ(τ_{i-1})`` (``τ_0 = 0``, so ``β_1 = σ(τ_1)²``), is a valid DDPM chain
-(MATH.md, "Discrete DDPM as a VP-SDE"): it is the VP-SDE of the discrete schedule with these
+(docs/math.md, "DDPM as a VP-SDE"): it is the VP-SDE of the discrete schedule with these
 ``β_i``, whose step ``i`` sits at ``i/N``. :class:`GridChainModel` presents a model that way
 (its ``eps`` at ``i/N`` is the model's ``eps`` at ``τ_i``), so the variational bound of
 :mod:`scoresde.vlb` applies unchanged (Ho et al. 2020, eq. 5).
@@ -21,39 +21,37 @@ import math
 
 import torch
 
-from .likelihood import BpdResult, _check_int
+from .bpd import BpdResult
+from .checks import check_choice, check_int, check_model, check_number, check_t_eps
+from .choices import VLB_SPACINGS
 from .model import EpsModel, batch_time
-from .samplers.base import check_choice, check_model
 from .schedules import DiscreteSchedule
 from .sde import VPSDE
 from .vlb import ddpm_vlb_bits_per_dim
 
 __all__ = ["SPACINGS", "vlb_grid", "t_of_sigma", "GridChainModel", "grid_vlb_bits_per_dim"]
 
-SPACINGS = ("time", "log_snr")
+SPACINGS = VLB_SPACINGS
 
 
 def t_of_sigma(sde, sigma: float) -> float:
     """The time ``t`` with ``σ(t) = sigma`` (``B(t) = -log(1 - σ²)``), for ``0 < sigma < σ(1)``."""
-    if not (isinstance(sigma, (int, float)) and 0 < sigma < float(sde.sigma(1.0))):
-        raise ValueError(f"sigma={sigma!r}: expected a number in (0, σ(1)={float(sde.sigma(1.0)):.4g})")
+    sigma = check_number("sigma", sigma, low=0, high=float(sde.sigma(1.0)))
     b = torch.tensor([-math.log1p(-sigma**2)], dtype=torch.float64, device="cpu")
     return float(sde.time_for_integrated_beta(b)[0])
 
 
-def vlb_grid(sde, N: int, t_eps: float, spacing: str = "log_snr") -> torch.Tensor:
+def vlb_grid(sde, N: int, t_eps: float, spacing: str = "logsnr") -> torch.Tensor:
     """``(τ_0 = 0, τ_1 = t_eps, …, τ_N = 1)``, float64 ``(N+1,)``, equally spaced in ``t`` or in log-SNR."""
-    N = _check_int("N", N)
+    N = check_int("N", N)
     check_choice("spacing", spacing, SPACINGS)
-    if not (isinstance(t_eps, (int, float)) and 0 < t_eps < 1):
-        raise ValueError(f"t_eps={t_eps!r}: expected a number in (0, 1)")
+    t_eps = check_t_eps(t_eps)
     if spacing == "time" or N == 1:
         inner = torch.linspace(t_eps, 1.0, N, dtype=torch.float64, device="cpu")
     else:
         ends = torch.tensor([t_eps, 1.0], dtype=torch.float64, device="cpu")
         lam = torch.linspace(*sde.log_snr(ends).tolist(), N, dtype=torch.float64, device="cpu")
-        b = torch.nn.functional.softplus(-lam)  # λ = -B - log(1 - e^{-B})  ⇔  B = log(1 + e^{-λ})
-        inner = sde.time_for_integrated_beta(b, lo=t_eps, hi=1.0).clamp(t_eps, 1.0)
+        inner = sde.time_for_log_snr(lam, lo=t_eps, hi=1.0).clamp(t_eps, 1.0)
         inner[0], inner[-1] = t_eps, 1.0
     return torch.cat([inner.new_zeros(1), inner])
 
@@ -83,7 +81,7 @@ class GridChainModel(EpsModel):
 
 
 def grid_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, t_eps: float, N: int = 1000,
-                          spacing: str = "log_snr", **options) -> BpdResult:
+                          spacing: str = "logsnr", **options) -> BpdResult:
     """The DDPM bound in bits/dim on the grid :func:`vlb_grid` ``(sde, N, t_eps, spacing)``.
 
     ``options`` go to :func:`scoresde.vlb.ddpm_vlb_bits_per_dim` (``n_terms``, ``variance``,

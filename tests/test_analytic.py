@@ -1,4 +1,4 @@
-"""The Gaussian-mixture oracle: exact log-density, score and ε* of p_t (MATH.md, "Closed forms")."""
+"""The Gaussian-mixture oracle: exact log-density, score and ε* of p_t (docs/math.md, "Closed forms")."""
 
 import math
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from scoresde.atomic import atomic_write
 from scoresde.build import build_model
 from scoresde.checkpoint import (
     FORMAT,
-    atomic_write,
     capture_rng,
     export_ema_safetensors,
     latest_checkpoint,

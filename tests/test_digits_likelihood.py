@@ -145,7 +145,7 @@ def test_vlb_grid_end_points_and_log_snr_spacing():
         times = vlb_grid(sde, 50, t_eps, spacing)
         assert times.shape == (51,) and times[0] == 0 and times[1] == t_eps and times[-1] == 1
         assert (times.diff() > 0).all()
-    lam = sde.log_snr(vlb_grid(sde, 50, t_eps, "log_snr")[1:])
+    lam = sde.log_snr(vlb_grid(sde, 50, t_eps, "logsnr")[1:])
     torch.testing.assert_close(lam.diff(), lam.diff().mean().expand(49), rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="spacing"):
         vlb_grid(sde, 50, t_eps, "banana")
@@ -155,7 +155,7 @@ def test_grid_chain_is_the_exact_discretization():
     # ᾱ of the chain at step i is ᾱ(τ_i) of the SDE (β_1 = σ(τ_1)²), and the chain's ε at i/N
     # is the model's ε at τ_i.
     gm = GaussianMixture.random(3, 2, seed=0)
-    times = vlb_grid(gm.sde, 20, 0.01, "log_snr")
+    times = vlb_grid(gm.sde, 20, 0.01, "logsnr")
     chain = GridChainModel(gm, times)
     steps = torch.arange(21, dtype=torch.float64) / 20
     torch.testing.assert_close(chain.sde.alpha_bar(steps), gm.sde.alpha_bar(times), rtol=1e-12, atol=0)

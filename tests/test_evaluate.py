@@ -64,7 +64,7 @@ def test_exact_trace_and_train_split(runs, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--trace", "full"], "--trace full: expected one of exact, hutchinson"),
     (["--probes", "0"], "--probes 0: expected an integer ≥ 1"),
-    (["--split", "valid"], "--split valid: expected one of test, train"),
+    (["--split", "valid"], "--split valid: expected one of train, test"),
     (["--limit", "-1"], "--limit -1: expected an integer ≥ 0"),
     (["--rtol", "0"], "--rtol 0.0: expected a finite number > 0"),
     (["--vlb-terms", "0"], "--vlb-terms 0: expected an integer ≥ 1"),

@@ -122,7 +122,7 @@ def test_time_embedding_float32_under_bf16_autocast(kind):
 
 
 def test_time_embedding_distinguishes_close_times_under_autocast():
-    """bf16 would round 998.39 and 1000 to the same number (PITFALLS.md); float32 does not."""
+    """bf16 would round 998.39 and 1000 to the same number (so the embedding is float32); float32 does not."""
     t = torch.tensor([0.99839, 1.0])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         e = sinusoidal_embedding(t, 32)

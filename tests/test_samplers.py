@@ -9,8 +9,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from scoresde import VPSDE, DiscreteSchedule, EpsModel, GaussianMixture, ScoreModel
+from scoresde.flow import flow_drift
 from scoresde.samplers import SAMPLERS, sample
-from scoresde.samplers.ode import ProbabilityFlow, encode
+from scoresde.samplers.ode import encode
 from tests.strategies import schedules
 
 MINE = ("ancestral", "ddim", "sde", "ode", "pc")
@@ -275,12 +276,14 @@ def test_sde_euler_is_euler_maruyama_on_the_same_brownian_path(seed):
     torch.testing.assert_close(res.x, x, rtol=1e-10, atol=1e-10)
 
 
-def test_probability_flow_is_the_pf_drift():
+def test_flow_drift_is_the_pf_drift_in_the_b_clock():
+    """β(t) · dx/dB equals the SDE's probability-flow drift f - ½ g² ∇log p_t with the oracle's
+    exact score (computed by the oracle directly, not through ε)."""
     gm, x = _gm(), _x_T(4, (3,))
     t = torch.tensor(0.4, dtype=torch.float64)
-    beta, sigma = float(gm.sde.beta(t)), float(gm.sde.sigma(t))
-    torch.testing.assert_close(ProbabilityFlow(gm)(t, x),
-                               -0.5 * beta * (x - gm.eps(x, t) / sigma))  # MATH.md
+    beta = float(gm.sde.beta(t))
+    torch.testing.assert_close(beta * flow_drift(gm, x, t),
+                               gm.sde.probability_flow_drift(x, t, gm.score(x, t)))  # docs/math.md
 
 
 class _TinyNet(torch.nn.Module):

@@ -1,5 +1,5 @@
-"""Every sampler reproduces the closed-form marginals of Gaussian-mixture data (MATH.md,
-"Closed forms for testing"), for random schedules, data, stopping times and options.
+"""Every sampler reproduces the closed-form marginals of Gaussian-mixture data (docs/math.md,
+"Closed forms"), for random schedules, data, stopping times and options.
 
 Started from an exact draw of ``p_1`` (so the tiny prior mismatch ``α(1) ≠ 0`` plays no part;
 one test starts from ``N(0, I)`` too), a sampler stopping at ``s`` must return draws of

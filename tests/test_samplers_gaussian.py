@@ -21,19 +21,10 @@ from hypothesis import strategies as st
 from scoresde import VPSDE, CosineSchedule, GaussianMixture, LinearSchedule
 from scoresde.samplers import sample
 from scoresde.samplers.ode import encode
+from tests.closed_forms import gaussian_flow_map
 from tests.strategies import schedules
 
 T_EPS = 1e-3
-
-
-def flow_map(gm: GaussianMixture, x: torch.Tensor, t: float, s: float) -> torch.Tensor:
-    """Exact probability-flow map ``x_t ↦ x_s`` for single-Gaussian data (module docstring)."""
-    lam, u, m = gm.evals[0], gm.evecs[0], gm.means[0]
-    a_t, a_s = float(gm.sde.alpha(t)), float(gm.sde.alpha(s))
-    v_t = a_t**2 * lam + float(gm.sde.sigma(t)) ** 2
-    v_s = a_s**2 * lam + float(gm.sde.sigma(s)) ** 2
-    y = (x.reshape(x.shape[0], -1) - a_t * m) @ u
-    return (a_s * m + (y * torch.sqrt(v_s / v_t)) @ u.T).reshape(x.shape)
 
 
 @st.composite
@@ -83,7 +74,7 @@ def _slope(steps, errors) -> float:
 @settings(max_examples=4)
 def test_fixed_step_ode_order(gm, method, steps, order_range):
     x_T = _x_T(gm)
-    exact = flow_map(gm, x_T, 1.0, T_EPS)
+    exact = gaussian_flow_map(gm, x_T, 1.0, T_EPS)
     errors = [float((sample(gm, "ode", x_T, steps=k, method=method, denoise=False,
                             t_eps=T_EPS).x - exact).abs().max()) for k in steps]
     order = -_slope(steps, errors)
@@ -96,7 +87,7 @@ def test_ddim_eta0_is_a_first_order_ode_solver(gm):
     """Song, Meng & Ermon 2021, §4.3: DDIM with η = 0 discretises the probability-flow ODE;
     its per-sample error against the exact map falls like 1/K."""
     x_T = _x_T(gm)
-    exact = flow_map(gm, x_T, 1.0, T_EPS)
+    exact = gaussian_flow_map(gm, x_T, 1.0, T_EPS)
     steps = [25, 50, 100, 200]
     errors = [float((sample(gm, "ddim", x_T, steps=k, denoise=False, t_eps=T_EPS).x - exact)
                     .abs().max()) for k in steps]
@@ -122,7 +113,7 @@ def test_ddim_eta0_converges_to_the_ode_solution_on_mixtures(k, dim, seed):
 def test_dopri5_matches_the_exact_map(gm):
     x_T = _x_T(gm)
     t_eps = gm.sde.sampling_eps
-    exact = flow_map(gm, x_T, 1.0, t_eps)
+    exact = gaussian_flow_map(gm, x_T, 1.0, t_eps)
     res = sample(gm, "ode", x_T, steps=1, denoise=False)  # rtol = atol = 1e-5
     # global error of a 1e-5 local tolerance over O(10) steps, relative to |x| ≲ 3
     assert float((res.x - exact).abs().max()) < 3e-4
@@ -138,7 +129,7 @@ def test_encode_matches_the_exact_inverse_map(gm):
     assert z.t_end == 1.0
     # ~1e-6 of the latent's scale (≲ 4) from rtol = 1e-7; up to ~10x more on the cosine
     # schedule, whose clipped β(t) has a kink at t_c ≈ 0.998 (measured 2e-5)
-    torch.testing.assert_close(z.x, flow_map(gm, x0, T_EPS, 1.0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(z.x, gaussian_flow_map(gm, x0, T_EPS, 1.0), rtol=0, atol=1e-4)
 
 
 @given(schedules(max_n=1000).filter(lambda s: getattr(s, "N", 1000) >= 20),

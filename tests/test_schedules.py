@@ -1,4 +1,4 @@
-"""Schedules and VP-SDE coefficients against their closed forms (MATH.md, "The VP-SDE family")."""
+"""Schedules and VP-SDE coefficients against their closed forms (docs/math.md, "The VP-SDE")."""
 
 import math
 
@@ -112,7 +112,7 @@ def test_transitions_compose_into_marginal(sde, a, b, c):
 
 
 def test_linear_vp_close_to_ddpm_chain():
-    """The linear VP-SDE (0.1, 20) vs DDPM's chain at N = 1000 (MATH.md: close, not equal).
+    """The linear VP-SDE (0.1, 20) vs DDPM's chain at N = 1000 (docs/math.md: close, not equal).
 
     Measured: max |ᾱ_lin(i/N) - ᾱ_DDPM,i| = 8.1e-4 (at t = 0.141), max |log ᾱ gap| = 0.068
     (at t = 1, from Σβ_j²/2), max |β_lin(t_i)/N - β_i| = 1.99e-5, max relative σ gap 4.9%

@@ -4,10 +4,10 @@
 step index. The sinusoidal embedding is of ``1000·t``, so that on DDPM's grid
 ``t_i = i/N`` with ``N = 1000`` it sees the integer step ``i`` exactly as in Ho et al.
 2020 (whose transformer-style embedding takes integer steps). The conversion lives
-here and only here (PITFALLS.md, "conventions for feeding time to a network").
+here and only here (docs/math.md, "Time").
 
 The embedding is computed in float32 with autocast disabled, whatever the ambient
-precision: bf16 rounds ``998.39`` to ``1000`` (PITFALLS.md, "Numerics").
+precision: bf16 rounds ``998.39`` to ``1000``, so two different times would look alike.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import math
 
 import torch
 from torch import nn
+
+from ..checks import check_choice
+from ..choices import TIME_EMBEDDINGS
 
 __all__ = ["TIME_SCALE", "sinusoidal_embedding", "GaussianFourierFeatures", "TimeEmbedding"]
 
@@ -65,12 +68,11 @@ class TimeEmbedding(nn.Module):
         kind: ``"sinusoidal"`` (of ``1000·t``) or ``"fourier"`` (Gaussian Fourier features of ``t``).
     """
 
-    KINDS = ("sinusoidal", "fourier")
+    KINDS = TIME_EMBEDDINGS
 
     def __init__(self, dim: int, out_dim: int, kind: str = "sinusoidal"):
         super().__init__()
-        if kind not in self.KINDS:
-            raise ValueError(f"kind={kind!r}: expected one of {self.KINDS}")
+        check_choice("kind", kind, self.KINDS)
         if dim < 4 or dim % 2:
             raise ValueError(f"dim={dim!r}: expected an even embedding size ≥ 4")
         self.dim, self.kind = dim, kind

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..checks import check_int, check_number, check_shape
 from .embeddings import TimeEmbedding
 
 __all__ = ["MLP"]
@@ -46,12 +47,10 @@ class MLP(nn.Module):
     def __init__(self, data_shape: tuple, *, hidden: int = 256, depth: int = 3, time_dim: int = 128,
                  dropout: float = 0.0, time_embedding: str = "sinusoidal"):
         super().__init__()
-        self.data_shape = _check_shape(data_shape)
+        self.data_shape = check_shape("data_shape", data_shape)
         for name, v, lo in (("hidden", hidden, 1), ("depth", depth, 0), ("time_dim", time_dim, 4)):
-            if isinstance(v, bool) or int(v) != v or v < lo:
-                raise ValueError(f"{name}={v!r}: expected an integer ≥ {lo}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
+            check_int(name, v, lo)
+        check_number("dropout", dropout, low=0, high=1, low_closed=True)
         d = math.prod(self.data_shape)
         self.time = TimeEmbedding(time_dim, hidden, kind=time_embedding)
         self.inp = nn.Linear(d, hidden)
@@ -67,13 +66,3 @@ class MLP(nn.Module):
         for block in self.blocks:
             h = block(h, temb)
         return self.out(nn.functional.silu(self.out_norm(h))).reshape(x.shape)
-
-
-def _check_shape(data_shape) -> tuple:
-    try:
-        shape = tuple(int(s) for s in data_shape)
-    except TypeError:
-        raise ValueError(f"data_shape={data_shape!r}: expected a tuple of positive integers") from None
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"data_shape={data_shape!r}: expected a tuple of positive integers")
-    return shape

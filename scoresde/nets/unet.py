@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..checks import check_int, check_number, check_shape
 from .embeddings import TimeEmbedding
-from .mlp import _check_shape
 
 __all__ = ["UNet", "group_norm", "count_parameters"]
 
@@ -109,7 +109,7 @@ class UNet(nn.Module):
                  num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.1,
                  num_heads: int = 1, time_embedding: str = "sinusoidal"):
         super().__init__()
-        self.data_shape = _check_shape(data_shape)
+        self.data_shape = check_shape("data_shape", data_shape)
         if len(self.data_shape) != 3:
             raise ValueError(f"data_shape={data_shape!r}: expected (C, H, W)")
         c_img, height, width = self.data_shape
@@ -122,10 +122,8 @@ class UNet(nn.Module):
                              f"2**(len(channel_mult)-1) = {factor}")
         for name, v, lo in (("channels", channels, 1), ("num_res_blocks", num_res_blocks, 1),
                             ("num_heads", num_heads, 1)):
-            if isinstance(v, bool) or int(v) != v or v < lo:
-                raise ValueError(f"{name}={v!r}: expected an integer ≥ {lo}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
+            check_int(name, v, lo)
+        check_number("dropout", dropout, low=0, high=1, low_closed=True)
         attn_res = {int(r) for r in attn_resolutions}
         attended = [channels * m for i, m in enumerate(mult) if min(height, width) >> i in attn_res]
         for width_ in attended + [channels * mult[-1]]:  # + the middle block's attention

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from .. import choices
+from ..checks import check_choice
 from .ancestral import ancestral
 from .base import SampleResult
 from .ddim import ddim
@@ -14,7 +16,7 @@ from .reverse_sde import reverse_sde
 
 __all__ = ["SAMPLERS", "SampleResult", "sample"]
 
-# One explicit dict; each sampler module adds its own line here.
+# Keys are the names in scoresde.choices.SAMPLERS (configs validate against those; a test keeps them equal).
 SAMPLERS: dict = {
     "ancestral": ancestral,
     "ddim": ddim,
@@ -28,6 +30,5 @@ SAMPLERS: dict = {
 
 def sample(model, name: str, x_T, **options) -> SampleResult:
     """Run the sampler called ``name`` (one of ``SAMPLERS``) on ``model`` from ``x_T``."""
-    if name not in SAMPLERS:
-        raise ValueError(f"sampler={name!r}: expected one of {', '.join(sorted(SAMPLERS))}")
+    check_choice("sampler", name, choices.SAMPLERS)
     return SAMPLERS[name](model, x_T, **options)

@@ -16,47 +16,13 @@ from __future__ import annotations
 
 import torch
 
+from ..choices import VARIANCES
 from ..rng import randn
-from .base import (
-    SPACINGS,
-    NFECounter,
-    SampleResult,
-    check_choice,
-    check_options,
-    check_steps,
-    check_t_eps,
-    progress_bar,
-    time_grid,
-)
+from .base import NFECounter, SampleResult, check_choice, check_options, check_t_eps, descent_grid, progress_bar
 
-__all__ = ["ancestral", "descent_grid"]
+__all__ = ["ancestral"]
 
 _DEFAULTS = {"variance": "beta", "spacing": "uniform"}
-_VARIANCES = ("beta", "beta_tilde")
-
-
-def descent_grid(sde, steps: int, t_eps: float, spacing: str, denoise: bool) -> torch.Tensor:
-    """Increasing float64 grid with ``steps`` intervals ending at 1, for ancestral/DDIM steps.
-
-    ``denoise=False``: ``time_grid(sde, steps, t_eps, spacing)``, from ``t_eps``.
-    ``denoise=True``: ``0`` followed by ``time_grid(sde, steps - 1, t_eps, spacing)`` (just
-    ``[0, 1]`` for ``steps = 1``): the last of the ``steps`` updates goes from ``t_eps`` to 0.
-    """
-    steps = check_steps(steps)
-    check_choice("spacing", spacing, SPACINGS)
-    if not denoise:
-        grid = time_grid(sde, steps, t_eps, spacing)
-    elif steps == 1:
-        grid = torch.tensor([0.0, 1.0], dtype=torch.float64, device="cpu")
-    else:
-        grid = torch.cat([torch.zeros(1, dtype=torch.float64, device="cpu"),
-                          time_grid(sde, steps - 1, t_eps, spacing)])
-    first = float(grid[1] if denoise else grid[0])
-    if first <= 0:
-        raise ValueError(f"t_eps={t_eps!r}: rounds to 0 on the discrete schedule with "
-                         f"N={sde.discrete_steps}; expected t_eps ≥ 1/(2N)")
-    return grid
-
 
 
 @torch.no_grad()
@@ -81,8 +47,7 @@ def ancestral(model, x_T: torch.Tensor, *, steps: int, generator=None, progress:
         ``SampleResult(x, nfe=steps, t_end=0.0 or t_eps, info={"grid": ...})``.
     """
     opts = check_options("ancestral", options, _DEFAULTS)
-    if opts["variance"] not in _VARIANCES:
-        raise ValueError(f"variance={opts['variance']!r}: expected one of {', '.join(_VARIANCES)}")
+    check_choice("variance", opts["variance"], VARIANCES)
     net = NFECounter(model)
     sde = net.sde
     t_eps = check_t_eps(t_eps, sde)

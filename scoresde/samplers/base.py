@@ -1,6 +1,6 @@
 """What every sampler shares: the result type, time grids, NFE counting, option checks.
 
-The shared signature (ARCHITECTURE.md, "Samplers")::
+The shared signature (docs/architecture.md, "Contracts")::
 
     fn(model, x_T, *, steps, generator=None, progress=False, t_eps=None, denoise=True,
        **options) -> SampleResult
@@ -21,12 +21,13 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
-__all__ = ["SampleResult", "NFECounter", "time_grid", "check_steps", "check_t_eps",
-           "check_choice", "check_model", "check_options", "progress_bar", "SPACINGS", "time_for_log_snr"]
+from ..checks import check_choice, check_int, check_model, check_number, check_t_eps
+from ..choices import SPACINGS
+from ..progress import progress_bar
 
-SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+__all__ = ["SampleResult", "NFECounter", "time_grid", "descent_grid", "check_steps", "check_t_eps",
+           "check_choice", "check_model", "check_options", "progress_bar", "SPACINGS"]
 
 
 @dataclass
@@ -60,29 +61,8 @@ class NFECounter:
         return self.model.x0(x, t)
 
 
-def check_model(model) -> None:
-    if not (hasattr(model, "sde") and callable(getattr(model, "eps", None))):
-        raise ValueError(f"model={type(model).__name__}: expected an object with .sde and .eps(x, t)")
-
-
 def check_steps(steps) -> int:
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps={steps!r}: expected an integer ≥ 1")
-    return int(steps)
-
-
-def check_t_eps(t_eps, sde) -> float:
-    """``t_eps`` (``None`` → the SDE's ``sampling_eps``) as a float in ``(0, 1)``."""
-    t_eps = sde.sampling_eps if t_eps is None else t_eps
-    if not (isinstance(t_eps, (int, float)) and 0 < t_eps < 1):
-        raise ValueError(f"t_eps={t_eps!r}: expected a number in (0, 1)")
-    return float(t_eps)
-
-
-def check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}: expected one of {', '.join(map(str, choices))}")
-    return value
+    return check_int("steps", steps)
 
 
 def check_options(name: str, options: dict, defaults: dict) -> dict:
@@ -92,21 +72,6 @@ def check_options(name: str, options: dict, defaults: dict) -> dict:
         raise ValueError(f"option {unknown[0]!r}: the {name} sampler accepts "
                          f"{', '.join(defaults) or 'no extra options'}")
     return {**defaults, **options}
-
-
-def progress_bar(total: int, enabled: bool, desc: str):
-    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
-
-
-def time_for_log_snr(sde, lam: torch.Tensor) -> torch.Tensor:
-    """Invert the (decreasing) log-SNR ``λ(t)`` by bisection on ``[0, 1]`` in float64."""
-    lam = lam.to(torch.float64)
-    lo, hi = torch.zeros_like(lam), torch.ones_like(lam)
-    for _ in range(64):
-        mid = 0.5 * (lo + hi)
-        above = sde.log_snr(mid) > lam  # λ(mid) too high → t must grow
-        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    return 0.5 * (lo + hi)
 
 
 def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: float = 7.0) -> torch.Tensor:
@@ -119,8 +84,7 @@ def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: floa
     """
     steps = check_steps(steps)
     check_choice("spacing", spacing, SPACINGS)
-    if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
-        raise ValueError(f"rho={rho!r}: expected a finite number > 0")
+    rho = check_number("rho", rho, low=0)
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64, device="cpu")
     t0 = torch.tensor(t_eps, dtype=torch.float64, device="cpu")
     t1 = torch.tensor(1.0, dtype=torch.float64, device="cpu")
@@ -130,11 +94,11 @@ def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: floa
         grid = t_eps + (1.0 - t_eps) * u**2
     elif spacing == "logsnr":
         lam0, lam1 = sde.log_snr(t0), sde.log_snr(t1)
-        grid = time_for_log_snr(sde, lam0 + (lam1 - lam0) * u)
+        grid = sde.time_for_log_snr(lam0 + (lam1 - lam0) * u)
     else:  # karras: σ_K = exp(-λ/2)
         smin, smax = torch.exp(-0.5 * sde.log_snr(t0)), torch.exp(-0.5 * sde.log_snr(t1))
         sig = (smin ** (1 / rho) + u * (smax ** (1 / rho) - smin ** (1 / rho))) ** rho
-        grid = time_for_log_snr(sde, -2.0 * torch.log(sig))
+        grid = sde.time_for_log_snr(-2.0 * torch.log(sig))
     grid[0], grid[-1] = t_eps, 1.0
     n = getattr(sde, "discrete_steps", None)
     if n is not None:
@@ -144,4 +108,27 @@ def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: floa
                              f"{steps} distinct steps on a discrete schedule with N={n}")
     if not torch.all(grid[1:] > grid[:-1]) or not math.isclose(float(grid[-1]), 1.0):
         raise ValueError(f"spacing={spacing!r} with steps={steps}: grid is not strictly increasing")
+    return grid
+
+
+def descent_grid(sde, steps: int, t_eps: float, spacing: str, denoise: bool) -> torch.Tensor:
+    """Increasing float64 grid with ``steps`` intervals ending at 1, for ancestral/DDIM steps.
+
+    ``denoise=False``: ``time_grid(sde, steps, t_eps, spacing)``, from ``t_eps``.
+    ``denoise=True``: ``0`` followed by ``time_grid(sde, steps - 1, t_eps, spacing)`` (just
+    ``[0, 1]`` for ``steps = 1``): the last of the ``steps`` updates goes from ``t_eps`` to 0.
+    """
+    steps = check_steps(steps)
+    check_choice("spacing", spacing, SPACINGS)
+    if not denoise:
+        grid = time_grid(sde, steps, t_eps, spacing)
+    elif steps == 1:
+        grid = torch.tensor([0.0, 1.0], dtype=torch.float64, device="cpu")
+    else:
+        grid = torch.cat([torch.zeros(1, dtype=torch.float64, device="cpu"),
+                          time_grid(sde, steps - 1, t_eps, spacing)])
+    first = float(grid[1] if denoise else grid[0])
+    if first <= 0:
+        raise ValueError(f"t_eps={t_eps!r}: rounds to 0 on the discrete schedule with "
+                         f"N={sde.discrete_steps}; expected t_eps ≥ 1/(2N)")
     return grid

@@ -1,6 +1,6 @@
 """DDIM (Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12).
 
-On a grid ``τ_0 < … < τ_K = 1`` (see :func:`~scoresde.samplers.ancestral.descent_grid`), with
+On a grid ``τ_0 < … < τ_K = 1`` (see :func:`~scoresde.samplers.base.descent_grid`), with
 ``α_k = α(τ_k)``, ``σ_k = σ(τ_k)`` (so ``ᾱ_k = α_k²``, ``1 - ᾱ_k = σ_k²``):
 
     x̂_0 = (x_k - σ_k ε(x_k, τ_k)) / α_k
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_number
 from ..rng import randn
-from .ancestral import descent_grid
-from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar
+from .base import NFECounter, SampleResult, check_options, check_t_eps, descent_grid, progress_bar
 
 __all__ = ["ddim"]
 
@@ -45,10 +45,7 @@ def ddim(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool
         ``SampleResult(x, nfe=steps, t_end=0.0 or t_eps, info={"grid": ..., "eta": ...})``.
     """
     opts = check_options("ddim", options, _DEFAULTS)
-    eta = opts["eta"]
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
-        raise ValueError(f"eta={eta!r}: expected a number in [0, 1]")
-    eta = float(eta)
+    eta = check_number("eta", opts["eta"], low=0, high=1, low_closed=True, high_closed=True)
     net = NFECounter(model)
     sde = net.sde
     t_eps = check_t_eps(t_eps, sde)

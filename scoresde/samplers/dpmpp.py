@@ -32,6 +32,7 @@ import math
 
 import torch
 
+from ..checks import check_choice, check_flag
 from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar, time_grid
 
 __all__ = ["dpmpp"]
@@ -121,8 +122,6 @@ def _step(x, history, order: int, lam_t: float, sigma_ratio: float, alpha_t: flo
 
 def _check_options(options: dict) -> dict:
     opts = check_options("dpmpp", options, _DEFAULTS)
-    if isinstance(opts["order"], bool) or opts["order"] not in (1, 2, 3):
-        raise ValueError(f"order={opts['order']!r}: expected 1, 2 or 3")
-    if not isinstance(opts["lower_order_final"], bool):
-        raise ValueError(f"lower_order_final={opts['lower_order_final']!r}: expected True or False")
+    check_choice("order", opts["order"], (1, 2, 3))
+    check_flag("lower_order_final", opts["lower_order_final"])
     return opts

@@ -1,8 +1,9 @@
 """Heun's 2nd-order method on the probability-flow ODE, Karras et al. 2022 ("Elucidating the
 Design Space of Diffusion-Based Generative Models"), Algorithm 1.
 
-In the scaled variables ``x̃ = x/α`` and ``σ̃ = σ/α = e^{-λ}`` (their eq. 4 with
-``s(t) = α(t)``, ``σ(t) = σ̃``), the probability-flow ODE of any VP-type SDE is
+In the scaled variables ``x̃ = x/α`` and ``σ̃ = σ/α = e^{-λ/2}`` (``λ = log(α²/σ²)`` the
+log-SNR; their eq. 4 with ``s(t) = α(t)``, ``σ(t) = σ̃``), the probability-flow ODE of any
+VP-type SDE is
 
     dx̃/dσ̃ = ε(α x̃, t(σ̃)),
 
@@ -55,7 +56,7 @@ def heun(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool
     grid = time_grid(sde, steps, t_eps, opts["spacing"], rho=opts["rho"]).flip(0)  # 1 → t_eps
     k = grid.numel() - 1
     alpha = sde.alpha(grid).tolist()
-    sigma_k = torch.exp(-0.5 * sde.log_snr(grid)).tolist()  # σ̃ = σ/α = e^{-λ}
+    sigma_k = torch.exp(-0.5 * sde.log_snr(grid)).tolist()  # σ̃ = σ/α = e^{-λ/2}
 
     x = x_T
     bar = progress_bar(k + int(denoise), progress, "heun")

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_choice, check_int, check_number
 from ..rng import randn
 from ..sde import append_dims
-from .ancestral import descent_grid
-from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar
+from .base import NFECounter, SampleResult, check_options, check_t_eps, descent_grid, progress_bar
 
 __all__ = ["pc"]
 
@@ -33,16 +33,10 @@ _NORMS = ("sample", "batch")
 
 
 def _check(opts: dict) -> dict:
-    if opts["predictor"] not in _PREDICTORS:
-        raise ValueError(f"predictor={opts['predictor']!r}: expected one of {', '.join(_PREDICTORS)}")
-    m = opts["corrector_steps"]
-    if isinstance(m, bool) or not isinstance(m, int) or m < 0:
-        raise ValueError(f"corrector_steps={m!r}: expected an integer ≥ 0")
-    if opts["norms"] not in _NORMS:
-        raise ValueError(f"norms={opts['norms']!r}: expected one of {', '.join(_NORMS)}")
-    r = opts["snr"]
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
-        raise ValueError(f"snr={r!r}: expected a number > 0")
+    check_choice("predictor", opts["predictor"], _PREDICTORS)
+    check_int("corrector_steps", opts["corrector_steps"], 0)
+    check_choice("norms", opts["norms"], _NORMS)
+    check_number("snr", opts["snr"], low=0)
     return opts
 
 

@@ -2,7 +2,7 @@
 
     dx = [f(x, t) - g(t)² s(x, t)] dt + g(t) dw̄,   t from 1 down to t_eps.
 
-torchsde integrates forward in time only, so we change variables ``s = -t`` (PITFALLS.md):
+torchsde integrates forward in time only, so we change variables ``s = -t``:
 on ``s ∈ [-1, -t_eps]``
 
     dy = -[f(y, -s) - g(-s)² score(y, -s)] ds + g(-s) dW_s,
@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 import torchsde
 
-from .ancestral import descent_grid
-from .base import NFECounter, SampleResult, check_options, check_steps, check_t_eps, progress_bar
+from ..checks import check_choice
+from ..choices import SDE_METHODS
+from .base import NFECounter, SampleResult, check_options, check_steps, check_t_eps, descent_grid, progress_bar
 
 __all__ = ["reverse_sde", "ReverseSDE"]
 
@@ -27,7 +28,7 @@ _DEFAULTS = {"method": "euler"}
 # general, 1.0 for our state-independent g; torchsde's Milstein coincides with it then) and
 # Rößler's SRI2 stochastic Runge–Kutta ("srk", strong order 1.5, 4 drift evaluations per
 # step; needs the space-time Lévy area, which the Brownian interval provides).
-METHODS = ("euler", "srk")
+METHODS = SDE_METHODS
 
 
 class ReverseSDE(torch.nn.Module):
@@ -93,8 +94,7 @@ def reverse_sde(model, x_T: torch.Tensor, *, steps: int, generator=None, progres
     steps = check_steps(steps)
     opts = check_options("sde", options, _DEFAULTS)
     method = opts["method"]
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
+    check_choice("method", method, METHODS)
     net = NFECounter(model)
     t_eps = check_t_eps(t_eps, net.sde)
     grid = descent_grid(net.sde, steps, t_eps, "uniform", denoise=False).flip(0)  # 1 → τ_0

@@ -1,0 +1,18 @@
+"""Closed forms the tests share (docs/math.md, "Closed forms")."""
+
+from __future__ import annotations
+
+import torch
+
+from scoresde import GaussianMixture
+
+
+def gaussian_flow_map(gm: GaussianMixture, x: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    """Exact probability-flow map ``x_t ↦ x_s`` for single-Gaussian data ``N(μ, U diag(λ) Uᵀ)``:
+    in ``U``'s basis ``x - α μ`` scales by ``√(c_s/c_t)`` per axis, ``c = α² λ + σ²``."""
+    lam, u, m = gm.evals[0], gm.evecs[0], gm.means[0]
+    a_t, a_s = float(gm.sde.alpha(t)), float(gm.sde.alpha(s))
+    c_t = a_t**2 * lam + float(gm.sde.sigma(t)) ** 2
+    c_s = a_s**2 * lam + float(gm.sde.sigma(s)) ** 2
+    y = (x.reshape(x.shape[0], -1) - a_t * m) @ u
+    return (a_s * m + (y * torch.sqrt(c_s / c_t)) @ u.T).reshape(x.shape)

@@ -1,0 +1,50 @@
+"""Every Markdown file that code, docs, notebooks or configs name exists in the repository.
+
+A reference is any ``name.md`` or ``path/to/name.md`` in a ``.py``, ``.md``, ``.ipynb``, ``.yaml``
+or ``.yml`` file (URLs aside); it must resolve relative to the referring file or to the
+repository root.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUFFIXES = {".py", ".md", ".ipynb", ".yaml", ".yml"}
+SKIP_DIRS = {".git", ".venv", "venv", "runs", "data", "build", "dist", "node_modules", "__pycache__"}
+_URL = re.compile(r"[a-z]+://\S+")
+_REF = re.compile(r"(?<![\w/.-])((?:\.{0,2}/)?(?:[\w.-]+/)*[\w-][\w.-]*\.md)(?![\w])")
+
+
+def _files():
+    for path in sorted(ROOT.rglob("*")):
+        rel = path.relative_to(ROOT)
+        if path.is_file() and path.suffix in SUFFIXES and not (set(rel.parts[:-1]) & SKIP_DIRS) \
+                and not rel.parts[0].endswith(".egg-info"):
+            yield path
+
+
+def missing_references(text: str, where: Path) -> list[str]:
+    """The ``.md`` names in ``text`` that resolve neither beside ``where`` nor at the root."""
+    missing = []
+    for ref in _REF.findall(_URL.sub(" ", text)):
+        if not ((where.parent / ref).is_file() or (ROOT / ref).is_file()):
+            missing.append(ref)
+    return missing
+
+
+def test_the_checker_finds_a_missing_file_and_accepts_existing_ones():
+    here = ROOT / "docs" / "x.md"
+    ghost = "NO" + "TES.md"  # spelled in two parts so this file does not refer to it
+    assert missing_references(f"see {ghost} and docs/{ghost}, `a/{ghost}`", here) == \
+        [ghost, f"docs/{ghost}", f"a/{ghost}"]
+    assert missing_references("see math.md, docs/math.md, README.md and ../README.md", here) == []
+    assert missing_references("https://github.com/x/y/blob/main/" + ghost, here) == []
+
+
+def test_every_referenced_markdown_file_exists():
+    me = Path(__file__).resolve()
+    bad = [f"{path.relative_to(ROOT)}: {ref}" for path in _files() if path != me
+           for ref in missing_references(path.read_text(errors="replace"), path)]
+    assert not bad, "references to Markdown files that are not in the repository:\n" + "\n".join(bad)
