@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import data_files
 from .bpd import dequantize, to_model_space
 from .checks import check_choice, check_int
 from .choices import SPLITS
