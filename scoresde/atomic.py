@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir", "remove_temp_files"]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -29,13 +29,60 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (Linux reads it without changing it; elsewhere set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class _Sink:
+    """A binary file that remembers the ``OSError`` of a failed write (disk full, file too large),
+    which writers such as ``torch.save`` turn into a ``RuntimeError`` without the cause."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def __getattr__(self, name):  # tell, seek, fileno, ...: the file's own
+        return getattr(self.f, name)
+
+
 def atomic_write(path, write) -> Path:
-    """Write ``path`` atomically: ``write(f)`` into a temp file beside it, fsync, rename, fsync dir."""
+    """Write ``path`` atomically: ``write(f)`` into a temp file beside it, fsync, rename, fsync dir.
+
+    The file gets the permissions of a normally created one (``0o666`` less the umask), not the
+    ``0o600`` of a temporary file. A failed write inside ``write`` is raised as its ``OSError``
+    (``torch.save`` would report it as a ``RuntimeError``). A writer killed before the rename
+    leaves ``.<name>.*.tmp`` beside the target; :func:`remove_temp_files` cleans those up.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            sink = _Sink(f)
+            try:
+                write(sink)
+            except Exception:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -44,6 +91,18 @@ def atomic_write(path, write) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def remove_temp_files(folder) -> list[Path]:
+    """Delete the temporary files (``.<name>.*.tmp``) a killed :func:`atomic_write` left in ``folder``."""
+    folder = Path(folder)
+    gone = []
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                gone.append(tmp)
+    return gone
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

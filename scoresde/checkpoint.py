@@ -27,13 +27,14 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, remove_temp_files
 from .build import build_model
 from .config import Config, config_from_dict, config_to_yaml
 from .model import ScoreModel
 
-__all__ = ["FORMAT", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
-           "capture_rng", "restore_rng", "export_ema_safetensors", "load_run", "LoadedRun"]
+__all__ = ["FORMAT", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "check_checkpoint",
+           "check_weights", "TRAINING_ENTRIES", "capture_rng", "restore_rng", "export_ema_safetensors",
+           "load_run", "LoadedRun"]
 
 FORMAT = "scoresde-checkpoint-1"
 EMA_FORMAT = "scoresde-ema-1"
@@ -58,8 +59,7 @@ def save_checkpoint(folder, state: dict, step: int, keep_last: int = 2) -> Path:
     for _, old in _checkpoints(folder)[:-keep_last]:
         if old != path:
             old.unlink(missing_ok=True)
-    for tmp in folder.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    remove_temp_files(folder)
     return path
 
 
@@ -89,7 +89,51 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {str(path)!r}: expected a scoresde training checkpoint "
                          f"(format {FORMAT})")
+    check_checkpoint(state, path)
     return state
+
+
+# The entries of a checkpoint and their types (docs/training.md, "The run folder").
+_ENTRIES = {"model": dict, "ema": dict, "ema_updates": int, "optimizer": dict, "scheduler": dict,
+            "step": int, "data": dict, "rng": (list, dict), "bad_steps": int, "log_window": (list, tuple),
+            "config": dict}
+
+
+def check_weights(weights, what: str) -> None:
+    """``weights`` must map names to tensors with finite floating-point values; ``ValueError``
+    naming ``what`` and the first bad entry otherwise."""
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"{what}: expected a non-empty state dict of tensors, got {type(weights).__name__}")
+    for name, value in weights.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{what}: entry {name!r} is a {type(value).__name__}, expected a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{what}: weight {name!r} holds non-finite values (NaN or inf): "
+                             f"expected finite weights")
+
+
+TRAINING_ENTRIES = tuple(_ENTRIES)
+
+
+def check_checkpoint(state: dict, path, required=("step",)) -> None:
+    """The ``required`` entries present, every entry of its type, ``step`` ≥ 0, finite weights;
+    ``ValueError`` naming the file and the entry otherwise (``TRAINING_ENTRIES``: all, to resume)."""
+    where = f"checkpoint {str(path)!r}"
+    for key in required:
+        if key not in state:
+            raise ValueError(f"{where} has no {key!r} entry: expected a complete scoresde checkpoint "
+                             f"(entries {', '.join(_ENTRIES)})")
+    for key, kind in _ENTRIES.items():
+        value = state.get(key)
+        if key in state and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            words = {int: "an integer", dict: "a dict", list: "a list", tuple: "a tuple"}
+            names = " or ".join(words[k] for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ValueError(f"{where}: entry {key!r} is a {type(value).__name__}, expected {names}")
+    if state.get("step", 0) < 0:
+        raise ValueError(f"{where}: step {state['step']}, expected an integer ≥ 0")
+    for key in ("model", "ema"):
+        if key in state:
+            check_weights(state[key], f"{where}, entry {key!r}")
 
 
 # RNG states as tensors and plain types (torch.load(weights_only=True) refuses numpy objects).
@@ -124,8 +168,21 @@ def export_ema_safetensors(path, model, config: Config, step: int | None = None)
     sd = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
     meta = {"format": EMA_FORMAT, "config": config_to_yaml(config), "step": str(step)}
-    data = st_save(tensors, metadata=meta)
+    data = _canonical(st_save(tensors, metadata=meta))
     return atomic_write(path, lambda f: f.write(data))
+
+
+def _canonical(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes the
+    metadata in hash order, which differs between processes, so identical runs would give
+    different bytes. The tensor offsets are unchanged; the header is padded to 8 bytes."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def _read_safetensors(path: Path) -> tuple[dict, Config, int | None]:
@@ -137,11 +194,31 @@ def _read_safetensors(path: Path) -> tuple[dict, Config, int | None]:
     except (OSError, SafetensorError, ValueError, AttributeError) as e:
         raise ValueError(f"weights file {str(path)!r} cannot be read ({str(e).splitlines()[0][:100]}): "
                          f"expected a safetensors file written by scoresde.train") from None
-    if meta.get("format") != EMA_FORMAT or "config" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != EMA_FORMAT or "config" not in meta:
         raise ValueError(f"weights file {str(path)!r}: expected scoresde EMA weights with config metadata")
+    try:
+        config = yaml.safe_load(meta["config"])
+    except yaml.YAMLError as e:
+        raise ValueError(f"weights file {str(path)!r}: its config metadata is not valid YAML "
+                         f"({str(e).splitlines()[0]}): expected the run's config") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"weights file {str(path)!r}: its config metadata is a {type(config).__name__}, "
+                         f"expected a mapping of config sections")
     step = meta.get("step")
-    cfg = config_from_dict(yaml.safe_load(meta["config"]), origin=str(path))
-    return tensors, cfg, int(step) if step and step != "None" else None
+    if step not in (None, "None") and not (isinstance(step, str) and step.isdigit()):
+        raise ValueError(f"weights file {str(path)!r}: step metadata {step!r}, expected an integer ≥ 0")
+    cfg = _config_of(config, path)
+    check_weights(tensors, f"weights file {str(path)!r}")
+    return tensors, cfg, int(step) if step not in (None, "None") else None
+
+
+def _config_of(data: dict, path: Path) -> Config:
+    """The validated config stored in a checkpoint or weights file; errors name the file."""
+    try:
+        return config_from_dict(data, origin=str(path))
+    except (ValueError, TypeError) as e:
+        text = str(e)
+        raise type(e)(text if text.startswith(str(path)) else f"{str(path)!r}: {text}") from None
 
 
 @dataclass
@@ -177,12 +254,13 @@ def load_run(run_dir, *, device="cpu", ema: bool = True) -> LoadedRun:
         weights, cfg, step = _read_safetensors(path)
     else:
         state = load_checkpoint(path)
+        check_checkpoint(state, path, required=("step", "config", "ema" if ema else "model"))
         weights, step = state["ema"] if ema else state["model"], state["step"]
-        cfg = config_from_dict(state["config"], origin=str(path))
+        cfg = _config_of(state["config"], path)
     model = build_model(cfg)
     try:
         model.load_state_dict(weights)
-    except RuntimeError as e:
+    except (RuntimeError, KeyError, TypeError) as e:
         detail = (str(e).splitlines()[1:] or [str(e)])[0].strip()
         raise ValueError(f"{str(path)!r}: weights do not fit the model its config describes "
                          f"({detail})") from None

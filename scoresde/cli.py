@@ -1,9 +1,11 @@
 """What the command-line entry points share: an argument parser whose errors are one line,
 and a wrapper that turns bad user input into one line on stderr and exit status 2.
 
-Exit statuses: 0 done; 1 training stopped by a numerical guard (message names the step);
-2 bad user input (config, flag, path, checkpoint, data); 130/143 interrupted by
-SIGINT/SIGTERM after saving a checkpoint.
+Exit statuses: 0 done; 1 stopped by a numerical guard (non-finite loss, gradient or samples;
+the message names the step); 2 bad user input (config, flag, path, checkpoint, data), found
+before anything was written; 74 an I/O error while writing after the input was accepted
+(disk full, a folder made read-only): every file is whole, the last checkpoint is kept;
+130/143 interrupted by SIGINT/SIGTERM (during training after saving a checkpoint).
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import sys
 
 from .trainer import TrainingStopped
 
-__all__ = ["ArgumentParser", "TrainingStopped", "run_cli"]
+__all__ = ["ArgumentParser", "TrainingStopped", "WriteFailed", "run_cli", "EXIT_IO", "EXIT_INPUT"]
+
+EXIT_INPUT = 2   # bad input: nothing was written
+EXIT_IO = 74     # an I/O error after the input was accepted (sysexits.h EX_IOERR)
+
+
+class WriteFailed(RuntimeError):
+    """Writing the results failed after the input was accepted (disk full, ...); exit status 74."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -40,11 +49,20 @@ def run_cli(main, argv, prog: str) -> int:
     argv = None if argv is None else [str(a) for a in argv]  # paths welcome
     try:
         return int(main(argv) or 0)
-    except (ValueError, OSError) as e:
+    except (ValueError, TypeError, OSError) as e:
         if not quiet:
             print(f"{prog}: error: {_one_line(e)}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_INPUT
     except TrainingStopped as e:
         if not quiet:
             print(f"{prog}: stopped: {_one_line(e)}", file=sys.stderr, flush=True)
         return 1
+    except WriteFailed as e:
+        if not quiet:
+            print(f"{prog}: I/O error: {_one_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_IO
+    except KeyboardInterrupt:
+        if not quiet:
+            print(f"{prog}: interrupted (SIGINT): every file written so far is whole "
+                  f"(a training run continues with --resume auto)", file=sys.stderr, flush=True)
+        return 130

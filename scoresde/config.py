@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,7 @@ def _field_type(key: str):
 def _describe(tp) -> str:
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) is typing.Union and args:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and args:
         return _describe(args[0]) + " or null"
     if typing.get_origin(tp) is list:
         return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
@@ -149,20 +150,53 @@ def _describe(tp) -> str:
     return names.get(tp, str(tp))
 
 
-def _check_sections(data: dict, cls, origin: str, prefix: str = "") -> None:
-    """A section (dataclass field) must be given a mapping, not a scalar or list."""
+def _type_ok(value, tp) -> bool:
+    """Whether ``value`` has the schema type ``tp`` (scalars, lists, optionals; not sections)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return value is None or _type_ok(value, args[0])
+    if typing.get_origin(tp) is list:
+        return isinstance(value, list) and all(_type_ok(v, typing.get_args(tp)[0]) for v in value)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:  # YAML 1.1 reads 1e-4 (no dot) as a string: that one is a number too
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)) or _is_number(value)
+    if tp is str:
+        return isinstance(value, str)
+    return True  # pragma: no cover - the schema uses only the types above
+
+
+def _check_value(value, tp, name: str, origin: str) -> None:
+    """``value`` must have the schema's type ``tp`` before OmegaConf sees it (OmegaConf would turn
+    ``2`` into ``True``, ``"3"`` into ``3`` and accept a number for a string)."""
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        _check_types(value, tp, origin, name + ".")
+    elif dataclasses.is_dataclass(tp) or not _type_ok(value, tp):
+        raise ValueError(f"{origin}: config key {name!r}: expected {_describe(tp)}, got {value!r}")
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(text, str)
+
+
+def _check_types(data: dict, cls, origin: str, prefix: str = "") -> None:
+    """Every known key of ``data`` has its schema type (unknown keys are left to the merge)."""
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
-        tp = hints.get(key)
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ValueError(f"{origin}: config key {prefix + key!r}: expected {_describe(tp)}, "
-                                 f"got {value!r}")
-            _check_sections(value, tp, origin, prefix + key + ".")
+        if isinstance(key, str) and key in hints:
+            _check_value(value, hints[key], prefix + key, origin)
 
 
 def _merge(base: DictConfig, other: dict, origin: str) -> DictConfig:
-    _check_sections(other, Config, origin)
+    if not isinstance(other, dict):
+        raise TypeError(f"{origin}: expected a mapping of config sections, got {type(other).__name__}")
+    _check_types(other, Config, origin)
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as e:
@@ -200,17 +234,38 @@ def parse_overrides(items) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (instead of last-wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1}): "
+                    f"expected each key once", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml_text(text: str):
+    """YAML → Python objects, refusing duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} not found: expected a YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml_text(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML "
-                         f"({str(e).splitlines()[0]})") from None
+        first = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ValueError(f"config file {str(path)!r} is not valid YAML ({first})") from None
     if data is None:
-        return {}
+        raise ValueError(f"config file {str(path)!r} is empty: expected a mapping of config sections "
+                         f"(configs/digits.yaml is the default config)")
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r}: expected a mapping of sections, "
                          f"got {type(data).__name__}")

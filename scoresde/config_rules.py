@@ -7,11 +7,12 @@ Every problem raises one ``ValueError`` naming the key, what was expected and wh
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from . import choices
 from .datasets import DATASET_NAMES, dataset_info
 
-__all__ = ["validate", "model_keys"]
+__all__ = ["validate", "model_keys", "RESUMABLE_KEYS", "run_identity_diff", "MAX_INTEGRATED_BETA"]
 
 _CHOICES = {
     "data.name": DATASET_NAMES,
@@ -77,8 +78,30 @@ def _get(cfg, key: str):
     return cfg
 
 
+# The largest integrated rate B(1) = (beta_min + beta_max)/2 of the linear and ddpm schedules:
+# alpha(1)^2 = e^(-B(1)) must stay a normal float32 (e^-87 is the smallest); past B(1) ≈ 100 the
+# samplers return NaN.
+MAX_INTEGRATED_BETA = 80.0
+
+
+def _non_finite(cfg, cls=None, prefix: str = ""):
+    """The first float key holding inf or NaN, as ``(key, value)``; ``None`` if all are finite."""
+    for f in dataclasses.fields(cls or cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            found = _non_finite(value, type(value), prefix + f.name + ".")
+            if found:
+                return found
+        elif isinstance(value, float) and not math.isfinite(value):
+            return prefix + f.name, value
+    return None
+
+
 def validate(cfg) -> None:
     """Ranges and choices; fills ``data.shape`` with the data set's shape when it is null."""
+    bad = _non_finite(cfg)
+    if bad is not None:
+        raise ValueError(f"config key {bad[0]!r}: expected a finite number, got {bad[1]!r}")
     for key, allowed in _CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ValueError(f"config key {key!r}: expected one of {', '.join(allowed)}, "
@@ -93,6 +116,13 @@ def validate(cfg) -> None:
     if cfg.sde.beta_max < cfg.sde.beta_min:
         raise ValueError(f"config key 'sde.beta_max': expected ≥ sde.beta_min={cfg.sde.beta_min}, "
                          f"got {cfg.sde.beta_max}")
+    if cfg.sde.schedule in ("linear", "ddpm") and (cfg.sde.beta_min + cfg.sde.beta_max) / 2 > MAX_INTEGRATED_BETA:
+        raise ValueError(f"config key 'sde.beta_max': expected (sde.beta_min + sde.beta_max)/2 ≤ "
+                         f"{MAX_INTEGRATED_BETA:g} (the integrated rate B(1); beyond it alpha(1)^2 = e^-B(1) "
+                         f"underflows float32 and samples are NaN), got {cfg.sde.beta_max!r}")
+    if cfg.sde.schedule == "ddpm" and cfg.sde.beta_max / cfg.sde.n_steps >= 1:
+        raise ValueError(f"config key 'sde.beta_max': the ddpm schedule's largest beta_i = sde.beta_max / "
+                         f"sde.n_steps must be < 1, got {cfg.sde.beta_max!r} / {cfg.sde.n_steps}")
     shape = dataset_info(cfg.data.name).shape
     if cfg.data.shape is None:
         cfg.data.shape = list(shape)
@@ -127,3 +157,32 @@ def model_keys(cfg) -> dict:
     flat.update({f"sde.{k}": d["sde"][k] for k in _RELEVANT[cfg.sde.schedule]})
     flat["data.shape"] = d["data"]["shape"]
     return flat
+
+
+# Keys that may change when a run is resumed (where files are, how long, how often to log and
+# save, how many threads/processes, what to sample and evaluate at the end). Every other key
+# (seed, data, SDE, model, loss, optimizer, EMA) is the run's identity: a config that differs
+# from the run folder's on one of them is refused.
+RESUMABLE_KEYS = ("device", "data.root", "train.steps", "train.batch_size", "train.grad_accum",
+                  "train.log_every", "train.ckpt_every", "train.keep_last", "train.max_bad_steps",
+                  "train.amp", "train.compile", "train.tensorboard", "train.threads", "sample.*", "eval.*")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _resumable(key: str) -> bool:
+    return any(key == r or (r.endswith(".*") and key.startswith(r[:-1])) for r in RESUMABLE_KEYS)
+
+
+def run_identity_diff(old, new) -> list[tuple[str, object, object]]:
+    """``(key, old value, new value)`` for each key outside :data:`RESUMABLE_KEYS` that differs."""
+    a, b = _flat(dataclasses.asdict(old)), _flat(dataclasses.asdict(new))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if not _resumable(k) and a.get(k) != b.get(k)]

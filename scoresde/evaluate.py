@@ -24,6 +24,7 @@ import sys
 
 import torch
 
+from .build import check_memory
 from .checks import check_choice, check_int, check_number
 from .choices import PROBES, SPLITS, TRACES, VARIANCES
 from .cli import ArgumentParser, run_cli
@@ -86,6 +87,8 @@ def _check_args(args) -> None:
                              ("--vlb-steps", args.vlb_steps, 1), ("--threads", args.threads, 1)):
         if value is not None:
             check_int(flag, value, low)
+    if args.seed is not None and not args.seed < 2**63:
+        raise ValueError(f"--seed {args.seed}: expected an integer in [0, 2**63)")
     for flag, value in (("--rtol", args.rtol), ("--atol", args.atol), ("--ode-sigma", args.ode_sigma),
                         ("--vlb-sigma", args.vlb_sigma)):
         if value is not None:
@@ -145,6 +148,10 @@ def _main(argv) -> int:
         raise ValueError(f"data set {data.name!r} has no integer levels: bits/dim needs integer data "
                          f"(digits, mnist, cifar10)")
     n = data.x_int.shape[0] if settings.limit == 0 else min(settings.limit, data.x_int.shape[0])
+    batch = min(settings.batch_size, n) * data.dim * 4.0  # bytes of one float32 batch
+    check_memory("--probes", settings.probes, batch * settings.probes, "the Hutchinson probes of one batch")
+    check_memory("--dequant", settings.dequant, 8.0 * n * settings.dequant, "the per-draw results (float64)")
+    check_memory("--vlb-steps", settings.vlb_steps, 16.0 * (settings.vlb_steps + 1), "the VLB grid (float64)")
     what = f"{run.source} (step {run.step})" if run.config is not None else run.model.describe()
     split = f" {args.split}" if data.name in DATASET_NAMES else ""  # an .npz / image folder is what it is
     print(f"{what}: {data.name}{split}, {n} examples, "

@@ -1,8 +1,8 @@
 """The run's metric log: one JSON object per line in ``metrics.jsonl`` (+ TensorBoard if installed).
 
 On resume the log is cut back to the checkpoint's step (lines written after the last save,
-and a line torn by a kill, are dropped), so an interrupted and resumed run has the same log
-as an uninterrupted one.
+and a line torn by a kill, are dropped), and a fresh start (step 0) empties it, so an
+interrupted and resumed run has the same log as an uninterrupted one: each step once.
 """
 
 from __future__ import annotations
@@ -31,6 +31,20 @@ def read_metrics(path) -> list[dict]:
     return records
 
 
+def _each_step_once(records: list[dict], last: int) -> list[dict]:
+    """The records of steps ≤ ``last``, each step once: a record ends every earlier one of the same
+    or a later step (the lines of an attempt that was cut short and trained again)."""
+    kept: list[dict] = []
+    for r in records:
+        step = r.get("step")
+        if not isinstance(step, int) or not 0 < step <= last:
+            continue
+        while kept and kept[-1]["step"] >= step:
+            kept.pop()
+        kept.append(r)
+    return kept
+
+
 class MetricsLog:
     """Appends records to ``path``; does nothing on ranks other than 0 (``enabled=False``)."""
 
@@ -40,7 +54,7 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            kept = _each_step_once(read_metrics(self.path), resume_step)
             text = "".join(json.dumps(r) + "\n" for r in kept)
             atomic_write(self.path, lambda f: f.write(text.encode()))
         if tensorboard_dir is not None:

@@ -11,18 +11,23 @@ checkpoint ``.pt``, an ``ema.safetensors`` file or a diffusers DDPM folder
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
+import torch
+
+from .build import check_memory
 from .checks import check_choice, check_int
 from .choices import SAMPLERS
-from .cli import ArgumentParser, run_cli
+from .cli import ArgumentParser, TrainingStopped, WriteFailed, run_cli
 from .data import load_dataset
 from .datasets import dataset_info
 from .distributed import resolve_device
 from .interop import load_model
-from .report import draw_samples, save_samples
+from .report import draw_samples, model_shape, save_samples
 
 __all__ = ["main", "build_parser"]
 
@@ -48,6 +53,8 @@ def _main(argv) -> int:
     check_int("--seed", args.seed, 0)
     if args.sampler is not None:
         check_choice("--sampler", args.sampler, SAMPLERS)
+    if not args.seed < 2**63:
+        raise ValueError(f"--seed {args.seed}: expected an integer in [0, 2**63)")
     if args.out is not None and Path(args.out).suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: expected a file name ending in .png")
     device = resolve_device(args.device)
@@ -55,21 +62,43 @@ def _main(argv) -> int:
     cfg = run.config  # None for a diffusers folder: dpmpp with 19 steps (20 NFE)
     sampler = args.sampler or (cfg.sample.sampler if cfg is not None else "dpmpp")
     steps = args.steps or (cfg.sample.steps if cfg is not None else 19)
+    dim = math.prod(model_shape(run.model))
+    check_memory("--n", args.n, 8.0 * dim * args.n, "the samples (x_T and x, float32)")
+    check_memory("--steps", steps, 8.0 * (steps + 1), "the sampler's time grid (float64)")
     run_dir = Path(args.ckpt) if Path(args.ckpt).is_dir() else run.source.parent
     out = Path(args.out) if args.out else run_dir / "samples" / f"{sampler}_seed{args.seed}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(out)
 
     start = time.perf_counter()
     x, nfe, _ = draw_samples(run.model, sampler, args.n, steps=steps, seed=args.seed, device=device,
                              progress=sys.stderr.isatty())
+    if not bool(torch.isfinite(x).all()):
+        raise TrainingStopped(f"the {sampler} samples hold non-finite values (step {run.step} of "
+                              f"{run.source}): expected finite samples; nothing was written")
     background = None
     if x.ndim == 2 and cfg is not None and dataset_info(cfg.data.name).is_toy:  # generated in milliseconds
         background = load_dataset(run.config.data.name, "test", seed=run.config.seed).x
-    save_samples(out, x, background, f"{sampler}, {nfe} NFE")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_samples(out, x, background, f"{sampler}, {nfe} NFE")
+    except OSError as e:
+        raise WriteFailed(f"writing {out} failed: {e.strerror or e}: {e.filename!r}") from None
     print(f"wrote {out} and {out.with_suffix('.npz')}: {args.n} samples, sampler {sampler}, "
           f"{nfe} NFE, {time.perf_counter() - start:.1f} s ("
           + (f"step {run.step} of {run.source})" if cfg is not None else f"{run.model.describe()})"))
     return 0
+
+
+def _check_writable(out: Path) -> None:
+    """The PNG and the .npz beside it can be written (checked before sampling)."""
+    probe = out.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {probe} is not a writable folder; expected a PNG path in one")
+    for f in (out, out.with_suffix(".npz")):
+        if f.exists() and not f.is_file():
+            raise ValueError(f"--out {out}: {f} is a folder or special file; expected a file name")
 
 
 def main(argv=None) -> int:

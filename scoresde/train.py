@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import sys
 import threading
@@ -23,20 +25,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from .atomic import atomic_write
-from .build import build_model
+from .atomic import atomic_write, remove_temp_files
+from .build import build_model, check_sizes
 from .checkpoint import (
+    TRAINING_ENTRIES,
     capture_rng,
+    check_checkpoint,
     export_ema_safetensors,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from .cli import ArgumentParser, run_cli
-from .config import DEFAULT_CONFIG, config_from_dict, config_to_yaml, load_config, model_keys
+from .cli import ArgumentParser, TrainingStopped, WriteFailed, run_cli
+from .config import DEFAULT_CONFIG, config_from_dict, config_to_yaml, load_config, model_keys, read_yaml_text
+from .config_rules import RESUMABLE_KEYS, run_identity_diff
 from .data import load_dataset
 from .evaluation import EvalSettings, evaluate_likelihood
 from .report import draw_samples, sample_metrics, save_samples
@@ -61,8 +67,19 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def _holds_run(folder: Path) -> bool:
+    """A folder holds a run once its ``config.yaml`` or a checkpoint exists."""
+    return (folder / "config.yaml").is_file() or latest_checkpoint(folder / "checkpoints") is not None
+
+
 def _run_folder(args, stem: str) -> tuple[Path, Path | None]:
-    """The run folder and the checkpoint to resume from (``None``: a fresh run)."""
+    """The run folder and the checkpoint to resume from (``None``: a fresh run). Reads only.
+
+    ``--resume PATH``: that checkpoint (or run folder's latest). Otherwise the folder is ``--out``,
+    or the one this config creates: ``runs/<stem>``, or ``runs/<stem>-K`` when that holds a run.
+    ``--resume auto`` without ``--out`` continues the one folder ``runs/<stem>`` or
+    ``runs/<stem>-K`` holding a run, and refuses when there are several.
+    """
     if args.resume not in (None, "auto"):
         src = Path(args.resume)
         ckpt = latest_checkpoint(src / "checkpoints") if src.is_dir() else src
@@ -74,23 +91,44 @@ def _run_folder(args, stem: str) -> tuple[Path, Path | None]:
     if args.out:
         run = Path(args.out)
     else:
-        taken = sorted((p for p in Path("runs").glob(f"{stem}*") if latest_checkpoint(p / "checkpoints")),
-                       key=lambda p: p.stat().st_mtime)
+        pattern = re.compile(re.escape(stem) + r"(-[0-9]+)?")
+        runs = Path("runs")
+        taken = sorted(p for p in (runs.iterdir() if runs.is_dir() else ())
+                       if pattern.fullmatch(p.name) and p.is_dir() and _holds_run(p))
+        if args.resume == "auto" and len(taken) > 1:
+            raise ValueError(f"--resume auto: {len(taken)} run folders of config {stem!r} "
+                             f"({', '.join(str(p) for p in taken)}): expected one; pass --out to choose")
         if args.resume == "auto" and taken:
-            run = taken[-1]
+            run = taken[0]
         else:
-            run, k = Path("runs") / stem, 1
-            while latest_checkpoint(run / "checkpoints") is not None:
+            run, k = runs / stem, 1
+            while _holds_run(run):
                 k += 1
-                run = Path("runs") / f"{stem}-{k}"
+                run = runs / f"{stem}-{k}"
     ckpt = latest_checkpoint(run / "checkpoints") if run.is_dir() else None
-    if ckpt is not None and args.resume is None:
+    if args.resume is None and run.is_dir() and _holds_run(run):
         raise ValueError(f"run folder {str(run)!r} already holds a training run: pass --resume auto "
                          f"to continue it, or --out for a new folder")
     return run, ckpt
 
 
-def _config(args, state, ckpt):
+def _folder_config(run: Path) -> dict | None:
+    """The config a run folder was started with (its ``config.yaml``), ``None`` if it has none."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        data = read_yaml_text(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"run folder {str(run)!r}: its config.yaml cannot be read "
+                         f"({' '.join(str(e).split())[:120]}): expected the config the run was started with") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"run folder {str(run)!r}: its config.yaml holds a {type(data).__name__}, "
+                         f"expected a mapping of config sections")
+    return data
+
+
+def _config(args, state, ckpt, run: Path, folder: dict | None):
     overrides = list(args.set)
     for key, value in (("seed", args.seed), ("sample.sampler", args.sampler),
                        ("sample.steps", args.sample_steps), ("device", args.device)):
@@ -98,6 +136,8 @@ def _config(args, state, ckpt):
             overrides.append(f"{key}={value}")
     if args.config is None and state is not None:
         cfg = config_from_dict(state["config"], overrides, origin=str(ckpt))
+    elif args.config is None and folder is not None:  # a run that died before its first checkpoint
+        cfg = config_from_dict(folder, overrides, origin=str(run / "config.yaml"))
     else:
         cfg = load_config(args.config, overrides)
     if state is not None:
@@ -107,7 +147,46 @@ def _config(args, state, ckpt):
             raise ValueError(f"checkpoint {str(ckpt)!r} holds a different model: "
                              + "; ".join(f"{k}={new.get(k)!r} but the checkpoint has {old.get(k)!r}"
                                          for k in diff) + " (expected the checkpoint's values)")
+    for source, data in ((f"checkpoint {str(ckpt)!r}", state and state["config"]),
+                         (f"run folder {str(run)!r}", folder)):
+        if data:
+            diff = run_identity_diff(config_from_dict(data, origin=source), cfg)
+            if diff:
+                raise ValueError(f"{source} was trained with another config: "
+                                 + "; ".join(f"{k}={b!r} but the run has {a!r}" for k, a, b in diff)
+                                 + f" (only {', '.join(RESUMABLE_KEYS)} may change on resume)")
+    if state is not None and state["step"] > cfg.train.steps:
+        raise ValueError(f"train.steps={cfg.train.steps}: checkpoint {str(ckpt)!r} is already at step "
+                         f"{state['step']}; expected train.steps ≥ {state['step']} (a run is never shortened)")
     return cfg
+
+
+def _check_writable(run: Path, cfg) -> None:
+    """Every file and folder the run will write can be written: checked before the first byte."""
+    probe = run
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--out {run}: cannot create the run folder ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "the run folder" if probe == run else f"the run folder in {probe}"
+        raise ValueError(f"--out {run}: {what} is not writable (permission denied)")
+    ckpts = run / "checkpoints"
+    if ckpts.exists() and not (ckpts.is_dir() and os.access(ckpts, os.W_OK | os.X_OK)):
+        why = "not writable" if ckpts.is_dir() else "not a folder"
+        raise ValueError(f"{ckpts}: {why}; expected a writable folder of checkpoints")
+    files = [run / "config.yaml", run / "metrics.jsonl", run / "ema.safetensors", run / "summary.json",
+             ckpts / "latest", run / f"samples_{cfg.sample.sampler}.png",
+             run / f"samples_{cfg.sample.sampler}.npz"]
+    for f in files:
+        if f.exists() and not f.is_file():
+            raise ValueError(f"{f}: is a folder or special file; expected a file that can be replaced")
+    log = run / "metrics.jsonl"
+    if log.is_file() and not os.access(log, os.R_OK | os.W_OK):
+        raise ValueError(f"{log}: not writable; expected the run's metric log, readable and writable")
+    tb = run / "tensorboard"
+    if cfg.train.tensorboard and tb.exists() and not tb.is_dir():
+        raise ValueError(f"{tb}: not a folder; expected TensorBoard's log folder (or train.tensorboard=false)")
 
 
 class _Interrupt:
@@ -146,8 +225,12 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     stem = Path(args.config).stem if args.config else DEFAULT_CONFIG.stem
     run, ckpt = _run_folder(args, stem)
+    folder = _folder_config(run) if args.resume is not None else None
     state = load_checkpoint(ckpt) if ckpt is not None else None
-    cfg = _config(args, state, ckpt)
+    if state is not None:
+        check_checkpoint(state, ckpt, required=TRAINING_ENTRIES)
+    cfg = _config(args, state, ckpt, run, folder)
+    check_sizes(cfg)
     device = D.resolve_device(cfg.device, D.DistInfo().local_rank)
     dist = D.init_distributed(device)
     device = D.resolve_device(cfg.device, dist.local_rank)
@@ -164,24 +247,55 @@ def _main(argv) -> int:
     check_batch(trainer.first_batch(), cfg.data.shape, cfg.data.name,
                 bounded=train_data.levels is not None)
     if state is not None:
-        note = trainer.load_state_dict(state)
+        try:
+            note = trainer.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            detail = " ".join(str(e).split())[:160]
+            raise ValueError(f"checkpoint {str(ckpt)!r}: its training state does not fit the model and "
+                             f"optimizer its config describes ({type(e).__name__}: {detail}): expected a "
+                             f"checkpoint written by scoresde.train for this config") from None
         say(f"resumed {ckpt} at step {trainer.step}" + (f" ({note})" if note else ""))
     else:
         torch.manual_seed(cfg.seed + dist.rank)  # dropout streams differ per rank
         np.random.seed(cfg.seed + dist.rank)
         random.seed(cfg.seed + dist.rank)
+    _check_writable(run, cfg)  # on every rank (it only reads), so all ranks stop together
 
-    # Everything is checked: now the run folder may be written (rank 0 only).
+    # Everything is checked: now the run folder may be written (rank 0 only). An I/O error from
+    # here on is not bad input: exit status 74, every file whole (atomic writes).
+    top = run  # the outermost folder this attempt creates (None: the run folder exists)
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    top = None if run.exists() else top
+    try:
+        return _write_run(cfg, args, run, state, ckpt, trainer, model, train_data, test_data, device,
+                          dist, say, start)
+    except OSError as e:
+        if top is not None and dist.is_main and latest_checkpoint(run / "checkpoints") is None:
+            shutil.rmtree(top, ignore_errors=True)  # a new folder without a checkpoint: as before
+            raise WriteFailed(f"writing run folder {str(run)!r} failed: {_os_error(e)}; the new folder "
+                              f"was removed") from None
+        raise WriteFailed(f"writing run folder {str(run)!r} failed: {_os_error(e)}; every file is whole "
+                          f"and the last checkpoint is kept (resume with --out {run} --resume auto)") from None
+
+
+def _os_error(e: OSError) -> str:
+    return f"{e.strerror}: {e.filename!r}" if e.strerror and e.filename else " ".join(str(e).split())
+
+
+def _write_run(cfg, args, run, state, ckpt, trainer, model, train_data, test_data, device, dist, say,
+               start) -> int:
     if dist.is_main:
-        try:
-            run.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"--out {run}: cannot create the run folder ({e.strerror})") from None
-        if not os.access(run, os.W_OK):
-            raise ValueError(f"--out {run}: the run folder is not writable")
-        atomic_write(run / "config.yaml", lambda f: f.write(config_to_yaml(cfg).encode()))
-    log = MetricsLog(run / "metrics.jsonl", enabled=dist.is_main,
-                     resume_step=trainer.step if state is not None else None,
+        run.mkdir(parents=True, exist_ok=True)
+        for folder in (run, run / "checkpoints", run / "samples"):
+            remove_temp_files(folder)  # left by a writer killed before its rename
+        text = config_to_yaml(cfg)
+        path = run / "config.yaml"
+        if not path.is_file() or path.read_text() != text:
+            atomic_write(path, lambda f: f.write(text.encode()))
+    # The log keeps each step once: cut back to the checkpoint's step (0: a fresh start drops the
+    # lines of an attempt that died before its first checkpoint).
+    log = MetricsLog(run / "metrics.jsonl", enabled=dist.is_main, resume_step=trainer.step,
                      tensorboard_dir=run / "tensorboard" if cfg.train.tensorboard else None)
     nparams = sum(p.numel() for p in model.parameters())
     say(f"run folder {run} | {cfg.data.name} {tuple(cfg.data.shape)} | {cfg.model.kind} {nparams:,} "
@@ -195,8 +309,9 @@ def _main(argv) -> int:
     if status is not None:
         D.shutdown(dist)
         return status
-    if state is not None and trainer.step == state["step"]:
-        _save(trainer, run, dist)  # nothing left to train: still leave ema.safetensors
+    if state is not None and trainer.step == state["step"] and dist.is_main:
+        # nothing left to train: leave ema.safetensors (same bytes), the checkpoint untouched
+        export_ema_safetensors(run / "ema.safetensors", trainer.ema.shadow, cfg, trainer.step)
     train_seconds = time.perf_counter() - train_start
     digests = D.all_gather_objects(_digest(model), dist)  # every rank must hold the same weights
     if len(set(digests)) > 1:
@@ -258,6 +373,9 @@ def _evaluate(cfg, trainer, run, train_data, test_data, device, start, summary) 
     if cfg.sample.n > 0:
         x, nfe, secs = draw_samples(model, cfg.sample.sampler, cfg.sample.n, steps=cfg.sample.steps,
                                     seed=cfg.seed, device=device, progress=progress)
+        if not bool(torch.isfinite(x).all()):
+            raise TrainingStopped(f"the {cfg.sample.sampler} samples of the step-{trainer.step} EMA model hold "
+                                  f"non-finite values: expected finite samples (the checkpoint is kept)")
         png = save_samples(run / f"samples_{cfg.sample.sampler}.png", x,
                            train_data.x[:5000] if x.ndim == 2 else None,
                            f"{cfg.sample.sampler}, {nfe} NFE")

@@ -1,5 +1,6 @@
 """Crash safety: SIGKILL a training run at random moments, many times; after every kill the
-latest checkpoint loads, and resuming from it ends bit-identical to an uninterrupted run."""
+latest checkpoint loads, and resuming from it ends bit-identical to an uninterrupted run. Two
+kills at chosen moments: during the ``ema.safetensors`` write, and before the first checkpoint."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 
 import pytest
 
+import scoresde.checkpoint as checkpoint_module
+import scoresde.train as train_module
 from scoresde.checkpoint import latest_checkpoint, load_checkpoint, load_run
 from scoresde.runlog import read_metrics
 from scoresde.train import main
@@ -66,3 +69,83 @@ def test_random_sigkills_always_leave_a_loadable_checkpoint_and_resume_exactly(t
     assert a["step"] == b["step"] == n
     assert same_tensors(a["model"], b["model"]) and same_tensors(a["ema"], b["ema"])
     assert loss_log(straight) == loss_log(killed)
+
+
+def _wait_for(path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.exists(), f"{path} never appeared"
+
+
+def _straight(tmp_path, cfg, steps):
+    straight = tmp_path / "straight"
+    assert main(["--config", cfg, "--out", straight, "--set", f"train.steps={steps}"]) == 0
+    return straight
+
+
+def test_a_kill_during_the_ema_write_leaves_the_old_file_and_the_next_start_cleans_up(tmp_path, monkeypatch):
+    """SIGKILL while ``ema.safetensors`` is half written (the checkpoint of that step is on disk):
+    the previous EMA file is whole, the torn temporary file is removed by the next start, and the
+    resumed run equals an uninterrupted one."""
+    cfg = write_config(tmp_path / "c.yaml", TINY_TOY, model={"dropout": 0.2},
+                       train={"steps": 6, "ckpt_every": 2, "log_every": 1})
+    run, marker = tmp_path / "run", tmp_path / "ema-write-started"
+    real = checkpoint_module.atomic_write
+
+    def half_then_hang(path, write):
+        if path.name == "ema.safetensors" and (path.parent / "checkpoints" / "ckpt_000000004.pt").exists():
+            def torn(f):
+                f.write(b"\x00" * 64)  # part of the file, then the kill
+                f.flush()
+                marker.touch()
+                time.sleep(120)
+            return real(path, torn)
+        return real(path, write)
+
+    monkeypatch.setattr(checkpoint_module, "atomic_write", half_then_hang)
+    pid = fork_main(["--config", cfg, "--out", run])
+    _wait_for(marker)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_status(pid) == -signal.SIGKILL
+    monkeypatch.undo()
+    assert len(list(run.glob(".ema.safetensors.*.tmp"))) == 1  # the torn write, never renamed
+    assert load_run(run / "ema.safetensors").step == 2  # the previous file, whole
+    assert load_checkpoint(latest_checkpoint(run / "checkpoints"))["step"] == 4
+
+    assert main(["--out", run, "--resume", "auto"]) == 0
+    assert not list(run.glob(".*.tmp")) and not list((run / "checkpoints").glob(".*.tmp"))
+    straight = _straight(tmp_path, cfg, 6)
+    a, b = params(straight), params(run)
+    assert same_tensors(a["model"], b["model"]) and same_tensors(a["ema"], b["ema"])
+    assert loss_log(straight) == loss_log(run)  # each step once
+    assert (straight / "ema.safetensors").read_bytes() == (run / "ema.safetensors").read_bytes()
+
+
+def test_a_kill_before_the_first_checkpoint_restarts_the_folders_own_config(tmp_path, monkeypatch):
+    """SIGKILL before any checkpoint (two log lines written): ``--out DIR --resume auto`` without
+    ``--config`` restarts the folder's own config (not the digits default) and the log holds each
+    step once, equal to an uninterrupted run's."""
+    cfg = write_config(tmp_path / "c.yaml", TINY_TOY, train={"steps": 4, "ckpt_every": 2, "log_every": 1})
+    run, marker = tmp_path / "run", tmp_path / "first-save"
+
+    def hang(*args, **kwargs):
+        marker.touch()
+        time.sleep(120)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", hang)
+    pid = fork_main(["--config", cfg, "--out", run])
+    _wait_for(marker)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_status(pid) == -signal.SIGKILL
+    monkeypatch.undo()
+    assert latest_checkpoint(run / "checkpoints") is None
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]  # the dead attempt's lines
+    config_before = (run / "config.yaml").read_bytes()
+
+    assert main(["--out", run, "--resume", "auto"]) == 0
+    assert (run / "config.yaml").read_bytes() == config_before  # the folder's own config, untouched
+    straight = _straight(tmp_path, cfg, 4)
+    assert loss_log(straight) == loss_log(run) and [r["step"] for r in loss_log(run)] == [1, 2, 3, 4]
+    a, b = params(straight), params(run)
+    assert same_tensors(a["model"], b["model"]) and same_tensors(a["ema"], b["ema"])
