@@ -7,7 +7,7 @@ is the ``python -m scoresde.sample`` program).
 from .analytic import GaussianMixture
 from .evaluation import EvalSettings, evaluate_likelihood
 from .likelihood import bits_per_dim, log_likelihood
-from .model import EpsModel, ScoreModel
+from .model import EpsModel, ScoreModel, eps_of, score_of, x0_of
 from .samplers import SAMPLERS
 from .schedules import CosineSchedule, DiscreteSchedule, LinearSchedule, Schedule
 from .sde import VPSDE, append_dims
@@ -27,8 +27,11 @@ __all__ = [
     "append_dims",
     "bits_per_dim",
     "ddpm_vlb_bits_per_dim",
+    "eps_of",
     "evaluate_likelihood",
     "log_likelihood",
+    "score_of",
+    "x0_of",
 ]
 
 __version__ = "0.1.0"

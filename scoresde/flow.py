@@ -41,6 +41,7 @@ import torchdiffeq
 
 from .checks import check_choice, check_int, check_number
 from .choices import ADAPTIVE_METHODS, FIXED_METHODS, ODE_METHODS
+from .model import eps_of
 from .sde import append_dims
 
 __all__ = ["FlowSolution", "STAGES", "Clock", "flow_drift", "drift_and_divergence", "check_solver", "solve_flow"]
@@ -132,7 +133,7 @@ def flow_drift(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``v = dx/dB = -½ (x - ε(x, t)/σ(t))`` at the scalar time ``t``; shape and dtype of ``x``.
     The probability-flow drift in any clock is ``v`` times that clock's rate (``β(t)`` for ``t``)."""
     sigma = append_dims(model.sde.sigma(t), x.ndim).to(device=x.device, dtype=x.dtype)
-    return -0.5 * (x - model.eps(x, t).to(x.dtype) / sigma)
+    return -0.5 * (x - eps_of(model, x, t).to(x.dtype) / sigma)
 
 
 def drift_and_divergence(model, x: torch.Tensor, t: torch.Tensor, probes: torch.Tensor | None,

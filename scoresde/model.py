@@ -3,9 +3,11 @@
 The ε-parameterisation (Ho et al. 2020) gives the score as
 ``s(x, t) = -ε(x, t) / σ(t)`` and Tweedie's denoiser as
 ``E[x_0 | x_t] = (x_t - σ(t) ε) / α(t)`` (docs/math.md, "Score and ε").
-Both are derived here, once, from ``eps`` and the SDE; samplers and the likelihood
-call only these methods, so a trained network (:class:`ScoreModel`) and the exact
-oracle (:class:`scoresde.analytic.GaussianMixture`) are interchangeable.
+Both are derived here, once, by :func:`score_of` and :func:`x0_of` from ``model.eps`` and
+``model.sde``; samplers, the likelihood and the VLB call only these functions and
+:func:`eps_of`, never a model's own ``score``/``x0``, so any object with ``.sde`` and
+``.eps(x, t)`` works: a trained network (:class:`ScoreModel`), the exact oracle
+(:class:`scoresde.analytic.GaussianMixture`) or a user's own class.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import nn
 
 from .sde import VPSDE, append_dims, as_time
 
-__all__ = ["EpsModel", "ScoreModel", "batch_time"]
+__all__ = ["EpsModel", "ScoreModel", "batch_time", "eps_of", "score_of", "x0_of"]
 
 
 def batch_time(t, x: torch.Tensor) -> torch.Tensor:
@@ -28,6 +30,44 @@ def batch_time(t, x: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def eps_of(model, x: torch.Tensor, t) -> torch.Tensor:
+    """``model.eps(x, t)`` with ``t`` as a float64 ``(B,)`` tensor, checked to have ``x``'s shape.
+
+    ``ValueError`` when the model returns anything else (no silent broadcasting).
+    """
+    t = batch_time(t, x)
+    eps = model.eps(x, t)
+    shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+    if shape != tuple(x.shape):
+        raise ValueError(f"model.eps returned {shape}: expected a tensor of x's shape {tuple(x.shape)}")
+    return eps
+
+
+def _coef(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample float64 coefficient ``(B,)`` shaped against ``x`` in ``x``'s dtype, or
+    float32 when that is a reduced precision (bf16/fp16): the schedule is never evaluated there."""
+    return append_dims(c, x.ndim).to(torch.promote_types(x.dtype, torch.float32))
+
+
+def score_of(model, x: torch.Tensor, t) -> torch.Tensor:
+    """The score ``s(x, t) = -ε(x, t) / σ(t)`` (``σ`` in float64, applied in at least float32),
+    in ``x``'s dtype."""
+    t = batch_time(t, x)
+    inv_sigma = _coef(1.0 / model.sde.sigma(t), x)
+    eps = eps_of(model, x, t)
+    return (-eps.to(inv_sigma.dtype) * inv_sigma).to(x.dtype)
+
+
+def x0_of(model, x: torch.Tensor, t) -> torch.Tensor:
+    """Tweedie's denoiser ``E[x_0 | x_t = x] = (x - σ(t) ε) / α(t)`` (coefficients in float64,
+    applied in at least float32), in ``x``'s dtype."""
+    t = batch_time(t, x)
+    alpha, sigma = model.sde.alpha(t), model.sde.sigma(t)
+    inv_alpha, ratio = _coef(1.0 / alpha, x), _coef(sigma / alpha, x)
+    eps = eps_of(model, x, t)
+    return (x.to(ratio.dtype) * inv_alpha - ratio * eps.to(ratio.dtype)).to(x.dtype)
+
+
 class EpsModel:
     """The score-model interface. Subclasses set ``self.sde`` and implement ``eps``."""
 
@@ -38,17 +78,12 @@ class EpsModel:
         raise NotImplementedError
 
     def score(self, x: torch.Tensor, t) -> torch.Tensor:
-        """``s(x, t) = -ε(x, t) / σ(t)``."""
-        t = batch_time(t, x)
-        sigma = append_dims(self.sde.sigma(t), x.ndim).to(x.dtype)
-        return -self.eps(x, t) / sigma
+        """``s(x, t) = -ε(x, t) / σ(t)``: :func:`score_of`."""
+        return score_of(self, x, t)
 
     def x0(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Tweedie's denoiser ``E[x_0 | x_t = x] = (x - σ(t) ε) / α(t)``."""
-        t = batch_time(t, x)
-        alpha = append_dims(self.sde.alpha(t), x.ndim).to(x.dtype)
-        sigma = append_dims(self.sde.sigma(t), x.ndim).to(x.dtype)
-        return (x - sigma * self.eps(x, t)) / alpha
+        """Tweedie's denoiser ``E[x_0 | x_t = x] = (x - σ(t) ε) / α(t)``: :func:`x0_of`."""
+        return x0_of(self, x, t)
 
 
 class ScoreModel(nn.Module, EpsModel):

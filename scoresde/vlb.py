@@ -22,6 +22,7 @@ import torch
 from .bpd import BpdResult, check_int_data, nats_to_bpd, summarize, to_model_space
 from .checks import check_choice, check_int, check_model
 from .choices import VARIANCES
+from .model import eps_of
 from .progress import progress_bar
 from .rng import rand, randn
 from .sde import append_dims
@@ -106,7 +107,7 @@ def vlb_term(model, x0: torch.Tensor, i: torch.Tensor, levels: int, alpha_bar: t
         return append_dims(v.to(x0.device), n)
 
     x_i = col(ab.sqrt()) * x0 + col(one_m_ab.sqrt()) * noise  # q(x_i | x0)
-    eps = model.eps(x_i.to(torch.float64), (i.to(torch.float64) / N).to(x0.device))
+    eps = eps_of(model, x_i.to(torch.float64), (i.to(torch.float64) / N).to(x0.device))
     mean_p = (x_i - col(beta / one_m_ab.sqrt()) * eps) / col((1 - beta).sqrt())  # μ_θ(x_i, i)
     # Posterior q(x_{i-1} | x_i, x0): mean μ̃, variance β̃_i (Ho et al. eqs. 6-7).
     mean_q = col(ab_prev.sqrt() * beta / one_m_ab) * x0 + col((1 - beta).sqrt() * (1 - ab_prev)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_choice
 from ..choices import VARIANCES
 from ..rng import randn
-from .base import NFECounter, SampleResult, check_choice, check_options, check_t_eps, descent_grid, progress_bar
+from .base import SampleResult, finish_run, open_run
 
 __all__ = ["ancestral"]
 
@@ -26,48 +27,44 @@ _DEFAULTS = {"variance": "beta", "spacing": "uniform"}
 
 
 @torch.no_grad()
-def ancestral(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
+def ancestral(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, progress: bool = False,
               t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on a respaced grid.
 
     Args:
         model: anything with ``.sde`` and ``.eps(x, t)``.
-        x_T: ``(B, *dims)`` draw of the prior at ``t = 1``.
-        steps: number of updates ``K`` (= NFE).
+        x_T: ``(B, *dims)`` draw of the prior at ``t = 1`` (or the state at ``times[0]``).
+        steps: number of updates ``K`` (= NFE), the last one to ``t = 0`` when denoising.
         generator: ``torch.Generator`` for the noise ``z``.
-        t_eps: smallest positive grid time (default ``model.sde.sampling_eps``).
+        t_eps: smallest positive grid time (default: the few-step rule of
+            :func:`~scoresde.samplers.base.default_t_eps` when denoising, else ``sde.sampling_eps``).
         denoise: if True (default) the last update goes to ``t = 0`` without noise (returns
             ``x̂_0``); if False, stop at ``t_eps`` with noise: a sample of ``p_{t_eps}``.
         variance: ``"beta"`` (``β'_k``, default, Ho et al.'s ``σ_t² = β_t``) or
-            ``"beta_tilde"`` (the posterior variance ``β̃_k``).
+            ``"beta_tilde"`` (the posterior variance ``β̃_k``; diffusers' ``fixed_small``).
         spacing: ``"uniform"`` (default), ``"quadratic"``, ``"logsnr"`` or ``"karras"``
             (see :func:`~scoresde.samplers.base.time_grid`).
+        times, timesteps: an explicit decreasing grid instead of ``steps``/``t_eps`` (continuous
+            times, or DDPM indices ``k`` at ``t = (k+1)/N``); ``denoise`` adds the step to 0.
 
     Returns:
-        ``SampleResult(x, nfe=steps, t_end=0.0 or t_eps, info={"grid": ...})``.
+        ``SampleResult(x, nfe, t_end=0.0 or the last grid time, info={"grid": ..., ...})``,
+        ``grid`` the decreasing positive times.
     """
-    opts = check_options("ancestral", options, _DEFAULTS)
-    check_choice("variance", opts["variance"], VARIANCES)
-    net = NFECounter(model)
-    sde = net.sde
-    t_eps = check_t_eps(t_eps, sde)
-    grid = descent_grid(sde, steps, t_eps, opts["spacing"], denoise)
-    log_alpha = torch.log(sde.alpha(grid))  # float64, (K+1,)
-    sigma = sde.sigma(grid)
-
+    run = open_run("ancestral", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
+                   options=options, defaults=_DEFAULTS, descent=True, cost=lambda k: k)
+    variance = check_choice("variance", run.opts["variance"], VARIANCES)
+    grid, net = run.grid, run.net
+    log_alpha = torch.log(run.sde.alpha(grid))  # float64
+    sigma = run.sde.sigma(grid)
     x = x_T
-    bar = progress_bar(steps, progress, "ancestral")
-    for k in range(grid.numel() - 1, 0, -1):
+    for k in range(grid.numel() - 1):  # τ_k → τ_{k+1} (decreasing)
         eps = net.eps(x, grid[k])
-        beta_prime = float(-torch.expm1(2 * (log_alpha[k] - log_alpha[k - 1])))  # 1 - ᾱ_k/ᾱ_{k-1}
-        inv_sqrt = float(torch.exp(log_alpha[k - 1] - log_alpha[k]))  # 1/√(1 - β'_k)
+        beta_prime = float(-torch.expm1(2 * (log_alpha[k] - log_alpha[k + 1])))  # 1 - ᾱ_k/ᾱ_{k+1}
+        inv_sqrt = float(torch.exp(log_alpha[k + 1] - log_alpha[k]))  # 1/√(1 - β'_k)
         x = inv_sqrt * (x - beta_prime / float(sigma[k]) * eps)  # Ho et al. eq. 11
-        if grid[k - 1] > 0:  # no noise on the step to t = 0
-            var = beta_prime if opts["variance"] == "beta" else \
-                float(sigma[k - 1] ** 2 / sigma[k] ** 2) * beta_prime  # β̃_k
-            z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = x + var**0.5 * z
-        bar.update(1)
-    bar.close()
-    return SampleResult(x=x, nfe=net.nfe, t_end=float(grid[0]),
-                        info={"grid": grid, "variance": opts["variance"]})
+        var = beta_prime if variance == "beta" else float(sigma[k + 1] ** 2 / sigma[k] ** 2) * beta_prime
+        z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = x + var**0.5 * z
+        run.bar.update(1)
+    return finish_run(run, x, variance=variance)

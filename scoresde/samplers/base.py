@@ -1,13 +1,21 @@
-"""What every sampler shares: the result type, time grids, NFE counting, option checks.
+"""What every sampler shares: the result type, the opening and the end of a run.
 
 The shared signature (docs/architecture.md, "Contracts")::
 
-    fn(model, x_T, *, steps, generator=None, progress=False, t_eps=None, denoise=True,
+    fn(model, x_T, *, steps=None, generator=None, progress=False, t_eps=None, denoise=True,
        **options) -> SampleResult
 
-``model`` is anything with ``.sde`` and ``.eps(x, t)`` (a :class:`~scoresde.model.ScoreModel`
-or the oracle :class:`~scoresde.analytic.GaussianMixture`); ``x_T`` of shape ``(B, *dims)``
-is a draw of the prior at ``t = 1``. NFE counts batched calls of ``model.eps``.
+``model`` is anything with ``.sde`` and ``.eps(x, t)`` (a :class:`~scoresde.model.ScoreModel`,
+the oracle :class:`~scoresde.analytic.GaussianMixture` or a user's own class); samplers reach
+it only through :func:`~scoresde.model.eps_of`, :func:`~scoresde.model.score_of` and
+:func:`~scoresde.model.x0_of`. ``x_T`` of shape ``(B, *dims)`` (floating point) is the state at
+the first grid time (``t = 1``: a draw of the prior). NFE counts batched calls of ``model.eps``.
+
+:func:`open_run` is every sampler's opening (option check, NFE counter, end time, time grid,
+progress bar) and :func:`finish_run` its end (the optional Tweedie step to ``t = 0``, one
+non-finite check, the result). Grid-based samplers also take an explicit grid, ``times=``
+(continuous times) or ``timesteps=`` (DDPM indices ``k``, time ``t = (k + 1)/N``); see
+``docs/samplers.md``, "Time grids".
 
 Devices: samples come back on ``x_T``'s device. ``generator`` may live on the CPU or on
 ``x_T``'s device; noise is drawn on the generator's device and moved to ``x_T``'s
@@ -22,12 +30,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..checks import check_choice, check_int, check_model, check_number, check_t_eps
+from ..checks import check_choice, check_flag, check_int, check_model, check_number, check_t_eps
 from ..choices import SPACINGS
+from ..model import eps_of, x0_of
 from ..progress import progress_bar
 
-__all__ = ["SampleResult", "NFECounter", "time_grid", "descent_grid", "check_steps", "check_t_eps",
-           "check_choice", "check_model", "check_options", "progress_bar", "SPACINGS"]
+__all__ = ["SampleResult", "NFECounter", "Run", "open_run", "finish_run", "time_grid", "sampler_grid",
+           "explicit_grid", "default_t_eps", "check_steps", "check_t_eps", "check_choice", "check_model",
+           "check_options", "check_x_T", "progress_bar", "SPACINGS", "GRID_OPTIONS"]
+
+GRID_OPTIONS = ("times", "timesteps")
 
 
 @dataclass
@@ -42,7 +54,8 @@ class SampleResult:
 
 
 class NFECounter:
-    """Wraps a score model and counts its batched ``eps`` calls; ``score``/``x0`` go through ``eps``."""
+    """Wraps a model (``.sde``, ``.eps``) and counts its batched ``eps`` calls; each is checked
+    by :func:`~scoresde.model.eps_of`. Pass it to ``score_of``/``x0_of`` to count those too."""
 
     def __init__(self, model):
         check_model(model)
@@ -50,19 +63,22 @@ class NFECounter:
 
     def eps(self, x, t):
         self.nfe += 1
-        return self.model.eps(x, t)
+        return eps_of(self.model, x, t)
 
-    def score(self, x, t):
-        self.nfe += 1
-        return self.model.score(x, t)
 
-    def x0(self, x, t):
-        self.nfe += 1
-        return self.model.x0(x, t)
+def check_x_T(x_T, name: str) -> None:
+    """``TypeError`` unless ``x_T`` is a floating-point tensor with a batch dimension."""
+    if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point():
+        what = f"a tensor of dtype {x_T.dtype}" if isinstance(x_T, torch.Tensor) else type(x_T).__name__
+        raise TypeError(f"x_T: the {name} sampler got {what}; expected a floating-point torch.Tensor")
+    if x_T.ndim < 1:
+        raise ValueError(f"x_T of shape {tuple(x_T.shape)}: expected (B, *dims)")
 
 
 def check_steps(steps) -> int:
     return check_int("steps", steps)
+
+
 
 
 def check_options(name: str, options: dict, defaults: dict) -> dict:
@@ -74,13 +90,17 @@ def check_options(name: str, options: dict, defaults: dict) -> dict:
     return {**defaults, **options}
 
 
+
+
 def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: float = 7.0) -> torch.Tensor:
     """Increasing float64 grid ``t_eps = τ_0 < τ_1 < … < τ_K = 1`` with ``K = steps``.
 
     Spacings: ``uniform`` in t; ``quadratic`` (``τ = t_eps + (1-t_eps) u²``, dense near 0);
     ``logsnr`` (uniform in ``λ = log α²/σ²``); ``karras`` (uniform in ``σ_K^{1/ρ}`` with
-    ``σ_K = σ/α``, Karras et al. 2022 eq. 5). On a discrete schedule the times are
-    rounded to the grid ``i/N`` (end points exact) and must stay distinct.
+    ``σ_K = σ/α``, Karras et al. 2022 eq. 5). On a discrete schedule the times are the
+    training times ``i/N``: each is rounded to the nearest one and, where rounding makes
+    neighbours coincide (the log-SNR runs fast near ``t = 1/N``), they are re-spaced to
+    consecutive ``i`` nearest the ideal grid, so any ``K ≤ N - N t_eps`` works.
     """
     steps = check_steps(steps)
     check_choice("spacing", spacing, SPACINGS)
@@ -102,33 +122,178 @@ def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: floa
     grid[0], grid[-1] = t_eps, 1.0
     n = getattr(sde, "discrete_steps", None)
     if n is not None:
-        grid = torch.round(grid * n) / n
-        if not torch.all(grid[1:] > grid[:-1]):
-            raise ValueError(f"steps={steps}: a {spacing} grid from t_eps={t_eps} cannot have "
-                             f"{steps} distinct steps on a discrete schedule with N={n}")
+        i0 = round(t_eps * n)
+        if i0 < 1:
+            raise ValueError(f"t_eps={t_eps!r}: rounds to 0 on the discrete schedule with N={n}; "
+                             f"expected t_eps ≥ 1/(2N)")
+        if steps > n - i0:
+            raise ValueError(f"steps={steps}: a grid from t_eps={t_eps} on the discrete schedule with N={n} "
+                             f"has at most {n - i0} distinct steps (times i/N, i = {i0}..{n}); use fewer "
+                             f"steps or a smaller t_eps")
+        idx = torch.round(grid * n)
+        idx[0], idx[-1] = i0, n
+        j = torch.arange(steps + 1, dtype=torch.float64, device="cpu")
+        # re-space: idx - j non-decreasing (strictly increasing idx) and ≤ n - K (room for the rest)
+        idx = torch.clamp(torch.cummax(idx - j, 0).values, max=n - steps) + j
+        grid = idx / n
     if not torch.all(grid[1:] > grid[:-1]) or not math.isclose(float(grid[-1]), 1.0):
         raise ValueError(f"spacing={spacing!r} with steps={steps}: grid is not strictly increasing")
     return grid
 
 
-def descent_grid(sde, steps: int, t_eps: float, spacing: str, denoise: bool) -> torch.Tensor:
-    """Increasing float64 grid with ``steps`` intervals ending at 1, for ancestral/DDIM steps.
+# The default end time ---------------------------------------------------------------------------
+# With few steps, a grid that runs to the SDE's smallest time spends its steps on the fast
+# last stretch of the log-SNR; ending where the noise-to-signal ratio σ/α is still
+# ≈ FEW_STEP_SCALE / K^FEW_STEP_POWER and taking the final Tweedie step from there is more
+# accurate (docs/highorder.md, "The default end time"; measured by benchmarks/vs_diffusers.py).
+FEW_STEP_SCALE = 2.8
+FEW_STEP_POWER = 1.65
 
-    ``denoise=False``: ``time_grid(sde, steps, t_eps, spacing)``, from ``t_eps``.
-    ``denoise=True``: ``0`` followed by ``time_grid(sde, steps - 1, t_eps, spacing)`` (just
-    ``[0, 1]`` for ``steps = 1``): the last of the ``steps`` updates goes from ``t_eps`` to 0.
+
+def default_t_eps(sde, intervals: int) -> float:
+    """End time used when ``t_eps`` is not given and the run ends with a Tweedie step.
+
+    ``t`` with ``σ(t)/α(t) = max(σ/α at sde.sampling_eps, FEW_STEP_SCALE · K^-FEW_STEP_POWER)``,
+    ``K`` the number of grid intervals: the SDE's ``sampling_eps`` from a few tens of steps up.
     """
-    steps = check_steps(steps)
-    check_choice("spacing", spacing, SPACINGS)
-    if not denoise:
-        grid = time_grid(sde, steps, t_eps, spacing)
-    elif steps == 1:
-        grid = torch.tensor([0.0, 1.0], dtype=torch.float64, device="cpu")
+    t_min = sde.sampling_eps
+    lam_min = float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64, device="cpu")))  # log-SNR at t_min (largest)
+    lam = min(lam_min, -2.0 * math.log(FEW_STEP_SCALE * max(intervals, 1) ** -FEW_STEP_POWER))
+    if lam >= lam_min:
+        return t_min
+    # capped at 0.9 so that a schedule with little noise at t = 1 still leaves a grid interval
+    return min(0.9, float(sde.time_for_log_snr(torch.tensor(lam, dtype=torch.float64, device="cpu"))))
+
+
+def sampler_grid(sde, intervals: int, t_eps, denoise: bool, spacing: str = "uniform",
+                 rho: float = 7.0) -> torch.Tensor:
+    """Decreasing float64 grid ``1 = τ_K > … > τ_0`` with ``K = intervals`` (just ``[1]`` for K = 0).
+
+    ``t_eps=None``: :func:`default_t_eps` when ``denoise`` (else ``sde.sampling_eps``), lowered on
+    a discrete schedule until ``K`` distinct training times fit; if even ``1/N`` leaves fewer
+    than ``K`` intervals, the grid collapses to all of ``N, N-1, …, 1`` (fewer steps than asked).
+    An explicit ``t_eps`` is kept; too many steps for it raise ``ValueError``.
+    """
+    if intervals == 0:
+        return torch.ones(1, dtype=torch.float64, device="cpu")
+    if t_eps is not None:
+        return time_grid(sde, intervals, check_t_eps(t_eps, sde), spacing, rho).flip(0)
+    t_eps = default_t_eps(sde, intervals) if denoise else sde.sampling_eps
+    n = getattr(sde, "discrete_steps", None)
+    if n is not None:
+        i0 = max(1, round(t_eps * n))
+        i0 = max(1, min(i0, n - intervals))
+        intervals, t_eps = min(intervals, n - i0), i0 / n
+    return time_grid(sde, intervals, t_eps, spacing, rho).flip(0)
+
+
+def explicit_grid(sde, times=None, timesteps=None) -> torch.Tensor:
+    """A user's grid as a decreasing float64 tensor of times in ``(0, 1]``.
+
+    ``times``: continuous times, strictly decreasing, in ``(0, 1]``. ``timesteps``: integer DDPM
+    indices ``k``, strictly decreasing, in ``0..N-1`` on a discrete schedule, at times ``(k + 1)/N``.
+    """
+    if times is not None and timesteps is not None:
+        raise ValueError("times and timesteps: give one explicit grid, not both")
+    if timesteps is not None:
+        n = getattr(sde, "discrete_steps", None)
+        if n is None:
+            raise ValueError(f"timesteps=...: DDPM integer timesteps need a discrete schedule (e.g. "
+                             f"VPSDE.ddpm()); {sde!r} is continuous: pass times= instead")
+        try:
+            ks = timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else \
+                torch.as_tensor(timesteps, device="cpu")
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"timesteps={_show(timesteps)}: expected a non-empty 1-D sequence of integers") from err
+        if ks.ndim != 1 or ks.numel() == 0 or ks.is_complex() or ks.dtype == torch.bool or \
+                not torch.equal(ks.to(torch.float64), ks.to(torch.float64).round()):
+            raise ValueError(f"timesteps={_show(timesteps)}: expected a non-empty 1-D sequence of integers")
+        ks = ks.to(torch.float64)
+        if ks.min() < 0 or ks.max() > n - 1 or not torch.all(ks[1:] < ks[:-1]):
+            raise ValueError(f"timesteps={_show(timesteps)}: expected strictly decreasing integers in 0..{n - 1}")
+        return (ks + 1) / n
+    try:  # a Python sequence straight to float64 (torch.as_tensor would make it float32)
+        t = times.detach().cpu() if isinstance(times, torch.Tensor) else \
+            torch.as_tensor(times, dtype=torch.float64, device="cpu")
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"times={_show(times)}: expected a non-empty 1-D sequence of numbers") from err
+    if t.ndim != 1 or t.numel() == 0 or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"times={_show(times)}: expected a non-empty 1-D sequence of numbers")
+    t = t.to(torch.float64)
+    if not torch.isfinite(t).all() or t.min() <= 0 or t.max() > 1 or not torch.all(t[1:] < t[:-1]):
+        raise ValueError(f"times={_show(times)}: expected strictly decreasing times in (0, 1]")
+    return t
+
+
+def _show(v) -> str:
+    text = repr(v.tolist() if isinstance(v, torch.Tensor) else v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# Opening and end of a run ------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A sampler run after :func:`open_run`: counted model, options, decreasing grid of positive
+    times (from the start, ``x_T``'s time, to the end time), ``denoise`` and the progress bar."""
+
+    name: str
+    net: NFECounter
+    sde: object
+    opts: dict
+    grid: torch.Tensor
+    denoise: bool
+    bar: object
+    dtype: torch.dtype
+
+
+def open_run(name: str, model, x_T, *, steps, t_eps, denoise, progress, options: dict, defaults: dict,
+             descent: bool = False, cost=None, gridded: bool = True) -> Run:
+    """Every sampler's opening. ``defaults`` are the sampler's own options; grid-based samplers
+    (``gridded``) also accept ``times``/``timesteps`` (then ``steps`` and ``t_eps`` must be None).
+
+    ``descent``: ``steps`` counts updates including the final one to ``t = 0`` (ancestral, DDIM), so
+    the grid has ``steps - denoise`` intervals; otherwise ``steps`` intervals. ``cost(K)`` is the
+    number of ε calls of ``K`` intervals (progress bar total); the Tweedie step adds one.
+    Samplers read ``opts["spacing"]``/``opts["rho"]`` for the grid when they have those options.
+    """
+    check_x_T(x_T, name)
+    if gridded:
+        defaults = {**defaults, **dict.fromkeys(GRID_OPTIONS)}
+    opts = check_options(name, options, defaults)
+    check_flag("denoise", denoise)
+    net = NFECounter(model)
+    sde = net.sde
+    times, timesteps = opts.pop("times", None), opts.pop("timesteps", None)
+    if times is not None or timesteps is not None:
+        if steps is not None:
+            raise ValueError(f"steps={steps!r}: an explicit grid (times= or timesteps=) sets the steps; drop steps")
+        if t_eps is not None:
+            raise ValueError(f"t_eps={t_eps!r}: an explicit grid ends at its own last time; drop t_eps")
+        grid = explicit_grid(sde, times, timesteps)
+    elif steps is None:
+        raise ValueError("steps=None: expected an integer ≥ 1" + (" (or times= / timesteps=)" if gridded else ""))
+    elif not gridded:
+        check_steps(steps)
+        grid = torch.tensor([1.0, check_t_eps(t_eps, sde)], dtype=torch.float64, device="cpu")
     else:
-        grid = torch.cat([torch.zeros(1, dtype=torch.float64, device="cpu"),
-                          time_grid(sde, steps - 1, t_eps, spacing)])
-    first = float(grid[1] if denoise else grid[0])
-    if first <= 0:
-        raise ValueError(f"t_eps={t_eps!r}: rounds to 0 on the discrete schedule with "
-                         f"N={sde.discrete_steps}; expected t_eps ≥ 1/(2N)")
-    return grid
+        intervals = check_steps(steps) - (1 if descent and denoise else 0)
+        grid = sampler_grid(sde, intervals, t_eps, denoise, opts.get("spacing", "uniform"), opts.get("rho", 7.0))
+    total = None if cost is None else cost(grid.numel() - 1) + int(denoise)
+    return Run(name, net, sde, opts, grid, denoise, progress_bar(total, progress, name), x_T.dtype)
+
+
+def finish_run(run: Run, x: torch.Tensor, **info) -> SampleResult:
+    """Every sampler's end: with ``denoise``, one Tweedie step ``x̂_0(x, τ_end)`` to ``t = 0`` (+1 NFE);
+    then one check that the result is finite (``ValueError`` naming the sampler otherwise)."""
+    t_end = float(run.grid[-1])
+    if run.denoise:
+        x, t_end = x0_of(run.net, x, run.grid[-1]), 0.0
+        run.bar.update(1)
+    run.bar.close()
+    x = x.to(run.dtype)
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"{run.name} sampler: {bad} of {x.numel()} values of the result are not finite "
+                         f"(NaN or inf); check the model's ε (model.eps) and the sampler's options")
+    return SampleResult(x=x, nfe=run.net.nfe, t_end=t_end, info={"grid": run.grid, **info})

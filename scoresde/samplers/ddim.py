@@ -1,6 +1,6 @@
 """DDIM (Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12).
 
-On a grid ``τ_0 < … < τ_K = 1`` (see :func:`~scoresde.samplers.base.descent_grid`), with
+On a grid ``τ_0 < … < τ_K = 1`` (see :func:`~scoresde.samplers.base.open_run`), with
 ``α_k = α(τ_k)``, ``σ_k = σ(τ_k)`` (so ``ᾱ_k = α_k²``, ``1 - ᾱ_k = σ_k²``):
 
     x̂_0 = (x_k - σ_k ε(x_k, τ_k)) / α_k
@@ -18,7 +18,7 @@ import torch
 
 from ..checks import check_number
 from ..rng import randn
-from .base import NFECounter, SampleResult, check_options, check_t_eps, descent_grid, progress_bar
+from .base import SampleResult, finish_run, open_run
 
 __all__ = ["ddim"]
 
@@ -26,44 +26,40 @@ _DEFAULTS = {"eta": 0.0, "spacing": "uniform"}
 
 
 @torch.no_grad()
-def ddim(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
+def ddim(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, progress: bool = False,
          t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
     """DDIM sampling (Song, Meng & Ermon 2021, eq. 12) with ``steps`` strided updates.
 
     Args:
         model: anything with ``.sde`` and ``.eps(x, t)``.
-        x_T: ``(B, *dims)`` draw of the prior at ``t = 1``.
-        steps: number of updates ``K`` (= NFE).
+        x_T: ``(B, *dims)`` draw of the prior at ``t = 1`` (or the state at ``times[0]``).
+        steps: number of updates ``K`` (= NFE), the last one to ``t = 0`` when denoising.
         generator: ``torch.Generator`` for the noise ``z`` (used only when ``eta > 0``).
-        t_eps: smallest positive grid time (default ``model.sde.sampling_eps``).
+        t_eps: smallest positive grid time (default as for :func:`~scoresde.samplers.ancestral.ancestral`).
         denoise: if True (default) the last update goes to ``t = 0`` and returns ``x̂_0``;
             if False, stop at ``t_eps``.
         eta: ``η ∈ [0, 1]`` (default 0, deterministic).
         spacing: ``"uniform"`` (default), ``"quadratic"``, ``"logsnr"`` or ``"karras"``.
+        times, timesteps: an explicit decreasing grid instead of ``steps``/``t_eps``.
 
     Returns:
-        ``SampleResult(x, nfe=steps, t_end=0.0 or t_eps, info={"grid": ..., "eta": ...})``.
+        ``SampleResult(x, nfe, t_end=0.0 or the last grid time, info={"grid": ..., "eta": ...})``.
     """
-    opts = check_options("ddim", options, _DEFAULTS)
-    eta = check_number("eta", opts["eta"], low=0, high=1, low_closed=True, high_closed=True)
-    net = NFECounter(model)
-    sde = net.sde
-    t_eps = check_t_eps(t_eps, sde)
-    grid = descent_grid(sde, steps, t_eps, opts["spacing"], denoise)
-    alpha, sigma = sde.alpha(grid), sde.sigma(grid)  # float64, (K+1,)
+    run = open_run("ddim", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
+                   options=options, defaults=_DEFAULTS, descent=True, cost=lambda k: k)
+    eta = check_number("eta", run.opts["eta"], low=0, high=1, low_closed=True, high_closed=True)
+    grid, net = run.grid, run.net
+    alpha, sigma = run.sde.alpha(grid), run.sde.sigma(grid)  # float64
     log_alpha = torch.log(alpha)
-
     x = x_T
-    bar = progress_bar(steps, progress, "ddim")
-    for k in range(grid.numel() - 1, 0, -1):
+    for k in range(grid.numel() - 1):  # τ_k → τ_{k+1} (decreasing)
         eps = net.eps(x, grid[k])
         x0_hat = (x - float(sigma[k]) * eps) / float(alpha[k])
-        beta_prime = -torch.expm1(2 * (log_alpha[k] - log_alpha[k - 1]))  # 1 - ᾱ_k/ᾱ_{k-1}
-        s_k = float(eta * sigma[k - 1] / sigma[k] * torch.sqrt(beta_prime))  # eq. 16
-        direction = float(torch.clamp(sigma[k - 1] ** 2 - s_k**2, min=0.0).sqrt())
-        x = float(alpha[k - 1]) * x0_hat + direction * eps  # eq. 12
+        beta_prime = -torch.expm1(2 * (log_alpha[k] - log_alpha[k + 1]))  # 1 - ᾱ_k/ᾱ_{k+1}
+        s_k = float(eta * sigma[k + 1] / sigma[k] * torch.sqrt(beta_prime))  # eq. 16
+        direction = float(torch.clamp(sigma[k + 1] ** 2 - s_k**2, min=0.0).sqrt())
+        x = float(alpha[k + 1]) * x0_hat + direction * eps  # eq. 12
         if s_k > 0:
             x = x + s_k * randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        bar.update(1)
-    bar.close()
-    return SampleResult(x=x, nfe=net.nfe, t_end=float(grid[0]), info={"grid": grid, "eta": eta})
+        run.bar.update(1)
+    return finish_run(run, x, eta=eta)

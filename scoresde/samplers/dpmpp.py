@@ -33,62 +33,62 @@ import math
 import torch
 
 from ..checks import check_choice, check_flag
-from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar, time_grid
+from ..model import x0_of
+from .base import SampleResult, finish_run, open_run
 
 __all__ = ["dpmpp"]
 
-_DEFAULTS = {"order": 2, "spacing": "logsnr", "rho": 7.0, "lower_order_final": True}
+_DEFAULTS = {"order": 2, "spacing": "logsnr", "rho": 7.0, "lower_order_final": None}
 
 
-def dpmpp(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
+@torch.no_grad()
+def dpmpp(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, progress: bool = False,
           t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
-    """DPM-Solver++(2M) (default) from ``t = 1`` to ``t_eps`` on ``time_grid(sde, steps, t_eps, spacing)``.
+    """DPM-Solver++(2M) (default) from ``t = 1`` to ``t_eps`` on a ``steps``-interval time grid.
 
     Args:
         model: anything with ``.sde`` and ``.eps(x, t)``.
-        x_T: ``(B, *dims)`` draw of the prior at ``t = 1``.
-        steps: number of intervals ``K`` of the time grid ``t_eps = τ_0 < … < τ_K = 1``.
+        x_T: ``(B, *dims)`` draw of the prior at ``t = 1`` (or the state at ``times[0]``).
+        steps: number of intervals ``K`` of the time grid ``1 = τ_K > … > τ_0 = t_eps``.
         generator: unused (the solver is deterministic); accepted for the shared signature.
-        t_eps: end time (default ``model.sde.sampling_eps``).
+        t_eps: end time (default: the few-step rule of
+            :func:`~scoresde.samplers.base.default_t_eps` when denoising, else ``sde.sampling_eps``).
         denoise: if True, one last first-order step from ``t_eps`` to ``t = 0`` (``σ = 0``,
             ``λ = ∞``: ``φ_1 = 1`` and the update is exactly ``x̂_0(x_{t_eps}, t_eps)``).
         order: 1, 2 (default) or 3.
         spacing: ``"logsnr"`` (default, uniform ``h``), ``"uniform"``, ``"quadratic"`` or ``"karras"``.
         rho: ``ρ`` of the Karras spacing (default 7).
-        lower_order_final: if True (default), the last interval ``τ_1 → τ_0`` uses at most
-            second order and, when ``steps < 15``, first order (diffusers PR #5541; see
-            ``docs/highorder.md``).
+        lower_order_final: if True, the last interval ``τ_1 → τ_0`` uses at most second order
+            and, when ``steps < 15``, first order (see ``docs/highorder.md``). Default (None):
+            True when the grid ends at the SDE's smallest time ``sde.sampling_eps`` (where
+            ``λ`` runs off fastest), False when it ends later (the few-step default end time).
+        times, timesteps: an explicit decreasing grid instead of ``steps``/``t_eps``.
 
     Returns:
         ``SampleResult`` with ``nfe = steps + denoise`` (one call per grid point ``τ_K..τ_1``,
         plus one at ``τ_0`` when denoising), ``t_end = 0.0`` if ``denoise`` else ``t_eps``.
     """
-    opts = _check_options(options)
-    net = NFECounter(model)
-    sde = net.sde
-    t_eps = check_t_eps(t_eps, sde)
-    grid = time_grid(sde, steps, t_eps, opts["spacing"], rho=opts["rho"]).flip(0)  # 1 → t_eps
+    run = open_run("dpmpp", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
+                   options=options, defaults=_DEFAULTS, cost=lambda k: k)
+    opts = _check_options(run.opts)
+    grid, net = run.grid, run.net  # 1 → t_eps
+    lower_final = opts["lower_order_final"]
+    if lower_final is None:
+        lower_final = float(grid[-1]) <= run.sde.sampling_eps * (1 + 1e-9)
     k = grid.numel() - 1
-    alpha, sigma = sde.alpha(grid).tolist(), sde.sigma(grid).tolist()
-    lam = (0.5 * sde.log_snr(grid)).tolist()  # half log-SNR λ = log(α/σ)
+    alpha, sigma = run.sde.alpha(grid).tolist(), run.sde.sigma(grid).tolist()
+    lam = (0.5 * run.sde.log_snr(grid)).tolist()  # half log-SNR λ = log(α/σ)
 
     x = x_T
     history: list[tuple[float, torch.Tensor]] = []  # (λ_j, x̂_0 at τ_j), newest last
-    bar = progress_bar(k + int(denoise), progress, "dpmpp")
     for i in range(k):
-        history = history[-2:] + [(lam[i], net.x0(x, grid[i]))]
+        history = history[-2:] + [(lam[i], x0_of(net, x, grid[i]))]
         order = min(opts["order"], len(history))
-        if opts["lower_order_final"] and i == k - 1:
+        if lower_final and i == k - 1:
             order = min(order, 1 if k < 15 else 2)
         x = _step(x, history, order, lam[i + 1], sigma[i + 1] / sigma[i], alpha[i + 1])
-        bar.update(1)
-    t_end = float(grid[-1])
-    if denoise:  # step t_eps → 0 (λ = ∞): x̂_0 at t_eps, first order
-        x, t_end = net.x0(x, grid[-1]), 0.0
-        bar.update(1)
-    bar.close()
-    info = {"order": opts["order"], "spacing": opts["spacing"], "grid": grid}
-    return SampleResult(x=x, nfe=net.nfe, t_end=t_end, info=info)
+        run.bar.update(1)
+    return finish_run(run, x, order=opts["order"], spacing=opts["spacing"], lower_order_final=lower_final)
 
 
 def _step(x, history, order: int, lam_t: float, sigma_ratio: float, alpha_t: float):
@@ -120,8 +120,8 @@ def _step(x, history, order: int, lam_t: float, sigma_ratio: float, alpha_t: flo
     return sigma_ratio * x + alpha_t * (phi1 * m0 + phi2 * d1 + phi3 * d2)
 
 
-def _check_options(options: dict) -> dict:
-    opts = check_options("dpmpp", options, _DEFAULTS)
+def _check_options(opts: dict) -> dict:
     check_choice("order", opts["order"], (1, 2, 3))
-    check_flag("lower_order_final", opts["lower_order_final"])
+    if opts["lower_order_final"] is not None:
+        check_flag("lower_order_final", opts["lower_order_final"])
     return opts

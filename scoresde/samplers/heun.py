@@ -22,59 +22,52 @@ from __future__ import annotations
 
 import torch
 
-from .base import NFECounter, SampleResult, check_options, check_t_eps, progress_bar, time_grid
+from .base import SampleResult, finish_run, open_run
 
 __all__ = ["heun"]
 
 _DEFAULTS = {"spacing": "karras", "rho": 7.0}
 
 
-def heun(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
+@torch.no_grad()
+def heun(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, progress: bool = False,
          t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
-    """Karras et al. 2022, Algorithm 1, from ``t = 1`` to ``t_eps`` on ``time_grid(sde, steps, t_eps)``.
+    """Karras et al. 2022, Algorithm 1, from ``t = 1`` to ``t_eps`` on a ``steps``-interval time grid.
 
     Args:
         model: anything with ``.sde`` and ``.eps(x, t)``.
-        x_T: ``(B, *dims)`` draw of the prior at ``t = 1``.
-        steps: number of Heun intervals ``K`` of the grid ``t_eps = τ_0 < … < τ_K = 1``.
+        x_T: ``(B, *dims)`` draw of the prior at ``t = 1`` (or the state at ``times[0]``).
+        steps: number of Heun intervals ``K`` of the grid ``1 = τ_K > … > τ_0 = t_eps``.
         generator: unused (the solver is deterministic); accepted for the shared signature.
-        t_eps: end time (default ``model.sde.sampling_eps``).
+        t_eps: end time (default as for :func:`~scoresde.samplers.dpmpp.dpmpp`).
         denoise: if True, a last Euler step ``t_eps → 0`` (``σ̃ = 0``) returns ``x̂_0``.
         spacing: ``"karras"`` (default, Karras et al. eq. 5), ``"logsnr"``, ``"uniform"`` or
             ``"quadratic"``.
         rho: ``ρ`` of the Karras spacing (default 7, their recommended value).
+        times, timesteps: an explicit decreasing grid instead of ``steps``/``t_eps``.
 
     Returns:
         ``SampleResult`` with ``nfe = 2 steps + denoise`` (the 2·(K+1) - 1 of Algorithm 1 when
         the final Euler step to ``σ̃ = 0`` is counted as a step), ``t_end = 0.0`` if
         ``denoise`` else ``t_eps``.
     """
-    opts = check_options("heun", options, _DEFAULTS)
-    net = NFECounter(model)
-    sde = net.sde
-    t_eps = check_t_eps(t_eps, sde)
-    grid = time_grid(sde, steps, t_eps, opts["spacing"], rho=opts["rho"]).flip(0)  # 1 → t_eps
+    run = open_run("heun", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
+                   options=options, defaults=_DEFAULTS, cost=lambda k: 2 * k)
+    grid, net = run.grid, run.net  # 1 → t_eps
     k = grid.numel() - 1
-    alpha = sde.alpha(grid).tolist()
-    sigma_k = torch.exp(-0.5 * sde.log_snr(grid)).tolist()  # σ̃ = σ/α = e^{-λ/2}
+    alpha = run.sde.alpha(grid).tolist()
+    sigma_k = torch.exp(-0.5 * run.sde.log_snr(grid)).tolist()  # σ̃ = σ/α = e^{-λ/2}
 
     x = x_T
-    bar = progress_bar(k + int(denoise), progress, "heun")
-    d = net.eps(x, grid[0])
+    d = net.eps(x, grid[0]) if k > 0 else None
     for i in range(k):
         delta = sigma_k[i + 1] - sigma_k[i]
         x_tilde = x / alpha[i]
         x_pred = (x_tilde + delta * d) * alpha[i + 1]  # Euler predictor, back to x = α x̃
         d_pred = net.eps(x_pred, grid[i + 1])
         x = (x_tilde + delta * 0.5 * (d + d_pred)) * alpha[i + 1]  # trapezoidal corrector
-        if i < k - 1 or denoise:
+        if i < k - 1:
             d = net.eps(x, grid[i + 1])
-        bar.update(1)
-    t_end = float(grid[-1])
-    if denoise:  # Euler to σ̃ = 0: x̃_0 = x̃ - σ̃ ε = x̂_0 (α(0) = 1)
-        x, t_end = (x / alpha[-1] - sigma_k[-1] * d), 0.0
-        bar.update(1)
-    bar.close()
-    return SampleResult(x=x, nfe=net.nfe, t_end=t_end,
-                        info={"spacing": opts["spacing"], "grid": grid})
-
+        run.bar.update(1)
+    # Euler to σ̃ = 0 (denoise): x̃_0 = x̃ - σ̃ ε = x̂_0 (α(0) = 1), Tweedie's step in finish_run
+    return finish_run(run, x, spacing=run.opts["spacing"])

@@ -14,7 +14,7 @@ import torch
 from ..checks import check_choice, check_t_eps
 from ..choices import FIXED_METHODS, ODE_METHODS
 from ..flow import STAGES, solve_flow
-from .base import NFECounter, SampleResult, check_options, check_steps, progress_bar
+from .base import NFECounter, SampleResult, check_options, check_steps, finish_run, open_run, progress_bar
 
 __all__ = ["ode", "encode"]
 
@@ -22,7 +22,10 @@ _DEFAULTS = {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "ode_dtype": torch.
 
 
 def _check_options(options: dict) -> dict:
-    opts = check_options("ode", options, _DEFAULTS)
+    return _check_ode_options(check_options("ode", options, _DEFAULTS))
+
+
+def _check_ode_options(opts: dict) -> dict:
     check_choice("method", opts["method"], ODE_METHODS)
     check_choice("ode_dtype", opts["ode_dtype"], (torch.float32, torch.float64))
     return opts
@@ -42,13 +45,13 @@ def _solve(net, x, t_from: float, t_to: float, steps, progress: bool, desc: str,
 
 
 @torch.no_grad()
-def ode(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
+def ode(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, progress: bool = False,
         t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
     """Sample by solving the probability-flow ODE from ``t = 1`` to ``t_eps`` (Song et al. 2021, eq. 13).
 
     Args:
         model: anything with ``.sde`` and ``.eps(x, t)``.
-        x_T: ``(B, *dims)`` draw of the prior at ``t = 1``.
+        x_T: ``(B, *dims)`` draw of the prior at ``t = 1`` (floating point).
         steps: number of steps of the fixed-step methods (equally spaced in ``t``); checked
             (≥ 1) but unused by the adaptive ones.
         generator: unused (the map is deterministic); accepted for the shared signature.
@@ -63,16 +66,18 @@ def ode(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool 
         ``SampleResult`` in ``x_T``'s dtype; ``nfe`` counts every ε evaluation of the solve
         (adaptive solves included, rejected steps too) plus the denoising step.
     """
-    check_steps(steps)
-    opts = _check_options(options)
-    net = NFECounter(model)
-    t_eps = check_t_eps(t_eps, net.sde)
-    x = _solve(net, x_T, 1.0, t_eps, steps, progress, "ode", opts)
-    t_end = t_eps
-    if denoise:
-        x, t_end = net.x0(x, t_eps), 0.0
-    return SampleResult(x=x.to(x_T.dtype), nfe=net.nfe, t_end=t_end,
-                        info={"method": opts["method"], "t_eps": t_eps})
+    run = open_run("ode", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=False,
+                   options=options, defaults=_DEFAULTS, gridded=False)
+    opts = _check_ode_options(run.opts)
+    t_eps = float(run.grid[-1])
+    try:
+        x = _solve(run.net, x_T, 1.0, t_eps, steps, progress, "ode", opts)
+    except (ValueError, RuntimeError, AssertionError) as err:  # an adaptive solve driven off by a non-finite ε
+        if "model.eps returned" in str(err):
+            raise
+        raise ValueError(f"ode sampler: the solve failed ({err}); check that the model's ε (model.eps) "
+                         f"is finite") from err
+    return finish_run(run, x, method=opts["method"], t_eps=t_eps)
 
 
 @torch.no_grad()

@@ -9,7 +9,8 @@ On the grid ``t_eps = τ_0 < … < τ_K = 1`` with ``β'_k = 1 - ᾱ_k/ᾱ_{k-1}
 - predictor ``"ancestral"`` (Ho et al. 2020, Algorithm 2, as in :mod:`.ancestral`):
   ``x ← (x + β'_k s(x, τ_k)) / √(1-β'_k) + √β'_k z``;
 - corrector (Algorithm 5, VP): ``x ← x + δ s(x, τ_{k-1}) + √(2δ) z`` with
-  ``δ = 2 (1 - β'_k) (r ‖z‖ / ‖s‖)²``, norms per sample, ``r`` the signal-to-noise ratio.
+  ``δ = 2 (1 - β'_k) (r ‖z‖ / ‖s‖)²``, ``r`` the signal-to-noise ratio and the norms averaged
+  over the batch (default, as the paper's reference code does) or per sample.
 
 The score is ``s = -ε/σ``. Algorithm 5 takes ``α_i = 1 - β_i`` of the discrete chain at the
 corrector's time; we use ``β'_k`` of the step just taken (the same up to an index shift).
@@ -20,14 +21,15 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_choice, check_int, check_number
+from ..model import score_of
 from ..rng import randn
 from ..sde import append_dims
-from .base import NFECounter, SampleResult, check_options, check_t_eps, descent_grid, progress_bar
+from .base import SampleResult, finish_run, open_run
 
 __all__ = ["pc"]
 
 _DEFAULTS = {"predictor": "reverse_diffusion", "corrector_steps": 1, "snr": 0.16,
-             "spacing": "uniform", "norms": "sample"}
+             "spacing": "uniform", "norms": "batch"}
 _PREDICTORS = ("reverse_diffusion", "ancestral")
 _NORMS = ("sample", "batch")
 
@@ -40,9 +42,15 @@ def _check(opts: dict) -> dict:
     return opts
 
 
+def _corrector_steps(options: dict) -> int:
+    """``M`` for the progress bar's total (0 when invalid: ``_check`` then names it)."""
+    m = options.get("corrector_steps", _DEFAULTS["corrector_steps"])
+    return m if isinstance(m, int) and not isinstance(m, bool) and m >= 0 else 0
+
+
 def _langevin(net, x, t, beta_prime: float, snr: float, norms: str, generator):
     """One corrector step at time ``t`` (Song et al. 2021, Algorithm 5, lines 7–9)."""
-    score = net.score(x, t)
+    score = score_of(net, x, t)
     z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     z_norm = z.flatten(1).norm(dim=1)  # (B,)
     s_norm = score.flatten(1).norm(dim=1)
@@ -55,44 +63,44 @@ def _langevin(net, x, t, beta_prime: float, snr: float, norms: str, generator):
 
 
 @torch.no_grad()
-def pc(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
+def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, progress: bool = False,
        t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
     """Predictor–corrector sampling from ``t = 1`` to ``t_eps`` (Song et al. 2021, Algorithm 5).
 
     Args:
         model: anything with ``.sde`` and ``.eps(x, t)``.
-        x_T: ``(B, *dims)`` draw of the prior at ``t = 1``.
-        steps: number of predictor steps ``K`` on ``time_grid(sde, K, t_eps, spacing)``.
+        x_T: ``(B, *dims)`` draw of the prior at ``t = 1`` (or the state at ``times[0]``).
+        steps: number of predictor steps ``K`` on a ``K``-interval time grid.
         generator: ``torch.Generator`` for all noise.
-        t_eps: end time (default ``model.sde.sampling_eps``).
+        t_eps: end time (default: the few-step rule of
+            :func:`~scoresde.samplers.base.default_t_eps` when denoising, else ``sde.sampling_eps``).
         denoise: if True (default), one Tweedie step ``x̂_0(x, t_eps)`` (+1 NFE) at the end.
         predictor: ``"reverse_diffusion"`` (default, as in the paper) or ``"ancestral"``.
         corrector_steps: ``M ≥ 0`` Langevin steps after each predictor step (default 1;
             ``M = 0`` leaves the bare predictor).
         snr: the corrector's signal-to-noise ratio ``r`` (default 0.16, the paper's CIFAR-10 value).
         spacing: ``"uniform"`` (default), ``"quadratic"``, ``"logsnr"`` or ``"karras"``.
-        norms: ``"sample"`` (default: ``‖z‖``, ``‖s‖`` per sample, as Algorithm 5 is written)
-            or ``"batch"`` (batch means, as in score_sde's code). Per-sample step sizes
-            ``δ ∝ 1/‖s‖²`` are heavy-tailed in low dimension (``‖s‖`` comes near 0 for samples
-            near a mode): below ~10 dimensions the corrector then diverges; use ``"batch"``.
+        norms: ``"batch"`` (default: ``‖z‖``, ``‖s‖`` averaged over the batch, one ``δ`` for all,
+            as the paper's reference code) or ``"sample"`` (per sample, as Algorithm 5 is
+            written). Per-sample step sizes ``δ ∝ 1/‖s‖²`` are heavy-tailed in low dimension
+            (``‖s‖`` comes near 0 for samples near a mode) and the corrector then diverges.
+        times, timesteps: an explicit decreasing grid instead of ``steps``/``t_eps``.
 
     Returns:
         ``SampleResult`` with ``nfe = steps (1 + M) + denoise``.
     """
-    opts = _check(check_options("pc", options, _DEFAULTS))
-    net = NFECounter(model)
-    sde = net.sde
-    t_eps = check_t_eps(t_eps, sde)
-    grid = descent_grid(sde, steps, t_eps, opts["spacing"], denoise=False)  # τ_0 < … < τ_K = 1
-    t_eps = float(grid[0])  # = t_eps, or its rounding to i/N on a discrete schedule
-    log_alpha = torch.log(sde.alpha(grid))
+    run = open_run("pc", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
+                   options=options, defaults=_DEFAULTS,
+                   cost=lambda k: k * (1 + _corrector_steps(options)))
+    opts = _check(run.opts)
+    grid, net = run.grid, run.net  # 1 → t_eps
+    log_alpha = torch.log(run.sde.alpha(grid))
 
     x = x_T
-    bar = progress_bar(grid.numel() - 1, progress, "pc")
-    for k in range(grid.numel() - 1, 0, -1):
-        beta_prime = float(-torch.expm1(2 * (log_alpha[k] - log_alpha[k - 1])))  # 1 - ᾱ_k/ᾱ_{k-1}
-        sqrt_keep = float(torch.exp(log_alpha[k] - log_alpha[k - 1]))  # √(1 - β'_k)
-        score = net.score(x, grid[k])
+    for k in range(grid.numel() - 1):  # τ_k → τ_{k+1} (decreasing)
+        beta_prime = float(-torch.expm1(2 * (log_alpha[k] - log_alpha[k + 1])))  # 1 - ᾱ_k/ᾱ_{k+1}
+        sqrt_keep = float(torch.exp(log_alpha[k] - log_alpha[k + 1]))  # √(1 - β'_k)
+        score = score_of(net, x, grid[k])
         z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         if opts["predictor"] == "reverse_diffusion":  # eq. 46: x - f_k + G_k² s + G_k z
             x = (2 - sqrt_keep) * x + beta_prime * score
@@ -100,14 +108,7 @@ def pc(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool =
             x = (x + beta_prime * score) / sqrt_keep
         x = x + beta_prime**0.5 * z
         for _ in range(opts["corrector_steps"]):
-            x = _langevin(net, x, grid[k - 1], beta_prime, float(opts["snr"]), opts["norms"],
-                          generator)
-        bar.update(1)
-    bar.close()
-    t_end = t_eps
-    if denoise:
-        x, t_end = net.x0(x, t_eps), 0.0
-    return SampleResult(x=x, nfe=net.nfe, t_end=t_end,
-                        info={"grid": grid, "predictor": opts["predictor"],
-                              "corrector_steps": opts["corrector_steps"], "snr": float(opts["snr"]),
-                              "norms": opts["norms"]})
+            x = _langevin(net, x, grid[k + 1], beta_prime, float(opts["snr"]), opts["norms"], generator)
+        run.bar.update(1)
+    return finish_run(run, x, predictor=opts["predictor"], corrector_steps=opts["corrector_steps"],
+                      snr=float(opts["snr"]), norms=opts["norms"])

@@ -19,7 +19,8 @@ import torchsde
 
 from ..checks import check_choice
 from ..choices import SDE_METHODS
-from .base import NFECounter, SampleResult, check_options, check_steps, check_t_eps, descent_grid, progress_bar
+from ..model import score_of
+from .base import SampleResult, finish_run, open_run
 
 __all__ = ["reverse_sde", "ReverseSDE"]
 
@@ -62,7 +63,7 @@ class ReverseSDE(torch.nn.Module):
                 return drift
         t = -s
         x = y.reshape(self.shape)
-        drift = -self.sde.reverse_drift(x, t, self.model.score(x, t)).reshape(y.shape)
+        drift = -self.sde.reverse_drift(x, t, score_of(self.model, x, t)).reshape(y.shape)
         self._memo.append((key, y, y._version, drift))
         return drift
 
@@ -72,42 +73,41 @@ class ReverseSDE(torch.nn.Module):
 
 
 @torch.no_grad()
-def reverse_sde(model, x_T: torch.Tensor, *, steps: int, generator=None, progress: bool = False,
+def reverse_sde(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, progress: bool = False,
                 t_eps: float | None = None, denoise: bool = True, **options) -> SampleResult:
-    """Solve the reverse SDE from ``t = 1`` to ``t_eps`` with ``steps`` equal torchsde steps.
+    """Solve the reverse SDE from ``t = 1`` to ``t_eps`` with ``steps`` torchsde steps.
 
     Args:
         model: anything with ``.sde`` and ``.eps(x, t)``.
-        x_T: ``(B, *dims)`` draw of the prior at ``t = 1``.
-        steps: number of solver steps on ``time_grid(sde, steps, t_eps)`` (uniform,
-            ``dt = (1 - t_eps)/steps``; rounded to ``i/N`` on a discrete schedule).
+        x_T: ``(B, *dims)`` draw of the prior at ``t = 1`` (or the state at ``times[0]``).
+        steps: number of solver steps on a uniform grid from 1 to ``t_eps`` (``dt = (1 - t_eps)/steps``;
+            rounded to ``i/N`` on a discrete schedule).
         generator: seeds the Brownian motion (a ``torchsde.BrownianInterval``); the same
             generator state gives the same path. Without one, the global torch RNG is used.
-        t_eps: end time (default ``model.sde.sampling_eps``).
+        t_eps: end time (default: the few-step rule of
+            :func:`~scoresde.samplers.base.default_t_eps` when denoising, else ``sde.sampling_eps``).
         denoise: if True (default), one Tweedie step ``x̂_0(x, t_eps)`` (+1 NFE) at the end.
         method: ``"euler"`` (default, Euler–Maruyama, 1 NFE per step) or ``"srk"`` (Rößler's
             SRI2 stochastic Runge–Kutta, strong order 1.5, 4 NFE per step).
+        times, timesteps: an explicit decreasing grid (one solver step per interval).
 
     Returns:
         ``SampleResult`` in ``x_T``'s dtype; ``nfe`` counts every ε evaluation.
     """
-    steps = check_steps(steps)
-    opts = check_options("sde", options, _DEFAULTS)
-    method = opts["method"]
+    run = open_run("sde", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
+                   options=options, defaults=_DEFAULTS, cost=lambda k: k)
+    method = run.opts["method"]
     check_choice("method", method, METHODS)
-    net = NFECounter(model)
-    t_eps = check_t_eps(t_eps, net.sde)
-    grid = descent_grid(net.sde, steps, t_eps, "uniform", denoise=False).flip(0)  # 1 → τ_0
-    t_eps = float(grid[-1])  # = t_eps, or its rounding to i/N on a discrete schedule
+    grid = run.grid  # 1 → t_eps
     s_grid = (-grid).tolist()  # increasing times s = -t
     y = x_T.reshape(x_T.shape[0], -1)  # (B, D)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator,
                              device=generator.device if generator is not None else "cpu"))
-    bm = torchsde.BrownianInterval(
-        t0=s_grid[0], t1=s_grid[-1], size=tuple(y.shape), dtype=y.dtype, device=y.device,
-        entropy=seed, levy_area_approximation="space-time" if method == "srk" else "none")
-    sde = ReverseSDE(net, x_T.shape)
-    bar = progress_bar(steps, progress, "sde")
+    sde = ReverseSDE(run.net, x_T.shape)
+    if len(s_grid) > 1:
+        bm = torchsde.BrownianInterval(
+            t0=s_grid[0], t1=s_grid[-1], size=tuple(y.shape), dtype=y.dtype, device=y.device,
+            entropy=seed, levy_area_approximation="space-time" if method == "srk" else "none")
     for s0, s1 in zip(s_grid[:-1], s_grid[1:]):
         # One solver step per interval: dt a hair above s1 - s0, and torchsde clips the step
         # to the end of ts, so round-off can never add a tiny extra step. The Brownian path
@@ -115,11 +115,5 @@ def reverse_sde(model, x_T: torch.Tensor, *, steps: int, generator=None, progres
         ts = torch.tensor([s0, s1], dtype=torch.float64, device=y.device)
         y = torchsde.sdeint(sde, y, ts, bm=bm, method=method, dt=(s1 - s0) * (1 + 1e-10))[-1]
         sde.clear()
-        bar.update(1)
-    bar.close()
-    x = y.reshape(x_T.shape)
-    t_end = t_eps
-    if denoise:
-        x, t_end = net.x0(x, t_eps), 0.0
-    return SampleResult(x=x.to(x_T.dtype), nfe=net.nfe, t_end=t_end,
-                        info={"method": method, "grid": grid, "seed": seed})
+        run.bar.update(1)
+    return finish_run(run, y.reshape(x_T.shape), method=method, seed=seed)
