@@ -29,7 +29,7 @@ from scoresde.samplers import SAMPLERS, sample
 STEPS = (10, 20, 50, 100, 1000)
 # pc with per-sample norms (the default) is also run with batch-mean norms: in 2-D the
 # per-sample step sizes are heavy-tailed (see scoresde/samplers/pc.py).
-EXTRA = {"pc[norms=batch]": ("pc", {"norms": "batch"}), "sde[srk]": ("sde", {"method": "srk"})}
+EXTRA = {"pc[norms=sample]": ("pc", {"norms": "sample"}), "sde[srk]": ("sde", {"method": "srk"})}
 SKIP_1000 = ("sde[srk]",)  # 4000 NFE: the slowest row, adds little over sde at 1000 steps
 
 
