@@ -32,6 +32,7 @@ import math
 
 import torch
 
+from .choices import SDE_KINDS
 from .rng import draw_device, randn
 from .schedules import (
     CosineSchedule,
@@ -44,8 +45,6 @@ from .schedules import (
 )
 
 __all__ = ["GaussianSDE", "VPSDE", "SubVPSDE", "VESDE", "SDE_KINDS", "append_dims", "as_time"]
-
-SDE_KINDS = ("vp", "subvp", "ve")
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -165,6 +164,14 @@ class GaussianSDE:
         """Probability-flow ODE drift ``f - ½ g² s`` (Song et al. 2021, eq. 13)."""
         g2 = self._coef(self.g2(as_time(t, device=x.device)), x)
         return self.drift(x, t) - 0.5 * g2 * score
+
+    def flow_coefficients(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b)`` with ``dx/d(clock) = a x + b ε`` along the probability flow: ``dx/dt = f x + ½ g²/σ ε``
+        divided by ``clock_rate`` (VP: ``(-½, ½/σ)`` in ``B``; sub-VP: ``(-½, ½ (1 + e^{-B}))``;
+        continuous VE: ``(0, log(σ_max/σ_min) σ)`` in ``t``; SMLD: ``(0, 1/(2σ))`` in ``σ²``)."""
+        t = as_time(t)
+        rate = self.clock_rate(t)
+        return self.drift_coef(t) / rate, 0.5 * self.g2(t) / (self.sigma(t) * rate)
 
     def network_input_scale(self, t) -> torch.Tensor | None:
         """Factor applied to ``x_t`` before an ε-network sees it: ``1/√(α² + σ²)`` (unit scale for

@@ -50,6 +50,9 @@ def ancestral(model, x_T: torch.Tensor, *, steps: int, generator=None, progress:
     check_choice("variance", opts["variance"], VARIANCES)
     net = NFECounter(model)
     sde = net.sde
+    if not getattr(sde, "variance_preserving", True):
+        raise ValueError(f"sampler 'ancestral': DDPM's ancestral step needs a VP-SDE (σ² = 1 - α²), got "
+                         f"{type(sde).__name__}; use 'ddim' with eta=1, the exact ancestral step of any SDE")
     t_eps = check_t_eps(t_eps, sde)
     grid = descent_grid(sde, steps, t_eps, opts["spacing"], denoise)
     log_alpha = torch.log(sde.alpha(grid))  # float64, (K+1,)
