@@ -7,7 +7,8 @@ This module imports nothing from the package.
 from __future__ import annotations
 
 __all__ = ["SAMPLERS", "SPACINGS", "VLB_SPACINGS", "ADAPTIVE_METHODS", "FIXED_METHODS", "ODE_METHODS",
-           "SDE_METHODS", "TRACES", "PROBES", "VARIANCES", "SDE_KINDS", "VP_SCHEDULES", "VE_SCHEDULES", "SCHEDULES", "MODEL_KINDS", "MODEL_BASES",
+           "SDE_METHODS", "TRACES", "PROBES", "VARIANCES",
+           "SDE_KINDS", "VP_SCHEDULES", "VE_SCHEDULES", "SCHEDULES", "MODEL_KINDS", "MODEL_BASES",
            "WEIGHTINGS", "TIME_SAMPLINGS", "SPLITS", "TIME_EMBEDDINGS"]
 
 # Samplers (scoresde.samplers.SAMPLERS maps each name to its function; a test keeps them equal).

@@ -28,7 +28,8 @@ The drift uses only ``model.eps`` and the SDE's ``sigma`` and clock (``clock``, 
 ``time_for_clock``: ``B``, ``β`` and ``time_for_integrated_beta`` for VP), so any object with
 ``.sde`` and ``.eps(x, t)`` works. **Other SDEs** (docs/sdes.md): the same solve runs in each
 SDE's own clock (``B`` for sub-VP, ``t`` for the continuous VE, ``σ²`` for SMLD's levels) with
-``v = dx/d(clock) = a(t) x + b(t) ε`` from ``sde.flow_coefficients(t)``. torchdiffeq reports failures ("underflow in dt", "max_num_steps exceeded")
+``v = dx/d(clock) = a(t) x + b(t) ε`` from ``sde.flow_coefficients(t)``.
+torchdiffeq reports failures ("underflow in dt", "max_num_steps exceeded")
 as bare ``AssertionError``s that vanish under ``python -O``; here they become a ``RuntimeError``
 naming the solver, its tolerances and the last time reached.
 """

@@ -22,7 +22,7 @@ import math
 import pytest
 import torch
 import torchsde
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from scoresde import (
@@ -277,7 +277,7 @@ def _mc_problems(draw):
     return sde, s, t, x_s, draw(st.integers(0, 2**20))
 
 
-@settings(max_examples=10)
+@settings(max_examples=10, phases=(Phase.explicit, Phase.generate), database=None)  # no shrinking: costly
 @given(_mc_problems())
 def test_transition_matches_monte_carlo_of_the_forward_sde(problem):
     sde, s, t, x_s, seed = problem
