@@ -232,15 +232,18 @@ class _Forward(torch.nn.Module):
 
     noise_type, sde_type = "diagonal", "ito"
 
-    def __init__(self, sde):
+    def __init__(self, sde, lo: float = 0.0, hi: float = 1.0):
         super().__init__()
-        self.sde = sde
+        self.sde, self.lo, self.hi = sde, lo, hi
+
+    def _t(self, t):  # inside [lo, hi]: a discrete schedule's interval, its jumps excluded
+        return torch.as_tensor(float(t), dtype=torch.float64).clamp(self.lo, self.hi)
 
     def f(self, t, y):
-        return self.sde.drift_coef(torch.as_tensor(float(t)).clamp(0, 1)).to(y) * y
+        return self.sde.drift_coef(self._t(t)).to(y) * y
 
     def g(self, t, y):
-        return self.sde.diffusion(torch.as_tensor(float(t)).clamp(0, 1)).to(y).expand(y.shape)
+        return self.sde.diffusion(self._t(t)).to(y).expand(y.shape)
 
 
 def _simulate(sde, x_s: torch.Tensor, s: float, t: float, seed: int) -> torch.Tensor:
@@ -248,10 +251,28 @@ def _simulate(sde, x_s: torch.Tensor, s: float, t: float, seed: int) -> torch.Te
     y0 = x_s.to(torch.float64).expand(N_PATHS, -1).clone()
     n = sde.discrete_steps
     steps = SOLVER_STEPS if n is None else round((t - s) * n) * max(2, SOLVER_STEPS // n)
+    return _sdeint(sde, y0, s, t, steps, seed)
+
+
+def _sdeint(sde, y0, s: float, t: float, steps: int, seed: int) -> torch.Tensor:
+    """``steps`` equal SRK steps from ``s`` to ``t``: the output grid is the step grid and ``dt`` a
+    hair above its spacing, so torchsde takes exactly one step per interval (a ``dt`` that does not
+    divide ``t - s`` in floating point can make the Brownian interval split without end)."""
+    n = sde.discrete_steps
+    if n is not None:  # piecewise-constant coefficients: one solve per grid interval, inside it
+        i0, i1 = round(s * n), round(t * n)
+        for k, i in enumerate(range(i0, i1)):
+            lo, hi = i / n, (i + 1) / n
+            y0 = _solve(_Forward(sde, lo + 1e-9 / n, hi - 1e-9 / n), y0, lo, hi, steps // (i1 - i0), seed + k)
+        return y0
+    return _solve(_Forward(sde), y0, s, t, steps, seed)
+
+
+def _solve(func, y0, s: float, t: float, steps: int, seed: int) -> torch.Tensor:
     bm = torchsde.BrownianInterval(t0=s, t1=t, size=y0.shape, dtype=torch.float64, entropy=seed,
                                    levy_area_approximation="space-time")
-    ts = torch.tensor([s, t], dtype=torch.float64)
-    return torchsde.sdeint(_Forward(sde), y0, ts, bm=bm, method="srk", dt=(t - s) / steps)[-1]
+    ts = torch.linspace(s, t, steps + 1, dtype=torch.float64)
+    return torchsde.sdeint(func, y0, ts, bm=bm, method="srk", dt=(t - s) / steps * (1 + 1e-9))[-1]
 
 
 def _check_gaussian_draws(x: torch.Tensor, mean: torch.Tensor, var: float):
@@ -295,12 +316,9 @@ def test_marginal_matches_monte_carlo_of_the_forward_sde(sde):
     t = 0.6
     g = torch.Generator().manual_seed(1)
     start = sde.marginal_sample(x0.expand(N_PATHS, 3), 0.0, generator=g)[0]
-    bm = torchsde.BrownianInterval(t0=0.0, t1=t, size=start.shape, dtype=torch.float64, entropy=2,
-                                   levy_area_approximation="space-time")
     n = sde.discrete_steps
-    dt = t / SOLVER_STEPS if n is None else 1 / (n * 10)
-    x_t = torchsde.sdeint(_Forward(sde), start, torch.tensor([0.0, t], dtype=torch.float64), bm=bm,
-                          method="srk", dt=dt)[-1]
+    steps = SOLVER_STEPS if n is None else round(t * n) * 10
+    x_t = _sdeint(sde, start, 0.0, t, steps, 2)
     _check_gaussian_draws(x_t, float(sde.alpha(t)) * x0, float(sde.sigma(t)) ** 2)
 
 
