@@ -313,9 +313,9 @@ class VPSDE(_BetaSDE):
         return -b - torch.log(-torch.expm1(-b))
 
     def time_for_log_snr(self, lam, *, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
-        """``B = log(1 + e^{-λ})``, then ``t = B⁻¹(B)``."""
-        b = torch.nn.functional.softplus(-_f64(lam))
-        return self.time_for_integrated_beta(b, lo=lo, hi=hi).clamp(lo, hi)
+        """``λ = -B - log(1 - e^{-B})`` inverts to ``B = log(1 + e^{-λ})``, then ``t = B⁻¹(B)``."""
+        lam = _f64(lam)
+        return self.time_for_integrated_beta(torch.logaddexp(-lam, torch.zeros_like(lam)), lo=lo, hi=hi)
 
     def time_for_sigma(self, sigma: float) -> float:
         """``B = -log(1 - σ²)``, then ``t = B⁻¹(B)``."""
