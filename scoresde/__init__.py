@@ -9,20 +9,34 @@ from .evaluation import EvalSettings, evaluate_likelihood
 from .likelihood import bits_per_dim, log_likelihood
 from .model import EpsModel, ScoreModel, eps_of, score_of, x0_of
 from .samplers import SAMPLERS
-from .schedules import CosineSchedule, DiscreteSchedule, LinearSchedule, Schedule
-from .sde import VPSDE, append_dims
+from .schedules import (
+    CosineSchedule,
+    DiscreteSchedule,
+    DiscreteSigmas,
+    GeometricSigmas,
+    LinearSchedule,
+    Schedule,
+    SigmaSchedule,
+)
+from .sde import VESDE, VPSDE, GaussianSDE, SubVPSDE, append_dims
 from .vlb import ddpm_vlb_bits_per_dim
 
 __all__ = [
     "CosineSchedule",
     "DiscreteSchedule",
+    "DiscreteSigmas",
     "EpsModel",
     "EvalSettings",
     "GaussianMixture",
+    "GaussianSDE",
+    "GeometricSigmas",
     "LinearSchedule",
     "SAMPLERS",
     "Schedule",
     "ScoreModel",
+    "SigmaSchedule",
+    "SubVPSDE",
+    "VESDE",
     "VPSDE",
     "append_dims",
     "bits_per_dim",

@@ -1,6 +1,7 @@
 """The analytic oracle: Gaussian-mixture data with an exact score at every ``t``.
 
-For data ``x_0 ~ Σ_k w_k N(μ_k, Σ_k)`` and any VP-SDE (docs/math.md, "Closed forms"),
+For data ``x_0 ~ Σ_k w_k N(μ_k, Σ_k)`` and any SDE with Gaussian marginals
+``q(x_t | x_0) = N(α(t) x_0, σ(t)² I)`` (VP, sub-VP, VE; docs/sdes.md),
 ``p_t = Σ_k w_k N(α(t) μ_k, α(t)² Σ_k + σ(t)² I)``,
 so ``log p_t``, the score ``∇ log p_t`` and the optimal noise prediction
 ``ε*(x, t) = -σ(t) ∇ log p_t(x)`` are known exactly.
@@ -24,7 +25,7 @@ import torch
 
 from .model import EpsModel, batch_time
 from .rng import draw_device, randn
-from .sde import VPSDE
+from .sde import VPSDE, GaussianSDE
 
 __all__ = ["GaussianMixture"]
 
@@ -37,12 +38,13 @@ class GaussianMixture(EpsModel):
         means: ``(K, D)`` component means.
         covs: a number (isotropic, shared), ``(K,)`` (isotropic per component),
             ``(K, D)`` (diagonal) or ``(K, D, D)`` (full, symmetric positive definite).
-        sde: the forward SDE defining ``p_t``; any object with ``alpha(t)`` and ``sigma(t)``.
+        sde: the forward SDE defining ``p_t`` (VP, sub-VP or VE); only ``alpha(t)``,
+            ``sigma(t)`` and ``marginal_sample`` are used.
         event_shape: the shape of one sample (default ``(D,)``), e.g. ``(1, 4, 4)`` to
             test image code paths; ``prod(event_shape)`` must equal ``D``.
     """
 
-    def __init__(self, weights, means, covs, sde: VPSDE | None = None, event_shape=None):
+    def __init__(self, weights, means, covs, sde: GaussianSDE | None = None, event_shape=None):
         means = torch.as_tensor(means, dtype=torch.float64, device="cpu")
         if means.ndim != 2:
             raise ValueError(f"means has shape {tuple(means.shape)}: expected (K, D)")

@@ -17,22 +17,35 @@ from .datasets import dataset_info
 from .lattice import FactorizedLattice, LatticeResidualModel, lattice_log_probs
 from .model import ScoreModel
 from .nets import MLP, UNet
-from .sde import VPSDE
+from .sde import VESDE, VPSDE, SubVPSDE
 
 __all__ = ["build_sde", "build_net", "build_model", "available_memory", "check_memory", "check_sizes",
            "count_parameters"]
 
 
-def build_sde(config: Config) -> VPSDE:
-    """The VP-SDE of ``config.sde``. ``ddpm`` takes ``β_i`` linear from ``β_min/N`` to ``β_max/N``
-    (Ho et al. 2020: ``1e-4 .. 0.02`` for ``N = 1000``, the defaults 0.1 and 20 over 1000)."""
+def build_sde(config: Config):
+    """The SDE of ``config.sde`` (``kind``: ``vp``, ``subvp`` or ``ve``; docs/sdes.md).
+
+    VP and sub-VP: ``ddpm`` takes ``β_i`` linear from ``β_min/N`` to ``β_max/N`` (Ho et al. 2020:
+    ``1e-4 .. 0.02`` for ``N = 1000``, the defaults 0.1 and 20 over 1000). VE: ``linear`` is
+    the continuous ``σ_min (σ_max/σ_min)^t`` (``log σ`` linear in ``t``), ``smld`` SMLD's
+    ``n_steps`` geometric levels."""
     s = config.sde
+    if s.kind == "ve":
+        if s.schedule == "linear":
+            return VESDE.geometric(s.sigma_min, s.sigma_max)
+        if s.schedule == "smld":
+            return VESDE.smld(s.n_steps, s.sigma_min, s.sigma_max)
+        raise ValueError(f"sde.schedule={s.schedule!r}: expected linear or smld for sde.kind=ve")
+    cls = {"vp": VPSDE, "subvp": SubVPSDE}.get(s.kind)
+    if cls is None:
+        raise ValueError(f"sde.kind={s.kind!r}: expected vp, subvp or ve")
     if s.schedule == "linear":
-        return VPSDE.linear(s.beta_min, s.beta_max)
+        return cls.linear(s.beta_min, s.beta_max)
     if s.schedule == "cosine":
-        return VPSDE.cosine(s.cosine_s)
+        return cls.cosine(s.cosine_s)
     if s.schedule == "ddpm":
-        return VPSDE.ddpm(s.n_steps, s.beta_min / s.n_steps, s.beta_max / s.n_steps)
+        return cls.ddpm(s.n_steps, s.beta_min / s.n_steps, s.beta_max / s.n_steps)
     raise ValueError(f"sde.schedule={s.schedule!r}: expected linear, cosine or ddpm")
 
 

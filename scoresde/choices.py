@@ -7,7 +7,8 @@ This module imports nothing from the package.
 from __future__ import annotations
 
 __all__ = ["SAMPLERS", "SPACINGS", "VLB_SPACINGS", "ADAPTIVE_METHODS", "FIXED_METHODS", "ODE_METHODS",
-           "SDE_METHODS", "TRACES", "PROBES", "VARIANCES", "SCHEDULES", "MODEL_KINDS", "MODEL_BASES",
+           "SDE_METHODS", "TRACES", "PROBES", "VARIANCES",
+           "SDE_KINDS", "VP_SCHEDULES", "VE_SCHEDULES", "SCHEDULES", "MODEL_KINDS", "MODEL_BASES",
            "WEIGHTINGS", "TIME_SAMPLINGS", "SPLITS", "TIME_EMBEDDINGS"]
 
 # Samplers (scoresde.samplers.SAMPLERS maps each name to its function; a test keeps them equal).
@@ -24,8 +25,11 @@ SDE_METHODS = ("euler", "srk")
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 VARIANCES = ("beta", "beta_tilde")
-# Training config (scoresde.config): schedule, network, loss.
-SCHEDULES = ("linear", "cosine", "ddpm")
+# Training config (scoresde.config): SDE and schedule, network, loss (docs/sdes.md).
+SDE_KINDS = ("vp", "subvp", "ve")
+VP_SCHEDULES = ("linear", "cosine", "ddpm")  # VP and sub-VP
+VE_SCHEDULES = ("linear", "smld")  # VE: geometric σ(t), SMLD's discrete levels
+SCHEDULES = VP_SCHEDULES + ("smld",)
 MODEL_KINDS = ("mlp", "unet")
 MODEL_BASES = ("none", "lattice")
 WEIGHTINGS = ("simple", "likelihood")

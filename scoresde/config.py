@@ -41,11 +41,15 @@ class DataConfig:
 
 @dataclass
 class SDEConfig:
-    schedule: str = "linear"             # linear | cosine | ddpm (β_i = β_min/N .. β_max/N)
+    kind: str = "vp"                     # vp | subvp | ve (docs/sdes.md)
+    schedule: str = "linear"             # vp/subvp: linear | cosine | ddpm (β_i = β_min/N .. β_max/N);
+                                         # ve: linear (σ_min (σ_max/σ_min)^t) | smld (n_steps levels)
     beta_min: float = 0.1
     beta_max: float = 20.0
     n_steps: int = 1000                  # N of the ddpm schedule
     cosine_s: float = 0.008
+    sigma_min: float = 0.01              # ve
+    sigma_max: float = 50.0              # ve: about the largest distance between two training examples
 
 
 @dataclass

@@ -16,6 +16,7 @@ __all__ = ["validate", "model_keys", "RESUMABLE_KEYS", "run_identity_diff", "MAX
 
 _CHOICES = {
     "data.name": DATASET_NAMES,
+    "sde.kind": choices.SDE_KINDS,
     "sde.schedule": choices.SCHEDULES,
     "model.kind": choices.MODEL_KINDS,
     "model.base": choices.MODEL_BASES,
@@ -34,6 +35,8 @@ _RANGES = [
     ("sde.beta_max", lambda v: v > 0, "a number > 0"),
     ("sde.n_steps", lambda v: v >= 1, "an integer ≥ 1"),
     ("sde.cosine_s", lambda v: v > 0, "a number > 0"),
+    ("sde.sigma_min", lambda v: 0 < v < float("inf"), "a finite number > 0"),
+    ("sde.sigma_max", lambda v: 0 < v < float("inf"), "a finite number > 0"),
     ("model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("model.hidden", lambda v: v >= 1, "an integer ≥ 1"),
     ("model.depth", lambda v: v >= 1, "an integer ≥ 1"),
@@ -116,11 +119,20 @@ def validate(cfg) -> None:
     if cfg.sde.beta_max < cfg.sde.beta_min:
         raise ValueError(f"config key 'sde.beta_max': expected ≥ sde.beta_min={cfg.sde.beta_min}, "
                          f"got {cfg.sde.beta_max}")
-    if cfg.sde.schedule in ("linear", "ddpm") and (cfg.sde.beta_min + cfg.sde.beta_max) / 2 > MAX_INTEGRATED_BETA:
+    schedules = choices.VE_SCHEDULES if cfg.sde.kind == "ve" else choices.VP_SCHEDULES
+    if cfg.sde.schedule not in schedules:
+        raise ValueError(f"config key 'sde.schedule': expected one of {', '.join(schedules)} for "
+                         f"sde.kind={cfg.sde.kind}, got {cfg.sde.schedule!r}")
+    if cfg.sde.kind == "ve" and cfg.sde.sigma_max <= cfg.sde.sigma_min:
+        raise ValueError(f"config key 'sde.sigma_max': expected > sde.sigma_min={cfg.sde.sigma_min}, "
+                         f"got {cfg.sde.sigma_max}")
+    vp_like = cfg.sde.kind != "ve"
+    if vp_like and cfg.sde.schedule in ("linear", "ddpm") and \
+            (cfg.sde.beta_min + cfg.sde.beta_max) / 2 > MAX_INTEGRATED_BETA:
         raise ValueError(f"config key 'sde.beta_max': expected (sde.beta_min + sde.beta_max)/2 ≤ "
                          f"{MAX_INTEGRATED_BETA:g} (the integrated rate B(1); beyond it alpha(1)^2 = e^-B(1) "
                          f"underflows float32 and samples are NaN), got {cfg.sde.beta_max!r}")
-    if cfg.sde.schedule == "ddpm" and cfg.sde.beta_max / cfg.sde.n_steps >= 1:
+    if vp_like and cfg.sde.schedule == "ddpm" and cfg.sde.beta_max / cfg.sde.n_steps >= 1:
         raise ValueError(f"config key 'sde.beta_max': the ddpm schedule's largest beta_i = sde.beta_max / "
                          f"sde.n_steps must be < 1, got {cfg.sde.beta_max!r} / {cfg.sde.n_steps}")
     shape = dataset_info(cfg.data.name).shape
@@ -147,6 +159,8 @@ _RELEVANT = {
     "linear": ("schedule", "beta_min", "beta_max"),
     "ddpm": ("schedule", "beta_min", "beta_max", "n_steps"),
     "cosine": ("schedule", "cosine_s"),
+    "ve linear": ("schedule", "sigma_min", "sigma_max"),
+    "ve smld": ("schedule", "sigma_min", "sigma_max", "n_steps"),
 }
 
 
@@ -154,7 +168,8 @@ def model_keys(cfg) -> dict:
     """The flattened keys that change the network or the SDE (``model.*``, ``sde.*``, ``data.shape``)."""
     d = dataclasses.asdict(cfg)
     flat = {f"model.{k}": d["model"][k] for k in _RELEVANT[cfg.model.kind]}
-    flat.update({f"sde.{k}": d["sde"][k] for k in _RELEVANT[cfg.sde.schedule]})
+    sde_key = f"ve {cfg.sde.schedule}" if cfg.sde.kind == "ve" else cfg.sde.schedule
+    flat.update({f"sde.{k}": d["sde"][k] for k in ("kind",) + _RELEVANT[sde_key]})
     flat["data.shape"] = d["data"]["shape"]
     return flat
 

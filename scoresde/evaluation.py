@@ -176,7 +176,10 @@ def evaluate_likelihood(model, data, settings: EvalSettings | None = None, *,
                                   atol=s.atol, generator=torch.Generator(device="cpu").manual_seed(s.seed),
                                   progress=progress, **extra)
         report.ode_seconds = time.perf_counter() - start
-    if s.vlb:
+    if s.vlb and not getattr(model.sde, "variance_preserving", True):
+        report.notes.append(f"bits/dim (VLB) skipped: the DDPM bound needs a VP-SDE, the model's is "
+                            f"{type(model.sde).__name__} (the ODE bits/dim is its likelihood; docs/sdes.md)")
+    elif s.vlb:
         start = time.perf_counter()
         opts = dict(n_terms=s.vlb_terms, variance=s.variance, batch_size=s.batch_size, progress=progress,
                     generator=torch.Generator(device="cpu").manual_seed(s.seed))

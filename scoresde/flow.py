@@ -24,9 +24,12 @@ steps in ``u``.
 exactly (``D`` vector–Jacobian products per evaluation) or by Hutchinson's estimate
 ``vᵀ (∂f/∂x) v`` with probes ``v`` held fixed for the whole solve.
 
-The drift uses only ``model.eps`` and the SDE's ``sigma``, ``beta`` and ``integrated_beta``
-(``time_for_integrated_beta`` for discrete schedules), so any object with ``.sde`` and
-``.eps(x, t)`` works. torchdiffeq reports failures ("underflow in dt", "max_num_steps exceeded")
+The drift uses only ``model.eps`` and the SDE's ``sigma`` and clock (``clock``, ``clock_rate``,
+``time_for_clock``: ``B``, ``β`` and ``time_for_integrated_beta`` for VP), so any object with
+``.sde`` and ``.eps(x, t)`` works. **Other SDEs** (docs/sdes.md): the same solve runs in each
+SDE's own clock (``B`` for sub-VP, ``t`` for the continuous VE, ``σ²`` for SMLD's levels) with
+``v = dx/d(clock) = a(t) x + b(t) ε`` from ``sde.flow_coefficients(t)``.
+torchdiffeq reports failures ("underflow in dt", "max_num_steps exceeded")
 as bare ``AssertionError``s that vanish under ``python -O``; here they become a ``RuntimeError``
 naming the solver, its tolerances and the last time reached.
 """
@@ -94,7 +97,7 @@ class Clock:
         self.sde = sde
         self._t = None  # the last t(u): warm start of the next inversion
         t = torch.linspace(0.0, 1.0, _FIT_POINTS, dtype=torch.float64, device="cpu")
-        b = sde.integrated_beta(t)
+        b = sde.clock(t)
         self.coef = _fit_increasing(t, b)
         # B itself a polynomial of degree ≤ 4 (the linear schedule): the clock is t.
         self.fitted = float((self._smooth(t)[0] - b).abs().max()) > 1e-9 * float(b[-1])
@@ -110,7 +113,7 @@ class Clock:
         t = torch.as_tensor(t, dtype=torch.float64, device=t.device if isinstance(t, torch.Tensor) else "cpu")
         if not self.fitted:
             return t
-        target, lo, hi = self.sde.integrated_beta(t), torch.zeros_like(t), torch.ones_like(t)
+        target, lo, hi = self.sde.clock(t), torch.zeros_like(t), torch.ones_like(t)
         for _ in range(64):  # bisection: B̂ is increasing
             mid = 0.5 * (lo + hi)
             below = self._smooth(mid)[0] < target
@@ -122,16 +125,20 @@ class Clock:
         """``(t(u), β̂(u))`` with ``t`` in ``[lo, hi]``."""
         if not self.fitted:
             t = min(max(u, lo), hi)
-            return t, float(self.sde.beta(t))
+            return t, float(self.sde.clock_rate(t))
         b, rate = self._smooth(torch.tensor(u, dtype=torch.float64, device="cpu"))
         t0 = self._t if self._t is not None else 0.5 * (lo + hi)
-        self._t = float(self.sde.time_for_integrated_beta(b, lo=lo, hi=hi, t0=t0))
+        self._t = float(self.sde.time_for_clock(b, lo=lo, hi=hi, t0=t0))
         return self._t, float(rate)
 
 
 def flow_drift(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``v = dx/dB = -½ (x - ε(x, t)/σ(t))`` at the scalar time ``t``; shape and dtype of ``x``.
     The probability-flow drift in any clock is ``v`` times that clock's rate (``β(t)`` for ``t``)."""
+    if not getattr(model.sde, "variance_preserving", True):  # sub-VP, VE: v = a x + b ε
+        a, b = (append_dims(c, x.ndim).to(device=x.device, dtype=x.dtype)
+                for c in model.sde.flow_coefficients(t))
+        return a * x + b * model.eps(x, t).to(x.dtype)
     sigma = append_dims(model.sde.sigma(t), x.ndim).to(device=x.device, dtype=x.dtype)
     return -0.5 * (x - eps_of(model, x, t).to(x.dtype) / sigma)
 

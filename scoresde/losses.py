@@ -8,18 +8,21 @@ the squared error averaged over the ``D`` dimensions (Ho et al.'s ``L_simple``; 
 by ``D`` for the sum over dimensions). Weightings (docs/math.md, "Denoising score matching"):
 
 - ``simple``: ``λ = 1``.
-- ``likelihood``: ``λ(t) = β(t)/σ(t)²`` (Song, Durkan, Murray & Ermon 2021): then
-  ``(1 - t_eps)·D/2 · L`` is the score-matching term ``½∫ g² E‖s_θ - ∇log p‖²dt`` of the
-  likelihood bound, up to a constant independent of θ. Its variance is large (``λ ≈ 1/t``
-  near 0), so by default ``t`` is importance-sampled with density ``λ(t)/Z``,
-  ``Z = ∫_{t_eps}^1 λ dt``, and each term is weighted by the constant ``Z/(1 - t_eps)``
-  (the mean of ``λ`` on ``[t_eps, 1]``): the estimator has the same expectation ``L`` as
-  the uniform-``t`` one, with far lower variance.
+- ``likelihood``: ``λ(t) = g(t)²/σ(t)²`` of the model's SDE (Song, Durkan, Murray & Ermon 2021):
+  ``β/σ²`` for VP, ``β (1 + e^{-B})/(1 - e^{-B})`` for sub-VP, ``2 log(σ_max/σ_min)`` (a
+  constant) for the continuous VE. Then ``(1 - t_eps)·D/2 · L`` is the score-matching term
+  ``½∫ g² E‖s_θ - ∇log p‖²dt`` of the likelihood bound, up to a constant independent of θ.
+  Its variance is large (``λ ≈ 1/t`` near 0 for VP), so by default ``t`` is importance-sampled
+  with density ``λ(t)/Z``, ``Z = ∫_{t_eps}^1 λ dt``, and each term is weighted by the constant
+  ``Z/(1 - t_eps)`` (the mean of ``λ`` on ``[t_eps, 1]``): the estimator has the same
+  expectation ``L`` as the uniform-``t`` one, with far lower variance.
 
-The inverse CDF is in closed form in ``B``: ``∫ β/σ² dt = ∫ dB/(1 - e^{-B}) = Φ(B) + C``
-with ``Φ(B) = log(e^B - 1)``, so ``B = log(1 + e^Φ)`` at a uniform ``Φ`` between
-``Φ(B(t_eps))`` and ``Φ(B(1))``, and ``t = B⁻¹(B)`` by safeguarded Newton/bisection in float64 (any schedule:
-``B`` is increasing).
+The inverse CDF is in closed form for every SDE with Gaussian marginals: ``g²/σ² = -dλ/dt``
+with ``λ = log(α²/σ²)`` the log-SNR (``g² = dσ²/dt - 2 σ² d log α/dt``), so
+``∫_{t_eps}^t λ(s) ds = λ_SNR(t_eps) - λ_SNR(t)``: ``t ∝ λ`` is the time at a log-SNR drawn
+uniformly between ``λ_SNR(1)`` and ``λ_SNR(t_eps)``, found by the SDE's own
+``time_for_log_snr`` (closed form in ``B`` or ``σ``, then ``B⁻¹`` by safeguarded Newton in
+float64), and ``Z = λ_SNR(t_eps) - λ_SNR(1)``.
 
 Discrete time (DDPM): ``i ~ U{1..N}``, ``t = i/N``; for ``likelihood`` the grid points
 are importance-sampled with ``p(i) ∝ λ(i/N)`` and weight ``mean_i λ(i/N)``.
@@ -50,13 +53,8 @@ class LossOutput:
 
 
 def likelihood_weight(sde, t) -> torch.Tensor:
-    """``λ(t) = β(t)/σ(t)²`` (float64, shape of ``t``)."""
-    return sde.beta(t) / -torch.expm1(-sde.integrated_beta(t))
-
-
-def _phi(b: torch.Tensor) -> torch.Tensor:
-    """``Φ(B) = log(e^B - 1) = B + log(1 - e^{-B})``, stable for small and large ``B``."""
-    return b + torch.log(-torch.expm1(-b))
+    """``λ(t) = g(t)²/σ(t)²`` of ``sde`` (float64, shape of ``t``): ``sde.likelihood_weight``."""
+    return sde.likelihood_weight(t)
 
 
 def sample_time(sde, n: int, *, weighting: str = "simple", time_sampling: str = "continuous",
@@ -97,10 +95,9 @@ def sample_time(sde, n: int, *, weighting: str = "simple", time_sampling: str = 
         weight = torch.ones(n, **f64) if weighting == "simple" else likelihood_weight(sde, t)
         return t, weight
     ends = torch.tensor([t_eps, 1.0], **f64)
-    phi_lo, phi_hi = _phi(sde.integrated_beta(ends)).unbind()
-    b = torch.logaddexp(phi_lo + u * (phi_hi - phi_lo), torch.zeros_like(u))  # B = log(1 + e^Φ)
-    t = sde.time_for_integrated_beta(b, lo=t_eps, hi=1.0).clamp(t_eps, 1.0)
-    z = phi_hi - phi_lo  # Z = ∫_{t_eps}^1 β/σ² dt
+    snr_hi, snr_lo = sde.log_snr(ends).to(device).unbind()  # log-SNR at t_eps (high) and 1 (low)
+    t = sde.time_for_log_snr(snr_hi + u * (snr_lo - snr_hi), lo=t_eps, hi=1.0).clamp(t_eps, 1.0)
+    z = snr_hi - snr_lo  # Z = ∫_{t_eps}^1 g²/σ² dt
     return t, (z / (1.0 - t_eps)).expand(n).clone()
 
 
@@ -111,7 +108,7 @@ def dsm_loss(model, x0: torch.Tensor, *, weighting: str = "simple", time_samplin
 
     Args:
         model: any EpsModel (``.sde``, ``.eps(x, t)``): a ScoreModel or the exact oracle.
-        weighting: ``"simple"`` (λ = 1) or ``"likelihood"`` (λ = β/σ², importance-sampled).
+        weighting: ``"simple"`` (λ = 1) or ``"likelihood"`` (λ = g²/σ², importance-sampled).
         time_sampling: ``"continuous"`` (``t ~ U[t_eps, 1]``) or ``"discrete"`` (``t = i/N``).
         t_eps: smallest training time (continuous only); default ``model.sde.sampling_eps``.
         n_steps: ``N`` for discrete sampling; default ``model.sde.discrete_steps``.

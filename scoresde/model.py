@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .sde import VPSDE, append_dims, as_time
+from .sde import GaussianSDE, append_dims, as_time
 
 __all__ = ["EpsModel", "ScoreModel", "batch_time", "eps_of", "score_of", "x0_of"]
 
@@ -71,7 +71,7 @@ def x0_of(model, x: torch.Tensor, t) -> torch.Tensor:
 class EpsModel:
     """The score-model interface. Subclasses set ``self.sde`` and implement ``eps``."""
 
-    sde: VPSDE
+    sde: GaussianSDE
 
     def eps(self, x: torch.Tensor, t) -> torch.Tensor:  # pragma: no cover - interface
         """Predicted noise ``ε(x, t)``; ``x`` of shape ``(B, *dims)``, ``t`` of shape ``()`` or ``(B,)``."""
@@ -93,9 +93,14 @@ class ScoreModel(nn.Module, EpsModel):
     reduced-precision dtype, even when ``x`` is bf16 (bf16 cannot tell ``t = 0.9984`` from 1). ``x`` is cast
     to the network's parameter dtype and the output back to ``x``'s dtype, so a float64
     sampler or likelihood solve can drive a float32 network.
+
+    Conditioning per SDE (docs/sdes.md): the network sees ``t`` itself for every SDE (for the
+    VE-SDE ``t`` is an affine function of ``log σ``, the conditioning of NCSN++), and ``x_t``
+    times ``sde.network_input_scale(t)``: nothing for VP (``α² + σ² = 1``), ``1/√(α² + σ²)``
+    for sub-VP and VE, so the input stays at unit scale although VE's ``σ`` reaches ``σ_max``.
     """
 
-    def __init__(self, net: nn.Module, sde: VPSDE):
+    def __init__(self, net: nn.Module, sde: GaussianSDE):
         super().__init__()
         self.net = net
         self.sde = sde
@@ -105,7 +110,12 @@ class ScoreModel(nn.Module, EpsModel):
         param = next(self.net.parameters(), None)
         net_dtype = x.dtype if param is None else param.dtype
         t_dtype = torch.promote_types(net_dtype, torch.float32)
-        return self.net(x.to(net_dtype), t.to(t_dtype)).to(x.dtype)
+        out_dtype = x.dtype
+        scale = getattr(self.sde, "network_input_scale", None)
+        scale = None if scale is None else scale(t)
+        if scale is not None:
+            x = x * append_dims(scale, x.ndim).to(device=x.device, dtype=x.dtype)
+        return self.net(x.to(net_dtype), t.to(t_dtype)).to(out_dtype)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         return self.eps(x, t)

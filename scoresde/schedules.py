@@ -1,8 +1,11 @@
-"""Noise schedules of the VP-SDE, each given by its integrated rate ``B(t)``.
+"""Noise schedules of the SDEs.
 
-A schedule is a choice of ``B(t) = ∫₀ᵗ β(s) ds`` on ``t ∈ [0, 1]`` (see
-docs/math.md, "The VP-SDE"); everything else (``ᾱ``, ``α``, ``σ``, drift, diffusion)
-is derived from it by :class:`scoresde.sde.VPSDE`.
+- VP and sub-VP: a choice of the integrated rate ``B(t) = ∫₀ᵗ β(s) ds`` on ``t ∈ [0, 1]``
+  (:class:`Schedule`); everything else (``ᾱ``, ``α``, ``σ``, drift, diffusion) is derived
+  from it by :class:`scoresde.sde.VPSDE` or :class:`scoresde.sde.SubVPSDE` (docs/sdes.md).
+- VE: a choice of the noise variance ``σ(t)²`` (:class:`SigmaSchedule`), used by
+  :class:`scoresde.sde.VESDE`: the continuous geometric ``σ(t) = σ_min (σ_max/σ_min)^t``
+  (Song et al. 2021, eq. 30) or SMLD's discrete noise levels (Song & Ermon 2019).
 
 All methods take a float64 tensor ``t`` (any shape, already validated to lie in
 ``[0, 1]``) and return float64 tensors of the same shape.
@@ -16,7 +19,8 @@ import torch
 
 from .checks import check_int
 
-__all__ = ["Schedule", "LinearSchedule", "CosineSchedule", "DiscreteSchedule"]
+__all__ = ["Schedule", "LinearSchedule", "CosineSchedule", "DiscreteSchedule", "SigmaSchedule",
+           "GeometricSigmas", "DiscreteSigmas"]
 
 
 class Schedule:
@@ -174,6 +178,161 @@ class DiscreteSchedule(Schedule):
         _, rates = self._tables(t.device)
         k = torch.clamp(torch.ceil(t * self.N) - 1, 0, self.N - 1).long()
         return self.N * rates[k]
+
+    def clock_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B(i/N) for i = 0..N, B(i/N) - B((i-1)/N) for i = 1..N)``: the piecewise-linear clock."""
+        return self.grid_B, self.rates
+
+
+class SigmaSchedule:
+    """Base class of the VE noise schedules: ``σ(t)²`` increasing on ``[0, 1]``.
+
+    Subclasses provide ``sigma2(t)``, its derivative ``dsigma2(t)`` (``= g(t)²`` of the VE-SDE),
+    ``sigma2_between(s, t) = σ(t)² - σ(s)²`` without cancellation, ``log_sigma2(t)`` and the
+    inverse ``time_for_sigma2(v)``. The *clock* (``clock``, ``clock_rate``, ``time_for_clock``)
+    is the variable the probability-flow ODE is integrated in: one in which its right-hand
+    side is continuous.
+    """
+
+    sampling_eps: float = 1e-5
+
+    def sigma2(self, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def dsigma2(self, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def log_sigma2(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.sigma2(t))
+
+    def sigma2_between(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.sigma2(t) - self.sigma2(s)
+
+    def time_for_sigma2(self, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class GeometricSigmas(SigmaSchedule):
+    """``σ(t) = σ_min (σ_max/σ_min)^t`` (Song et al. 2021, eq. 30; NCSN++'s VE-SDE).
+
+    ``log σ`` is linear in ``t``, so ``g(t)² = dσ²/dt = 2 log(σ_max/σ_min) σ(t)²`` and
+    ``σ(t)² - σ(s)² = σ(s)² expm1(2 log(σ_max/σ_min) (t - s))``. Note ``σ(0) = σ_min > 0``:
+    the SDE's state at ``t = 0`` is the data convolved with ``N(0, σ_min² I)``.
+    The clock is ``t`` itself (every coefficient is smooth in it).
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+        if not (math.isfinite(sigma_min) and sigma_min > 0):
+            raise ValueError(f"sigma_min={sigma_min!r}: expected a finite number > 0")
+        if not (math.isfinite(sigma_max) and sigma_max > sigma_min):
+            raise ValueError(f"sigma_max={sigma_max!r}: expected a finite number > sigma_min={sigma_min!r}")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.log_ratio = math.log(sigma_max / sigma_min)
+
+    def __repr__(self) -> str:
+        return f"GeometricSigmas(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+    def log_sigma2(self, t):
+        return 2.0 * (math.log(self.sigma_min) + t * self.log_ratio)
+
+    def sigma2(self, t):
+        return torch.exp(self.log_sigma2(t))
+
+    def dsigma2(self, t):
+        return 2.0 * self.log_ratio * self.sigma2(t)
+
+    def sigma2_between(self, s, t):
+        return self.sigma2(s) * torch.expm1(2.0 * self.log_ratio * (t - s))
+
+    def time_for_sigma2(self, v):
+        return (0.5 * torch.log(v) - math.log(self.sigma_min)) / self.log_ratio
+
+    def clock(self, t):
+        return t
+
+    def clock_rate(self, t):
+        return torch.ones_like(t)
+
+    def time_for_clock(self, u, **_):
+        return torch.as_tensor(u, dtype=torch.float64, device=u.device if isinstance(u, torch.Tensor) else "cpu")
+
+
+class DiscreteSigmas(SigmaSchedule):
+    """SMLD's noise levels ``σ_1 < … < σ_N`` (Song & Ermon 2019) as an exact VE-SDE.
+
+    ``σ(t)²`` is piecewise linear with ``σ(i/N) = σ_i`` and ``σ(0) = σ_0 = 0``, so the VE-SDE's
+    transition from ``t_{i-1}`` to ``t_i`` is SMLD's perturbation step
+    ``x_i = x_{i-1} + √(σ_i² - σ_{i-1}²) z`` exactly and ``q(x_i | x_0) = N(x_0, σ_i² I)``: the
+    VE counterpart of :class:`DiscreteSchedule`. ``g(t)² = N (σ_i² - σ_{i-1}²)`` is piecewise
+    constant. The clock is ``σ²`` (piecewise linear in ``t``, inverted exactly).
+    The natural sampling end point is the first level, ``t_1 = 1/N``.
+    """
+
+    def __init__(self, sigmas):
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float64, device="cpu").detach().reshape(-1)
+        if sigmas.numel() < 1:
+            raise ValueError("sigmas: expected at least one noise level, got an empty sequence")
+        if not torch.isfinite(sigmas).all() or not (sigmas > 0).all() or not (sigmas.diff() > 0).all():
+            raise ValueError(f"sigmas={sigmas.tolist()[:4]}...: expected finite, positive, increasing levels")
+        self.sigmas = sigmas
+        self.N = int(sigmas.numel())
+        self.grid_s2 = torch.cat([sigmas.new_zeros(1), sigmas**2])  # σ_i², i = 0..N
+        self.rates = self.grid_s2.diff()  # σ_i² - σ_{i-1}² per step
+        self.sampling_eps = 1.0 / self.N
+        self.sigma_min, self.sigma_max = float(sigmas[0]), float(sigmas[-1])
+        self._cache: dict = {}
+
+    @classmethod
+    def smld(cls, n_steps: int = 1000, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        """``N`` geometric levels from ``sigma_min`` to ``sigma_max`` (Song & Ermon 2019; score_sde's VE)."""
+        n_steps = _check_n(n_steps)
+        GeometricSigmas(sigma_min, sigma_max)  # the same checks of the end points
+        if n_steps == 1:
+            return cls([float(sigma_max)])
+        return cls(torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), n_steps,
+                                            dtype=torch.float64, device="cpu")))
+
+    def __repr__(self) -> str:
+        return f"DiscreteSigmas(N={self.N}, sigma_min={self.sigma_min:.4g}, sigma_max={self.sigma_max:.4g})"
+
+    def _tables(self, device):
+        key = str(device)
+        if key not in self._cache:
+            self._cache[key] = (self.grid_s2.to(device), self.rates.to(device))
+        return self._cache[key]
+
+    def sigma2(self, t):
+        grid, rates = self._tables(t.device)
+        u = t * self.N
+        k = torch.clamp(torch.floor(u), 0, self.N - 1).long()
+        return grid[k] + (u - k) * rates[k]
+
+    def dsigma2(self, t):
+        _, rates = self._tables(t.device)
+        k = torch.clamp(torch.ceil(t * self.N) - 1, 0, self.N - 1).long()
+        return self.N * rates[k]
+
+    def time_for_sigma2(self, v):
+        grid, rates = self._tables(v.device)
+        v = v.to(torch.float64)
+        i = torch.searchsorted(grid, v.reshape(-1)).clamp(1, self.N).reshape(v.shape)  # σ²_{i-1} < v ≤ σ²_i
+        frac = ((v - grid[i - 1]) / rates[i - 1]).clamp(0.0, 1.0)
+        return (i - 1 + frac) / self.N
+
+    def clock(self, t):
+        return self.sigma2(t)
+
+    def clock_rate(self, t):
+        return self.dsigma2(t)
+
+    def time_for_clock(self, u, **_):
+        return self.time_for_sigma2(torch.as_tensor(
+            u, dtype=torch.float64, device=u.device if isinstance(u, torch.Tensor) else "cpu"))
+
+    def clock_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(σ_i² for i = 0..N, σ_i² - σ_{i-1}² for i = 1..N)``: the piecewise-linear clock."""
+        return self.grid_s2, self.rates
 
 
 def _check_n(n_steps) -> int:

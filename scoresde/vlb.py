@@ -27,9 +27,19 @@ from .progress import progress_bar
 from .rng import rand, randn
 from .sde import append_dims
 
-__all__ = ["ddpm_vlb_bits_per_dim", "ddpm_tables", "vlb_prior_term", "vlb_term", "normal_kl",
+__all__ = ["ddpm_vlb_bits_per_dim", "check_vp", "ddpm_tables", "vlb_prior_term", "vlb_term", "normal_kl",
            "discretized_gaussian_log_likelihood", "VARIANCES"]
 
+
+
+def check_vp(sde) -> None:
+    """``ValueError`` unless ``sde`` is variance preserving: the bound is that of a DDPM chain,
+    whose steps ``N(√(1-β_i) x, β_i I)`` are the VP-SDE's transitions. A VE-SDE has no such
+    chain (no decay, a prior ``N(0, σ_max² I)`` that is not its marginal), and sub-VP's
+    transitions are not DDPM steps; use the probability-flow bits/dim for them."""
+    if not getattr(sde, "variance_preserving", True):
+        raise ValueError(f"the DDPM variational bound needs a VP-SDE, got {type(sde).__name__} "
+                         f"(sde.kind={getattr(sde, 'kind', '?')}): use the probability-flow ODE bits/dim")
 
 
 def ddpm_tables(sde, N: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +153,7 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
     (:mod:`scoresde.rng`). ``x_int`` must be on the model's device. Runs under ``no_grad``.
     """
     check_model(model)
+    check_vp(model.sde)
     dim = check_int_data(x_int, levels)
     check_choice("variance", variance, VARIANCES)
     batch_size = check_int("batch_size", batch_size)

@@ -27,7 +27,7 @@ from .choices import VLB_SPACINGS
 from .model import EpsModel, batch_time
 from .schedules import DiscreteSchedule
 from .sde import VPSDE
-from .vlb import ddpm_vlb_bits_per_dim
+from .vlb import check_vp, ddpm_vlb_bits_per_dim
 
 __all__ = ["SPACINGS", "vlb_grid", "t_of_sigma", "GridChainModel", "grid_vlb_bits_per_dim"]
 
@@ -35,7 +35,10 @@ SPACINGS = VLB_SPACINGS
 
 
 def t_of_sigma(sde, sigma: float) -> float:
-    """The time ``t`` with ``σ(t) = sigma`` (``B(t) = -log(1 - σ²)``), for ``0 < sigma < σ(1)``."""
+    """The time ``t`` with ``σ(t) = sigma`` (VP: ``B(t) = -log(1 - σ²)``), for ``0 < sigma < σ(1)``;
+    an SDE's own ``time_for_sigma`` where it has one (sub-VP, VE)."""
+    if hasattr(sde, "time_for_sigma"):
+        return sde.time_for_sigma(sigma)
     sigma = check_number("sigma", sigma, low=0, high=float(sde.sigma(1.0)))
     b = torch.tensor([-math.log1p(-sigma**2)], dtype=torch.float64, device="cpu")
     return float(sde.time_for_integrated_beta(b)[0])
@@ -88,6 +91,7 @@ def grid_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, t_eps: flo
     ``generator``, ``batch_size``, ``progress``). ``info`` adds ``t_eps`` and ``sigma_eps``.
     """
     check_model(model)
+    check_vp(model.sde)
     chain = GridChainModel(model, vlb_grid(model.sde, N, t_eps, spacing))
     res = ddpm_vlb_bits_per_dim(chain, x_int, levels, N=N, **options)
     res.info.update(t_eps=float(t_eps), sigma_eps=float(model.sde.sigma(t_eps)), spacing=spacing)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from scoresde import VPSDE, CosineSchedule, DiscreteSchedule, LinearSchedule
+from scoresde import VESDE, VPSDE, CosineSchedule, DiscreteSchedule, LinearSchedule, SubVPSDE
 
 
 @st.composite
@@ -43,3 +43,22 @@ def schedules(max_n: int = 1000):
 
 def sdes(max_n: int = 1000):
     return schedules(max_n).map(VPSDE)
+
+
+def subvp_sdes(max_n: int = 1000):
+    return schedules(max_n).map(SubVPSDE)
+
+
+@st.composite
+def ve_sdes(draw, max_n: int = 1000):
+    """VE-SDEs: continuous geometric ``σ_min (σ_max/σ_min)^t`` or SMLD's ``N`` discrete levels."""
+    sigma_min = draw(st.floats(1e-3, 0.5))
+    sigma_max = sigma_min * draw(st.floats(2.0, 1e4))
+    if draw(st.booleans()):
+        return VESDE.geometric(sigma_min, sigma_max)
+    return VESDE.smld(draw(st.integers(1, max_n)), sigma_min, sigma_max)
+
+
+def all_sdes(max_n: int = 1000):
+    """VP, sub-VP and VE SDEs with random schedules."""
+    return st.one_of(sdes(max_n), subvp_sdes(max_n), ve_sdes(max_n))

@@ -23,8 +23,8 @@ from scoresde.nets import count_parameters
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
 
-def test_the_shipped_configs_are_the_documented_four():
-    assert {p.stem for p in CONFIGS} == {"toy2d", "digits", "mnist", "cifar10_ddpmpp"}
+def test_the_shipped_configs_are_the_documented_six():
+    assert {p.stem for p in CONFIGS} == {"toy2d", "digits", "digits_subvp", "digits_ve", "mnist", "cifar10_ddpmpp"}
     assert DEFAULT_CONFIG.name == "digits.yaml"
 
 

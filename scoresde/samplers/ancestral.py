@@ -53,6 +53,9 @@ def ancestral(model, x_T: torch.Tensor, *, steps: int | None = None, generator=N
     """
     run = open_run("ancestral", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
                    options=options, defaults=_DEFAULTS, descent=True, cost=lambda k: k)
+    if not getattr(run.sde, "variance_preserving", True):
+        raise ValueError(f"sampler 'ancestral': DDPM's ancestral step needs a VP-SDE (σ² = 1 - α²), got "
+                         f"{type(run.sde).__name__}; use 'ddim' with eta=1, the exact ancestral step of any SDE")
     variance = check_choice("variance", run.opts["variance"], VARIANCES)
     grid, net = run.grid, run.net
     log_alpha = torch.log(run.sde.alpha(grid))  # float64

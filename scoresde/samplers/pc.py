@@ -1,19 +1,23 @@
 """Predictor–corrector sampling (Song et al. 2021, Algorithms 2, 4 and 5).
 
-On the grid ``t_eps = τ_0 < … < τ_K = 1`` with ``β'_k = 1 - ᾱ_k/ᾱ_{k-1}``, each step
+On the grid ``t_eps = τ_0 < … < τ_K = 1``, with the SDE's exact transition
+``q(x_{τ_k} | x_{τ_{k-1}}) = N(m_k x, v_k I)`` (VP: ``m_k = √(1-β'_k)``, ``v_k = β'_k =
+1 - ᾱ_k/ᾱ_{k-1}``; VE: ``m_k = 1``, ``v_k = σ_k² - σ_{k-1}²``, SMLD's step), each step
 ``τ_k → τ_{k-1}`` is a predictor followed by ``M`` Langevin corrector steps at ``τ_{k-1}``:
 
 - predictor ``"reverse_diffusion"`` (their reverse-diffusion predictor, eq. 46, with the
-  discretised VP-SDE ``x_k = √(1-β'_k) x_{k-1} + √β'_k z``):
-  ``x ← (2 - √(1-β'_k)) x + β'_k s(x, τ_k) + √β'_k z``;
-- predictor ``"ancestral"`` (Ho et al. 2020, Algorithm 2, as in :mod:`.ancestral`):
+  discretised SDE ``x_k = m_k x_{k-1} + √v_k z``):
+  ``x ← (2 - m_k) x + v_k s(x, τ_k) + √v_k z`` (VP: Algorithm 4's; VE: Algorithm 2's);
+- predictor ``"ancestral"`` (Ho et al. 2020, Algorithm 2, as in :mod:`.ancestral`; VP only):
   ``x ← (x + β'_k s(x, τ_k)) / √(1-β'_k) + √β'_k z``;
-- corrector (Algorithm 5, VP): ``x ← x + δ s(x, τ_{k-1}) + √(2δ) z`` with
-  ``δ = 2 (1 - β'_k) (r ‖z‖ / ‖s‖)²``, ``r`` the signal-to-noise ratio and the norms averaged
-  over the batch (default, as the paper's reference code does) or per sample.
+- corrector (Algorithms 4 and 5): ``x ← x + δ s(x, τ_{k-1}) + √(2δ) z`` with
+  ``δ = 2 m_k² (r ‖z‖ / ‖s‖)²``, ``r`` the signal-to-noise ratio and the norms averaged
+  over the batch (default, as the paper's reference code does) or per sample
+  (``m_k² = 1 - β'_k`` for VP, 1 for VE as in Algorithm 4; for sub-VP ``m_k²``, within
+  ``β'_k`` of score_sde's 1).
 
 The score is ``s = -ε/σ``. Algorithm 5 takes ``α_i = 1 - β_i`` of the discrete chain at the
-corrector's time; we use ``β'_k`` of the step just taken (the same up to an index shift).
+corrector's time; we use ``m_k²`` of the step just taken (the same up to an index shift).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def _corrector_steps(options: dict) -> int:
     return m if isinstance(m, int) and not isinstance(m, bool) and m >= 0 else 0
 
 
-def _langevin(net, x, t, beta_prime: float, snr: float, norms: str, generator):
+def _langevin(net, x, t, keep: float, snr: float, norms: str, generator):
     """One corrector step at time ``t`` (Song et al. 2021, Algorithm 5, lines 7–9)."""
     score = score_of(net, x, t)
     z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -57,7 +61,7 @@ def _langevin(net, x, t, beta_prime: float, snr: float, norms: str, generator):
     if norms == "batch":  # score_sde's implementation: batch-mean norms, one δ for all
         z_norm, s_norm = z_norm.mean().expand_as(z_norm), s_norm.mean().expand_as(s_norm)
     s_norm = s_norm.clamp_min(torch.finfo(x.dtype).tiny)
-    delta = 2 * (1 - beta_prime) * (snr * z_norm / s_norm) ** 2  # (B,)
+    delta = 2 * keep * (snr * z_norm / s_norm) ** 2  # (B,); keep = m_k² (1 - β'_k for VP)
     delta = append_dims(delta, x.ndim)
     return x + delta * score + torch.sqrt(2 * delta) * z
 
@@ -94,12 +98,15 @@ def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, pr
                    cost=lambda k: k * (1 + _corrector_steps(options)))
     opts = _check(run.opts)
     grid, net = run.grid, run.net  # 1 → t_eps
-    log_alpha = torch.log(run.sde.alpha(grid))
+    if opts["predictor"] == "ancestral" and not getattr(run.sde, "variance_preserving", True):
+        raise ValueError(f"predictor='ancestral': DDPM's ancestral step needs a VP-SDE (σ² = 1 - α²), "
+                         f"got {type(run.sde).__name__}; use predictor='reverse_diffusion'")
+    trans_mean, trans_var = run.sde.transition(grid[1:], grid[:-1])  # m_k, v_k of τ_{k+1} → τ_k
 
     x = x_T
     for k in range(grid.numel() - 1):  # τ_k → τ_{k+1} (decreasing)
-        beta_prime = float(-torch.expm1(2 * (log_alpha[k] - log_alpha[k + 1])))  # 1 - ᾱ_k/ᾱ_{k+1}
-        sqrt_keep = float(torch.exp(log_alpha[k] - log_alpha[k + 1]))  # √(1 - β'_k)
+        beta_prime = float(trans_var[k])  # v_k (1 - ᾱ_k/ᾱ_{k+1} for VP)
+        sqrt_keep = float(trans_mean[k])  # m_k (√(1 - β'_k) for VP)
         score = score_of(net, x, grid[k])
         z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         if opts["predictor"] == "reverse_diffusion":  # eq. 46: x - f_k + G_k² s + G_k z
@@ -108,7 +115,7 @@ def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, pr
             x = (x + beta_prime * score) / sqrt_keep
         x = x + beta_prime**0.5 * z
         for _ in range(opts["corrector_steps"]):
-            x = _langevin(net, x, grid[k + 1], beta_prime, float(opts["snr"]), opts["norms"], generator)
+            x = _langevin(net, x, grid[k + 1], sqrt_keep**2, float(opts["snr"]), opts["norms"], generator)
         run.bar.update(1)
     return finish_run(run, x, predictor=opts["predictor"], corrector_steps=opts["corrector_steps"],
                       snr=float(opts["snr"]), norms=opts["norms"])
