@@ -180,10 +180,12 @@ class Trainer:
             self.epoch, self.position = self.epoch + 1, 0
         return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "bad": bad, "stop": stop}
 
-    def pop_window(self) -> float:
-        """Mean loss since the last call (NaN if no good step)."""
+    def pop_window(self, keep: bool = False) -> float:
+        """Mean loss of the good steps since the last log line (NaN if none); the window starts
+        afresh unless ``keep`` (a line that only closes a run: its resumption continues the window)."""
         total, count = self.window
-        self.window = [0.0, 0]
+        if not keep:
+            self.window = [0.0, 0]
         return total / count if count else math.nan
 
     # State ----------------------------------------------------------------------------
