@@ -45,7 +45,7 @@ MODULES: dict[str, tuple[list[str], list[str], int]] = {
     "model": (["scoresde/model.py"], ["tests/test_transcription.py", "tests/test_samplers.py"], 900),
     "losses": (["scoresde/losses.py"], ["tests/test_losses.py"], 1500),
     "ema": (["scoresde/ema.py"], ["tests/test_ema.py"], 600),
-    "checkpoint": (["scoresde/checkpoint.py"], ["tests/test_checkpoint.py", "tests/test_resume.py"], 1500),
+    "checkpoint": (["scoresde/checkpoint.py"], ["tests/test_checkpoint.py"], 1500),
     "trainer": (["scoresde/trainer.py"], ["tests/test_resume.py", "tests/test_train_cli.py"], 2400),
     "likelihood": (["scoresde/likelihood.py"], ["tests/test_likelihood.py", "tests/test_transcription.py"], 1800),
     "vlb": (["scoresde/vlb.py"], ["tests/test_vlb.py"], 1800),

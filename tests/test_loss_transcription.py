@@ -55,6 +55,8 @@ def test_times_and_weights_are_float64_grid_points():
                        generator=torch.Generator().manual_seed(0))
     assert t.dtype == F64 and w.dtype == F64 and torch.equal(w, torch.ones(5, dtype=F64))
     assert set((t * 3).tolist()) <= {1.0, 2.0, 3.0} and torch.equal(t * 3, torch.round(t * 3))
+    t, w = sample_time(VPSDE.linear(), 5, generator=torch.Generator().manual_seed(0))  # continuous
+    assert t.dtype == F64 and w.dtype == F64 and torch.equal(w, torch.ones(5, dtype=F64))
     one, _ = sample_time(VPSDE.linear(), 4, time_sampling="discrete", n_steps=1)  # N = 1 is allowed
     assert torch.equal(one, torch.ones(4, dtype=F64))
 
@@ -87,6 +89,7 @@ class BareSDE:
     (dict(time_sampling="discrete", n_steps=2.5), r"^n_steps=2.5: discrete"),
     (dict(time_sampling="discrete", n_steps=True), r"^n_steps=True: discrete"),
     (dict(time_sampling="discrete", n_steps=0), r"^n_steps=0: discrete"),
+    (dict(t_eps=1.0), r"^t_eps=1.0: expected a number in \(0, 1\)$"),
 ])
 def test_sample_time_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):
