@@ -43,8 +43,8 @@ EQUIVALENT_FILE = ROOT / "benchmarks" / "mutation_equivalent.txt"
 MODULES: dict[str, tuple[list[str], list[str], int]] = {
     "schedules": (["scoresde/schedules.py"],
                   ["tests/test_schedules.py", "tests/test_schedule_edges.py", "tests/test_sde.py"], 1500),
-    "sde": (["scoresde/sde.py"], ["tests/test_sde.py", "tests/test_schedules.py", "tests/test_losses.py",
-                                  "tests/test_samplers.py", "tests/test_analytic.py"], 1800),
+    "sde": (["scoresde/sde.py"], ["tests/test_sde.py", "tests/test_sde_edges.py", "tests/test_schedules.py",
+                                  "tests/test_losses.py", "tests/test_analytic.py"], 1800),
     "model": (["scoresde/model.py"], ["tests/test_transcription.py", "tests/test_model_edges.py",
                                       "tests/test_samplers.py"], 900),
     "losses": (["scoresde/losses.py"], ["tests/test_losses.py", "tests/test_loss_transcription.py"], 1500),

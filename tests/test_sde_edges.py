@@ -1,0 +1,67 @@
+"""VPSDE and its helpers at their edges: time validation of vectors, float64 times, the
+constructors' arguments, log-SNR in closed form, and which generator and dtype the draws use.
+(Mutation kills; docs/testing.md.)"""
+
+import math
+
+import pytest
+import torch
+
+from scoresde import VPSDE
+from scoresde.sde import append_dims, as_time
+
+F64 = torch.float64
+
+
+def test_append_dims_keeps_equal_rank_and_names_the_shape():
+    v = torch.ones(2, 3)
+    assert append_dims(v, 2) is not None and append_dims(v, 2).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"^cannot broadcast a tensor of shape \(2, 3\) to 1 dims$"):
+        append_dims(v, 1)
+
+
+def test_as_time_checks_every_entry_and_returns_float64():
+    with pytest.raises(ValueError, match=r"^t=1.5: expected times in \[0, 1\]$"):
+        as_time(torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match=r"^t=-0.25: expected times in \[0, 1\]$"):
+        as_time(torch.tensor([-0.25, 0.5, 2.0]))
+    t32 = torch.tensor([0.1, 0.7], dtype=torch.float32)
+    t = as_time(t32)
+    assert t.dtype == F64 and torch.equal(t, t32.to(F64))
+
+
+def test_constructors_pass_every_argument():
+    assert (VPSDE.linear(0.2, 10.0).schedule.beta_min, VPSDE.linear(0.2, 10.0).schedule.beta_max) == (0.2, 10.0)
+    assert VPSDE.cosine().schedule.beta_max == 1000.0 and VPSDE.cosine(beta_max=50.0).schedule.beta_max == 50.0
+    ddpm = VPSDE.ddpm(10, 1e-4, 0.05).schedule
+    assert ddpm.N == 10 and float(ddpm.betas[-1]) == 0.05
+
+
+def test_log_snr_is_log_alpha2_over_sigma2():
+    sde = VPSDE.linear()
+    t = torch.linspace(0.01, 1.0, 50, dtype=F64)
+    b = 0.1 * t + 0.5 * t**2 * 19.9
+    want = torch.log(torch.exp(-b) / (1 - torch.exp(-b)))
+    torch.testing.assert_close(sde.log_snr(t), want, rtol=1e-12, atol=0)
+    assert all(math.isclose(float(sde.log_snr(u)), math.log(float(sde.alpha(u)) ** 2 / float(sde.sigma(u)) ** 2),
+                            rel_tol=1e-12) for u in (0.3, 0.9))
+
+
+def test_draws_use_the_given_generator_and_dtype():
+    sde = VPSDE.linear()
+    x0 = torch.zeros(4, 3, dtype=F64)
+    x_t, noise = sde.marginal_sample(x0, 0.5, generator=torch.Generator().manual_seed(7))
+    want = torch.randn((4, 3), generator=torch.Generator().manual_seed(7), dtype=F64)
+    assert noise.dtype == F64 and torch.equal(noise, want)
+    torch.testing.assert_close(x_t, float(sde.sigma(0.5)) * want, rtol=1e-15, atol=0)
+    z = sde.prior_sample((2, 5), generator=torch.Generator().manual_seed(3), dtype=F64)
+    assert torch.equal(z, torch.randn((2, 5), generator=torch.Generator().manual_seed(3), dtype=F64))
+
+
+def test_prior_log_prob_is_float64_from_float32_input():
+    sde = VPSDE.linear()
+    z = torch.tensor([[0.1, -1.3, 2.2]], dtype=torch.float32)
+    lp = sde.prior_log_prob(z)
+    z64 = z.to(F64)
+    assert lp.dtype == F64
+    assert float(lp) == float(-0.5 * (z64**2).sum() - 1.5 * math.log(2 * math.pi))
