@@ -54,8 +54,8 @@ def test_cosine_clip_time_is_where_the_rate_reaches_beta_max(s, beta_max):
 
 
 def test_cosine_clip_time_never_passes_one():
-    # with an enormous beta_max the formula's (1 + s)·1 - s rounds above 1 for s = 0.1
-    assert CosineSchedule(s=0.1, beta_max=1e300).t_clip == 1.0
+    # with an enormous beta_max the formula (1 + s)·atan(·)·2/π - s rounds above 1 for some s (here 1.0003)
+    assert CosineSchedule(s=1.0003, beta_max=1e300).t_clip == 1.0
 
 
 def test_discrete_first_and_last_steps():
