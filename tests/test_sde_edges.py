@@ -111,3 +111,8 @@ def test_time_for_integrated_beta_from_python_numbers_and_outside_warm_starts():
         sde.schedule.calls = 0
         t = sde.time_for_integrated_beta(b, lo=0.2, hi=0.6, t0=t0)
         assert float(t) == pytest.approx(0.3, abs=1e-15) and sde.schedule.calls <= 12
+
+
+def test_transition_backwards_in_time_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^transition\(s, t\): expected s ≤ t$"):
+        VPSDE.linear().transition(0.5, 0.2)
