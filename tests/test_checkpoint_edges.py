@@ -55,3 +55,37 @@ def test_load_run_returns_a_frozen_model_and_its_source(tmp_path):
     run = load_run(tmp_path)
     assert run.source == path and run.step == 5 and not run.model.training
     assert not any(p.requires_grad for p in run.model.parameters())
+
+
+def test_every_refusal_names_the_file(tmp_path):
+    """Each error message starts with the offending path (the CLIs print it as their one line)."""
+    from safetensors.torch import save_file
+
+    from scoresde.checkpoint import export_ema_safetensors
+
+    cfg = config_from_dict(TINY_TOY)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    export_ema_safetensors(tmp_path / "ema.safetensors", model.state_dict(), cfg, step=1)
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    torch.save({"step": 1}, tmp_path / "other.pt")
+    small = {k: v[..., :1].clone() if v.ndim else v for k, v in model.state_dict().items()}
+    export_ema_safetensors(tmp_path / "small.safetensors", small, cfg, step=1)
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (lambda: load_checkpoint(tmp_path / "missing.pt"), "checkpoint '{}' not found", "missing.pt"),
+        (lambda: load_checkpoint(tmp_path / "other.pt"), "checkpoint '{}': expected a scoresde", "other.pt"),
+        (lambda: load_run(tmp_path / "empty"), "run folder '{}' has no checkpoints/", "empty"),
+        (lambda: load_run(tmp_path / "nope"), "--ckpt '{}' not found", "nope"),
+        (lambda: load_run(tmp_path / "ema.safetensors", ema=False), "'{}' holds only EMA weights", "ema.safetensors"),
+        (lambda: load_run(tmp_path / "plain.safetensors"), "weights file '{}': expected scoresde",
+         "plain.safetensors"),
+        (lambda: load_run(tmp_path / "junk.safetensors"), "weights file '{}' cannot be read (", "junk.safetensors"),
+        (lambda: load_run(tmp_path / "small.safetensors"), "'{}': weights do not fit the model", "small.safetensors"),
+    ]
+    for call, start, name in cases:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value).startswith(start.format(tmp_path / name)), str(err.value)
+        assert "\n" not in str(err.value)
