@@ -50,7 +50,7 @@ MODULES: dict[str, tuple[list[str], list[str], int]] = {
     "losses": (["scoresde/losses.py"], ["tests/test_losses.py", "tests/test_loss_transcription.py"], 1500),
     "ema": (["scoresde/ema.py"], ["tests/test_ema.py", "tests/test_ema_edges.py"], 600),
     "checkpoint": (["scoresde/checkpoint.py"], ["tests/test_checkpoint.py", "tests/test_checkpoint_edges.py"], 1500),
-    "trainer": (["scoresde/trainer.py"], ["tests/test_resume.py"], 2400),
+    "trainer": (["scoresde/trainer.py"], ["tests/test_resume.py", "tests/test_trainer_edges.py"], 2400),
     "likelihood": (["scoresde/likelihood.py"], ["tests/test_likelihood.py", "tests/test_transcription.py"], 1800),
     "vlb": (["scoresde/vlb.py"], ["tests/test_vlb.py"], 1800),
     "samplers": (["scoresde/samplers/*.py"],
