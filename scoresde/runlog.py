@@ -1,8 +1,10 @@
 """The run's metric log: one JSON object per line in ``metrics.jsonl`` (+ TensorBoard if installed).
 
 On resume the log is cut back to the checkpoint's step (lines written after the last save,
-and a line torn by a kill, are dropped), and a fresh start (step 0) empties it, so an
-interrupted and resumed run has the same log as an uninterrupted one: each step once.
+and a line torn by a kill, are dropped; so is a line at the checkpoint's step written only
+because that run ended between two log steps, whose loss window the resumed run continues),
+and a fresh start (step 0) empties it, so an interrupted and resumed run has the same log as an
+uninterrupted one: each step once.
 """
 
 from __future__ import annotations
@@ -49,12 +51,13 @@ class MetricsLog:
     """Appends records to ``path``; does nothing on ranks other than 0 (``enabled=False``)."""
 
     def __init__(self, path, *, enabled: bool = True, resume_step: int | None = None,
-                 tensorboard_dir=None):
+                 drop_resume_line: bool = False, tensorboard_dir=None):
         self.path, self.enabled, self.tb = Path(path), enabled, None
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():
-            kept = _each_step_once(read_metrics(self.path), resume_step)
+            last = resume_step - 1 if drop_resume_line else resume_step
+            kept = _each_step_once(read_metrics(self.path), last)
             text = "".join(json.dumps(r) + "\n" for r in kept)
             atomic_write(self.path, lambda f: f.write(text.encode()))
         if tensorboard_dir is not None:

@@ -296,6 +296,8 @@ def _write_run(cfg, args, run, state, ckpt, trainer, model, train_data, test_dat
     # The log keeps each step once: cut back to the checkpoint's step (0: a fresh start drops the
     # lines of an attempt that died before its first checkpoint).
     log = MetricsLog(run / "metrics.jsonl", enabled=dist.is_main, resume_step=trainer.step,
+                     # a line at a checkpoint between log steps only closed that run: the window goes on
+                     drop_resume_line=state is not None and state["step"] % state["config"]["train"]["log_every"] != 0,
                      tensorboard_dir=run / "tensorboard" if cfg.train.tensorboard else None)
     nparams = sum(p.numel() for p in model.parameters())
     say(f"run folder {run} | {cfg.data.name} {tuple(cfg.data.shape)} | {cfg.model.kind} {nparams:,} "
@@ -338,7 +340,8 @@ def _train(trainer: Trainer, run: Path, log: MetricsLog, dist, say, interrupt) -
         if step % tc.log_every == 0 or step == tc.steps:
             now = time.perf_counter()
             rate = (step - tick_step) / max(now - tick, 1e-9)
-            rec = {"step": step, "loss": trainer.pop_window(), "lr": out["lr"], "grad_norm": out["grad_norm"],
+            rec = {"step": step, "loss": trainer.pop_window(keep=step % tc.log_every != 0), "lr": out["lr"],
+                   "grad_norm": out["grad_norm"],
                    "bad_steps": trainer.bad_steps, "steps_per_s": rate, "time": now - start}
             log.write(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.1f}")

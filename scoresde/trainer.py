@@ -1,7 +1,7 @@
 """One training step and the training state: data order, micro-batches, AdamW + warm-up,
 gradient clipping, EMA, numerical guards, and the checkpoint dictionary.
 
-Determinism (for exact resume and for DDP ≡ one process):
+Determinism (for exact resume and for torchrun ≡ one process):
 - the data order of epoch ``e`` is ``randperm(N)`` from a generator seeded by ``(seed, e)``,
   the same on every rank; ``(epoch, position)`` is stored in the checkpoint;
 - the global batch (``train.batch_size``) is cut into ``world_size · grad_accum`` equal
@@ -13,7 +13,6 @@ Determinism (for exact resume and for DDP ≡ one process):
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -23,7 +22,7 @@ from torch import nn
 from .bpd import dequantize
 from .checkpoint import FORMAT, restore_rng
 from .config import Config, config_to_dict
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_module
 from .ema import EMA
 from .losses import dsm_loss
 from .model import EpsModel
@@ -56,7 +55,7 @@ def check_batch(x: torch.Tensor, shape, data_name: str, bounded: bool = True) ->
 
 
 class _Forward(EpsModel):
-    """Routes ``eps`` through a wrapper's ``forward`` (DDP gradient hooks, torch.compile)."""
+    """Routes ``eps`` through a wrapper's ``forward`` (torch.compile)."""
 
     def __init__(self, module: nn.Module, sde):
         self.module, self.sde = module, sde
@@ -91,14 +90,8 @@ class Trainer:
         self.step, self.epoch, self.position, self.bad_steps = 0, 0, 0, 0
         self.window = [0.0, 0]  # loss sum and count since the last log line
         self._perm_epoch, self._perm = -1, None
-        module = model
-        if dist.enabled:
-            module = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        if tc.compile:
-            module = torch.compile(module)
-        self.forward = _Forward(module, model.sde)
-        self.ddp = module if dist.enabled else None
+        broadcast_module(model, dist)  # rank 0's weights on every rank
+        self.forward = _Forward(torch.compile(model) if tc.compile else model, model.sde)
         self.amp = tc.amp and device.type == "cuda"
 
     # Data order ---------------------------------------------------------------------
@@ -141,14 +134,13 @@ class Trainer:
             g = torch.Generator(device=self.device).manual_seed(seed_for(self.cfg.seed, self.step, chunk))
             g_cpu = g if self.device.type == "cpu" else torch.Generator().manual_seed(g.initial_seed())
             x0 = self._examples(idx, g_cpu)  # (micro, *shape)
-            sync = self.ddp is None or m == len(micro_idx) - 1
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), \
-                    torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 out = dsm_loss(self.forward, x0, weighting=lc.weighting, time_sampling=lc.time_sampling,
                                t_eps=lc.t_eps, generator=g)
             (out.loss / tc.grad_accum).backward()
             loss_sum += out.loss.item()
             t_lo, t_hi = min(t_lo, out.t.min().item()), max(t_hi, out.t.max().item())
+        average_gradients(self.model.parameters(), self.dist)  # the global batch's mean gradient
         chunks = self.dist.world_size * tc.grad_accum
         flags = torch.tensor([loss_sum, float(not math.isfinite(loss_sum)), float(stop_requested)],
                              dtype=torch.float64, device=self.device)
@@ -180,10 +172,12 @@ class Trainer:
             self.epoch, self.position = self.epoch + 1, 0
         return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "bad": bad, "stop": stop}
 
-    def pop_window(self) -> float:
-        """Mean loss since the last call (NaN if no good step)."""
+    def pop_window(self, keep: bool = False) -> float:
+        """Mean loss of the good steps since the last log line (NaN if none); the window starts
+        afresh unless ``keep`` (a line that only closes a run: its resumption continues the window)."""
         total, count = self.window
-        self.window = [0.0, 0]
+        if not keep:
+            self.window = [0.0, 0]
         return total / count if count else math.nan
 
     # State ----------------------------------------------------------------------------

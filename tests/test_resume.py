@@ -52,6 +52,21 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert loss_log(straight) == loss_log(split) and len(loss_log(split)) == 12
 
 
+def test_resume_between_two_log_steps_restores_the_pending_loss_window(tmp_path):
+    # log every 3 steps, checkpoint every 2: the first run ends at step 4, one step into the
+    # window 4..6, and logs that partial window because the run ends there. The resumed run must
+    # average steps 4, 5, 6 at step 6 as the uninterrupted run does, and its log must be the same.
+    cfg = write_config(tmp_path / "c.yaml", TINY_TOY, train={"steps": 6, "log_every": 3, "ckpt_every": 2})
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["--config", cfg, "--out", straight]) == 0
+    assert main(["--config", cfg, "--out", split, "--set", "train.steps=4"]) == 0
+    assert [r["step"] for r in loss_log(split)] == [3, 4]  # the run's end is logged
+    assert main(["--out", split, "--resume", "auto", "--set", "train.steps=6"]) == 0
+    assert [r["step"] for r in loss_log(straight)] == [3, 6]
+    assert loss_log(split) == loss_log(straight)
+    _assert_same_state(params(straight), params(split))
+
+
 def test_resume_from_a_checkpoint_path_continues_its_run_folder(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", TINY_TOY, train={"steps": 4, "ckpt_every": 2, "keep_last": 5})
     run = tmp_path / "run"

@@ -1,0 +1,38 @@
+"""EMA details: decay 0 is allowed (the average is the live weights), the state dictionary's
+keys and values, and the message for a state of another model. (Mutation kills; docs/testing.md.)"""
+
+import pytest
+import torch
+from torch import nn
+
+from scoresde.ema import EMA
+
+
+def _net(seed):
+    torch.manual_seed(seed)
+    return nn.Linear(3, 2)
+
+
+def test_decay_zero_tracks_the_live_weights():
+    net = _net(0)
+    ema = EMA(net, 0.0, warmup=False)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)
+    assert all(torch.equal(ema.shadow[k], v) for k, v in net.state_dict().items())
+
+
+def test_state_dict_holds_shadow_updates_decay_and_warmup():
+    net = _net(1)
+    ema = EMA(net, 0.9, warmup=False)
+    ema.update(net)
+    state = ema.state_dict()
+    assert set(state) == {"shadow", "updates", "decay", "warmup"}
+    assert (state["updates"], state["decay"], state["warmup"]) == (1, 0.9, False)
+
+
+def test_loading_a_state_of_another_model_names_the_problem():
+    ema = EMA(_net(2), 0.9)
+    other = EMA(nn.Linear(3, 2, bias=False), 0.9)
+    with pytest.raises(ValueError, match=r"^EMA state: expected the keys of the model's state dict$"):
+        ema.load_state_dict(other.state_dict())
