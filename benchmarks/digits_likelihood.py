@@ -8,7 +8,7 @@ Every trained row uses the same MLP ε-network (hidden 512, depth 3), batch 128,
 lr 2e-3 (100 warm-up steps, cosine decay), gradient clipping 1, EMA 0.999 with warm-up, the
 linear VP-SDE, and ``--steps`` optimizer steps; rows differ only as their names say:
 
-- ``plain_*``: ``ScoreModel(MLP)``; ``lattice_*``: :class:`scoresde.lattice.LatticeResidualModel`,
+- ``plain_*``: ``ScoreModel(MLP)``; ``lattice_*``: :class:`scoresde.core.lattice.LatticeResidualModel`,
   the exact ε* of the training set's per-pixel level frequencies plus the MLP (whose output
   layer starts at zero, so training starts from the lattice oracle).
 - ``*_simple``: simple weighting, ``t ~ U[1e-3, 1]``; ``*_lik``: likelihood weighting with
@@ -16,10 +16,10 @@ linear VP-SDE, and ``--steps`` optimizer steps; rows differ only as their names 
   ``*_deq``: trained on uniformly dequantized data (fresh ``u`` every batch).
 
 Estimators (each ± standard error over the 360 test images):
-- ODE: :func:`scoresde.likelihood.bits_per_dim`, probability-flow ODE from ``t_eps`` with
+- ODE: :func:`scoresde.likelihood.ode.bits_per_dim`, probability-flow ODE from ``t_eps`` with
   ``σ(t_eps) = --ode-sigma`` (default 0.035 ≈ w/3.4, ``w = 2/17``), one uniform dequantization,
   Hutchinson trace (one Rademacher probe), dopri5 ``rtol = atol = 1e-4``.
-- VLB: :func:`scoresde.vlb_grid.grid_vlb_bits_per_dim`, the DDPM bound with a discretized
+- VLB: :func:`scoresde.likelihood.vlb_grid.grid_vlb_bits_per_dim`, the DDPM bound with a discretized
   Gaussian decoder on N = 1000 steps equally spaced in log-SNR from ``σ(τ_1) = --vlb-sigma``
   (default 0.02 ≈ w/6) to 1.
 The ``plain_simple`` row is also evaluated at the library defaults (ODE from ``t_eps = 1e-5``,
@@ -27,7 +27,7 @@ VLB on the grid ``i/1000``): the starting point of the issue.
 
 Baselines on the same split: sklearn ``GaussianMixture`` (50 diagonal, 10 full, 1 full
 components; fitted to 20 dequantized copies of the training set, scored on 10 dequantized
-draws of the test set; :func:`scoresde.baselines.gmm_bits_per_dim`), and the exact
+draws of the test set; :func:`scoresde.likelihood.baselines.gmm_bits_per_dim`), and the exact
 ``-log₂ P(k)/D`` of the per-pixel level frequencies (a discrete model, no dequantization).
 """
 
@@ -40,17 +40,17 @@ import time
 
 import torch
 
-from scoresde.baselines import gmm_bits_per_dim
-from scoresde.data import dequantize, load_dataset
-from scoresde.ema import EMA
-from scoresde.lattice import FactorizedLattice, LatticeResidualModel, lattice_log_probs
-from scoresde.likelihood import bits_per_dim
-from scoresde.losses import dsm_loss
-from scoresde.model import ScoreModel
+from scoresde.core.lattice import FactorizedLattice, LatticeResidualModel, lattice_log_probs
+from scoresde.core.losses import dsm_loss
+from scoresde.core.model import ScoreModel
+from scoresde.core.sde import VPSDE
+from scoresde.data.loader import dequantize, load_dataset
+from scoresde.likelihood.baselines import gmm_bits_per_dim
+from scoresde.likelihood.ode import bits_per_dim
+from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
+from scoresde.likelihood.vlb_grid import grid_vlb_bits_per_dim, t_of_sigma
 from scoresde.nets import MLP
-from scoresde.sde import VPSDE
-from scoresde.vlb import ddpm_vlb_bits_per_dim
-from scoresde.vlb_grid import grid_vlb_bits_per_dim, t_of_sigma
+from scoresde.training.ema import EMA
 
 ROWS = {  # name: (lattice base, weighting, sigma of the training t_eps or None, dequantize)
     "plain_simple": (False, "simple", None, False),

@@ -1,4 +1,4 @@
-"""The probability-flow solver (scoresde.flow) on every VP schedule: NFE and error of sampling and likelihood.
+"""The probability-flow solver (scoresde.core.flow) on every VP schedule: NFE and error of sampling and likelihood.
 
     python benchmarks/flow_clock.py [--n 2000] [--threads 1]
 
@@ -20,7 +20,7 @@ import time
 import torch
 
 from scoresde import VPSDE, GaussianMixture
-from scoresde.likelihood import log_likelihood
+from scoresde.likelihood.ode import log_likelihood
 from scoresde.samplers import sample
 
 

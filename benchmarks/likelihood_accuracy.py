@@ -19,7 +19,7 @@ import time
 import torch
 
 from scoresde import GaussianMixture
-from scoresde.likelihood import log_likelihood
+from scoresde.likelihood.ode import log_likelihood
 
 T_EPS = 1e-5
 

@@ -3,7 +3,7 @@
     python benchmarks/likelihood_speed.py [--n 128] [--batch 128] [--repeats 3] [--threads 1]
                                           [--trace hutchinson] [--ckpt run/ema.safetensors]
 
-:func:`scoresde.likelihood.bits_per_dim` on ``--n`` digits test images with the digits U-Net
+:func:`scoresde.likelihood.ode.bits_per_dim` on ``--n`` digits test images with the digits U-Net
 (random weights, or ``--ckpt``) at the evaluation defaults (probability-flow ODE, dopri5
 ``rtol = atol = 1e-5``, Hutchinson trace with one Rademacher probe, batches of ``--batch``).
 Every right-hand-side evaluation of the solve is one batched call: the network on the whole
@@ -26,8 +26,8 @@ import time
 import torch
 from timing_nets import timed_digits_model
 
-from scoresde.data import load_dataset
-from scoresde.likelihood import bits_per_dim
+from scoresde.data.loader import load_dataset
+from scoresde.likelihood.ode import bits_per_dim
 
 
 def _call_time(net, x, t, calls: int) -> float:

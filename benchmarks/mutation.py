@@ -41,18 +41,19 @@ EQUIVALENT_FILE = ROOT / "benchmarks" / "mutation_equivalent.txt"
 
 # module -> (files to mutate, tests that are relevant to them, time budget in seconds)
 MODULES: dict[str, tuple[list[str], list[str], int]] = {
-    "schedules": (["scoresde/schedules.py"],
+    "schedules": (["scoresde/core/schedules.py"],
                   ["tests/test_schedules.py", "tests/test_schedule_edges.py", "tests/test_sde.py"], 1500),
-    "sde": (["scoresde/sde.py"], ["tests/test_sde.py", "tests/test_sde_edges.py", "tests/test_schedules.py",
+    "sde": (["scoresde/core/sde.py"], ["tests/test_sde.py", "tests/test_sde_edges.py", "tests/test_schedules.py",
                                   "tests/test_losses.py", "tests/test_analytic.py"], 1800),
-    "model": (["scoresde/model.py"], ["tests/test_transcription.py", "tests/test_model_edges.py",
+    "model": (["scoresde/core/model.py"], ["tests/test_transcription.py", "tests/test_model_edges.py",
                                       "tests/test_samplers.py"], 900),
-    "losses": (["scoresde/losses.py"], ["tests/test_losses.py", "tests/test_loss_transcription.py"], 1500),
-    "ema": (["scoresde/ema.py"], ["tests/test_ema.py", "tests/test_ema_edges.py"], 600),
-    "checkpoint": (["scoresde/checkpoint.py"], ["tests/test_checkpoint.py", "tests/test_checkpoint_edges.py"], 1500),
-    "trainer": (["scoresde/trainer.py"], ["tests/test_resume.py", "tests/test_trainer_edges.py"], 2400),
-    "likelihood": (["scoresde/likelihood.py"], ["tests/test_likelihood.py", "tests/test_transcription.py"], 1800),
-    "vlb": (["scoresde/vlb.py"], ["tests/test_vlb.py"], 1800),
+    "losses": (["scoresde/core/losses.py"], ["tests/test_losses.py", "tests/test_loss_transcription.py"], 1500),
+    "ema": (["scoresde/training/ema.py"], ["tests/test_ema.py", "tests/test_ema_edges.py"], 600),
+    "checkpoint": (["scoresde/training/checkpoint.py"],
+                   ["tests/test_checkpoint.py", "tests/test_checkpoint_edges.py"], 1500),
+    "trainer": (["scoresde/training/trainer.py"], ["tests/test_resume.py", "tests/test_trainer_edges.py"], 2400),
+    "likelihood": (["scoresde/likelihood/ode.py"], ["tests/test_likelihood.py", "tests/test_transcription.py"], 1800),
+    "vlb": (["scoresde/likelihood/vlb.py"], ["tests/test_vlb.py"], 1800),
     "samplers": (["scoresde/samplers/*.py"],
                  ["tests/test_samplers.py", "tests/test_transcription.py", "tests/test_highorder.py"], 3600),
 }

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from scoresde.checkpoint import load_run
-from scoresde.metrics import digits_frechet
-from scoresde.report import draw_samples
+from scoresde.evaluation.metrics import digits_frechet
+from scoresde.evaluation.report import draw_samples
 from scoresde.samplers import SAMPLERS
+from scoresde.training.checkpoint import load_run
 
 
 def main(argv=None) -> int:

@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from scoresde.build import build_model
-from scoresde.config import load_config
+from scoresde.training.build import build_model
+from scoresde.training.config import load_config
 
 
 class NullNet(torch.nn.Module):

@@ -5,9 +5,9 @@
 
 Both loops train the same ε-network (same initial weights) at the config's batch size:
 
-- ``trainer``: :meth:`scoresde.trainer.Trainer.train_step`, the step ``python -m
+- ``trainer``: :meth:`scoresde.training.trainer.Trainer.train_step`, the step ``python -m
   scoresde.train`` runs (data order and per-step generators, time and noise draws through
-  :func:`scoresde.losses.dsm_loss`, the finiteness all-reduce, gradient clipping, AdamW with
+  :func:`scoresde.core.losses.dsm_loss`, the finiteness all-reduce, gradient clipping, AdamW with
   the warm-up schedule, the EMA update, the loss window for logging). The training CLI adds
   a progress-bar update per step, a log line every ``log_every`` steps and checkpoints; they
   are not timed here.
@@ -29,12 +29,12 @@ import time
 
 import torch
 
-from scoresde.build import build_model
-from scoresde.config import load_config
-from scoresde.data import load_dataset
-from scoresde.distributed import DistInfo
-from scoresde.sde import append_dims
-from scoresde.trainer import Trainer
+from scoresde.core.sde import append_dims
+from scoresde.data.loader import load_dataset
+from scoresde.training.build import build_model
+from scoresde.training.config import load_config
+from scoresde.training.distributed import DistInfo
+from scoresde.training.trainer import Trainer
 
 
 def bare_loop(model, x0: torch.Tensor, lr: float):

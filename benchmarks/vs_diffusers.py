@@ -1,6 +1,6 @@
 """scoresde's samplers with DEFAULT options versus diffusers' schedulers on the same exact ε.
 
-Both sides drive the analytic oracle (:class:`scoresde.analytic.GaussianMixture`) on the
+Both sides drive the analytic oracle (:class:`scoresde.core.analytic.GaussianMixture`) on the
 discrete DDPM schedule (``VPSDE.ddpm()``: linear β 1e-4..0.02, N = 1000). diffusers' integer
 timestep ``k`` is our time ``t = (k + 1)/N``: their ``ᾱ_k = Π_{j≤k}(1 - β_j)`` is our
 ``ᾱ((k+1)/N)`` (checked numerically below). Errors: sliced W1 to a large oracle sample of
@@ -35,7 +35,7 @@ import time
 import torch
 
 from scoresde import VPSDE, GaussianMixture
-from scoresde.metrics import random_directions, sliced_wasserstein
+from scoresde.evaluation.metrics import random_directions, sliced_wasserstein
 from scoresde.samplers import SAMPLERS
 
 N_TRAIN = 1000
@@ -44,14 +44,14 @@ NFES = (10, 20, 50, 100)
 
 # Metrics -----------------------------------------------------------------------------------
 def projections(dim: int, n_proj: int, seed: int) -> torch.Tensor:
-    """``(dim, n_proj)``: the directions ``scoresde.metrics.sliced_wasserstein`` draws from ``seed``."""
+    """``(dim, n_proj)``: the directions ``scoresde.evaluation.metrics.sliced_wasserstein`` draws from ``seed``."""
     return random_directions(dim, n_proj, torch.Generator().manual_seed(seed)).T
 
 
 def sliced_w1(x: torch.Tensor, ref_sorted: torch.Tensor, proj: torch.Tensor) -> float:
     """Mean over directions of the exact 1-D W1 between the empirical laws of ``x`` (n points)
     and of a reference whose projections are pre-sorted, ``(M, n_proj)`` with ``n | M``: the
-    value of ``scoresde.metrics.sliced_wasserstein`` (checked in ``Problem``) without re-sorting
+    value of ``scoresde.evaluation.metrics.sliced_wasserstein`` (checked in ``Problem``) without re-sorting
     the large reference for every sample."""
     xs = torch.sort(x.reshape(x.shape[0], -1).to(torch.float64) @ proj, dim=0).values
     m = ref_sorted.shape[0]

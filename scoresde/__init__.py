@@ -4,12 +4,9 @@ The sampler front door is ``scoresde.samplers.sample`` (not re-exported here: ``
 is the ``python -m scoresde.sample`` program).
 """
 
-from .analytic import GaussianMixture
-from .evaluation import EvalSettings, evaluate_likelihood
-from .likelihood import bits_per_dim, log_likelihood
-from .model import EpsModel, ScoreModel, eps_of, score_of, x0_of
-from .samplers import SAMPLERS
-from .schedules import (
+from scoresde.core.analytic import GaussianMixture
+from scoresde.core.model import EpsModel, ScoreModel, eps_of, score_of, x0_of
+from scoresde.core.schedules import (
     CosineSchedule,
     DiscreteSchedule,
     DiscreteSigmas,
@@ -18,8 +15,11 @@ from .schedules import (
     Schedule,
     SigmaSchedule,
 )
-from .sde import VESDE, VPSDE, GaussianSDE, SubVPSDE, append_dims
-from .vlb import ddpm_vlb_bits_per_dim
+from scoresde.core.sde import VESDE, VPSDE, GaussianSDE, SubVPSDE, append_dims
+from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
+from scoresde.likelihood.ode import bits_per_dim, log_likelihood
+from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
+from scoresde.samplers import SAMPLERS
 
 __all__ = [
     "CosineSchedule",

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from .trainer import TrainingStopped
+from scoresde.training.trainer import TrainingStopped
 
 __all__ = ["ArgumentParser", "TrainingStopped", "WriteFailed", "run_cli", "EXIT_IO", "EXIT_INPUT"]
 

@@ -4,13 +4,13 @@
     python -m scoresde.evaluate --ckpt runs/digits --bpd --trace exact --limit 64 --seed 3
 
 ``--bpd``: bits/dim by the probability-flow ODE with uniform dequantization; ``--vlb``: the DDPM
-variational bound. Both go through :func:`scoresde.evaluation.evaluate_likelihood`, the function
+variational bound. Both go through :func:`scoresde.evaluation.likelihood.evaluate_likelihood`, the function
 the training run's report uses, and start from the **run's own** ``eval.*`` settings and seed
 (``config.yaml``); every flag below overrides one of them. The settings used are printed first,
 so ``--bpd --vlb`` without other flags reproduces ``summary.json``'s bits/dim exactly (same
 examples, same seed, same thread count). Results: mean ± standard error over the examples, NFE.
 ``--ckpt`` may also be a diffusers DDPM folder (:mod:`scoresde.interop`): then the settings start
-from :class:`~scoresde.evaluation.EvalSettings`' defaults and ``--data`` names the data set:
+from :class:`~scoresde.evaluation.likelihood.EvalSettings`' defaults and ``--data`` names the data set:
 ``digits``, ``mnist``, ``cifar10`` (files under ``--data-root``) or your own ``.npz`` / image
 folder of integer images with ``--levels`` levels (default 256).
 Bad input (missing or corrupt checkpoint, bad flag, data without levels, CUDA missing) is one
@@ -24,15 +24,15 @@ import sys
 
 import torch
 
-from .build import check_memory
-from .checks import check_choice, check_int, check_number
-from .choices import PROBES, SPLITS, TRACES, VARIANCES
-from .cli import ArgumentParser, run_cli
-from .data import DATASET_NAMES, load_dataset, load_images
-from .distributed import resolve_device
-from .evaluation import EvalSettings, evaluate_likelihood
-from .interop import load_model
-from .report import model_shape
+from scoresde.cli import ArgumentParser, run_cli
+from scoresde.data.loader import DATASET_NAMES, load_dataset, load_images
+from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
+from scoresde.evaluation.report import model_shape
+from scoresde.interop import load_model
+from scoresde.training.build import check_memory
+from scoresde.training.distributed import resolve_device
+from scoresde.util.checks import check_choice, check_int, check_number
+from scoresde.util.choices import PROBES, SPLITS, TRACES, VARIANCES
 
 __all__ = ["main", "build_parser"]
 

@@ -1,9 +1,9 @@
 """Pretrained diffusers DDPMs as ``scoresde`` models (and the dispatch every program uses).
 
 :func:`load_diffusers` turns a local diffusers folder, or in-memory ``UNet2DModel`` and
-scheduler objects, into a :class:`DiffusersModel`: a :class:`~scoresde.model.ScoreModel` with
-``.sde`` and ``.eps(x, t)`` that every sampler, :func:`~scoresde.likelihood.log_likelihood`,
-:func:`~scoresde.likelihood.bits_per_dim` and the DDPM bound accept. Conventions
+scheduler objects, into a :class:`DiffusersModel`: a :class:`~scoresde.core.model.ScoreModel` with
+``.sde`` and ``.eps(x, t)`` that every sampler, :func:`~scoresde.likelihood.ode.log_likelihood`,
+:func:`~scoresde.likelihood.ode.bits_per_dim` and the DDPM bound accept. Conventions
 (docs/interop.md):
 
 - **SDE.** The exact discrete VP-SDE of the scheduler's own ``betas`` (whatever
@@ -43,11 +43,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import LoadedRun, load_run
-from .model import ScoreModel, batch_time
-from .nets.unet import AttnBlock, Downsample, UNet, Upsample, group_norm
-from .schedules import DiscreteSchedule
-from .sde import VPSDE, append_dims
+from scoresde.core.model import ScoreModel, batch_time
+from scoresde.core.schedules import DiscreteSchedule
+from scoresde.core.sde import VPSDE, append_dims
+from scoresde.nets.unet import AttnBlock, Downsample, UNet, Upsample, group_norm
+from scoresde.training.checkpoint import LoadedRun, load_run
 
 __all__ = ["DiffusersModel", "load_diffusers", "is_diffusers_folder", "load_model", "export_diffusers",
            "PREDICTION_TYPES", "GRID_SNAP"]
@@ -324,7 +324,7 @@ def load_diffusers(source, scheduler=None, *, device=None, dtype: torch.dtype | 
 
 def load_model(path, *, device="cpu"):
     """What ``--ckpt`` names, loaded for sampling or evaluation: a
-    :class:`~scoresde.checkpoint.LoadedRun` whose ``model`` is a scoresde run's EMA model, or a
+    :class:`~scoresde.training.checkpoint.LoadedRun` whose ``model`` is a scoresde run's EMA model, or a
     :class:`DiffusersModel` for a diffusers folder (then ``config`` and ``step`` are ``None``)."""
     if is_diffusers_folder(path):
         return LoadedRun(load_diffusers(path, device=device), None, None, Path(path))

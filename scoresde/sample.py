@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
-from .build import check_memory
-from .checks import check_choice, check_int
-from .choices import SAMPLERS
-from .cli import ArgumentParser, TrainingStopped, WriteFailed, run_cli
-from .data import load_dataset
-from .datasets import dataset_info
-from .distributed import resolve_device
-from .interop import load_model
-from .report import draw_samples, model_shape, save_samples
+from scoresde.cli import ArgumentParser, TrainingStopped, WriteFailed, run_cli
+from scoresde.data.loader import load_dataset
+from scoresde.data.table import dataset_info
+from scoresde.evaluation.report import draw_samples, model_shape, save_samples
+from scoresde.interop import load_model
+from scoresde.training.build import check_memory
+from scoresde.training.distributed import resolve_device
+from scoresde.util.checks import check_choice, check_int
+from scoresde.util.choices import SAMPLERS
 
 __all__ = ["main", "build_parser"]
 

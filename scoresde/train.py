@@ -28,10 +28,13 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from . import distributed as D
-from .atomic import atomic_write, remove_temp_files
-from .build import build_model, check_sizes
-from .checkpoint import (
+from scoresde.cli import ArgumentParser, TrainingStopped, WriteFailed, run_cli
+from scoresde.data.loader import load_dataset
+from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
+from scoresde.evaluation.report import draw_samples, sample_metrics, save_samples
+from scoresde.training import distributed as D
+from scoresde.training.build import build_model, check_sizes
+from scoresde.training.checkpoint import (
     TRAINING_ENTRIES,
     capture_rng,
     check_checkpoint,
@@ -40,14 +43,18 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .cli import ArgumentParser, TrainingStopped, WriteFailed, run_cli
-from .config import DEFAULT_CONFIG, config_from_dict, config_to_yaml, load_config, model_keys, read_yaml_text
-from .config_rules import RESUMABLE_KEYS, run_identity_diff
-from .data import load_dataset
-from .evaluation import EvalSettings, evaluate_likelihood
-from .report import draw_samples, sample_metrics, save_samples
-from .runlog import MetricsLog
-from .trainer import Trainer, check_batch
+from scoresde.training.config import (
+    DEFAULT_CONFIG,
+    config_from_dict,
+    config_to_yaml,
+    load_config,
+    model_keys,
+    read_yaml_text,
+)
+from scoresde.training.config_rules import RESUMABLE_KEYS, run_identity_diff
+from scoresde.training.runlog import MetricsLog
+from scoresde.training.trainer import Trainer, check_batch
+from scoresde.util.atomic import atomic_write, remove_temp_files
 
 __all__ = ["main", "build_parser"]
 

@@ -21,29 +21,32 @@ PACKAGE = ROOT / "scoresde"
 # Module path (relative to the repository) → layer. Every module of the package must be listed.
 LAYER = {
     # base: plain helpers that import nothing from the package
-    "scoresde/checks.py": "base",
-    "scoresde/choices.py": "base",
-    "scoresde/atomic.py": "base",
-    "scoresde/progress.py": "base",
-    "scoresde/rng.py": "base",
+    "scoresde/util/__init__.py": "base",
+    "scoresde/util/checks.py": "base",
+    "scoresde/util/choices.py": "base",
+    "scoresde/util/atomic.py": "base",
+    "scoresde/util/progress.py": "base",
+    "scoresde/util/rng.py": "base",
     # core: the SDE, models, oracles, networks, the probability flow, the bits/dim scaling, the loss
-    "scoresde/schedules.py": "core",
-    "scoresde/sde.py": "core",
-    "scoresde/model.py": "core",
-    "scoresde/analytic.py": "core",
-    "scoresde/lattice.py": "core",
-    "scoresde/flow.py": "core",
-    "scoresde/bpd.py": "core",
-    "scoresde/losses.py": "core",
+    "scoresde/core/__init__.py": "core",
+    "scoresde/core/schedules.py": "core",
+    "scoresde/core/sde.py": "core",
+    "scoresde/core/model.py": "core",
+    "scoresde/core/analytic.py": "core",
+    "scoresde/core/lattice.py": "core",
+    "scoresde/core/flow.py": "core",
+    "scoresde/core/bpd.py": "core",
+    "scoresde/core/losses.py": "core",
     "scoresde/nets/__init__.py": "core",
     "scoresde/nets/embeddings.py": "core",
     "scoresde/nets/mlp.py": "core",
     "scoresde/nets/unet.py": "core",
     # data: the data-set table, readers and the loader
-    "scoresde/toy.py": "data",
-    "scoresde/data_files.py": "data",
-    "scoresde/datasets.py": "data",
-    "scoresde/data.py": "data",
+    "scoresde/data/__init__.py": "data",
+    "scoresde/data/toy.py": "data",
+    "scoresde/data/files.py": "data",
+    "scoresde/data/table.py": "data",
+    "scoresde/data/loader.py": "data",
     # samplers
     "scoresde/samplers/__init__.py": "samplers",
     "scoresde/samplers/base.py": "samplers",
@@ -55,24 +58,27 @@ LAYER = {
     "scoresde/samplers/pc.py": "samplers",
     "scoresde/samplers/reverse_sde.py": "samplers",
     # likelihood: the bits/dim estimators
-    "scoresde/likelihood.py": "likelihood",
-    "scoresde/vlb.py": "likelihood",
-    "scoresde/vlb_grid.py": "likelihood",
-    "scoresde/baselines.py": "likelihood",
+    "scoresde/likelihood/__init__.py": "likelihood",
+    "scoresde/likelihood/ode.py": "likelihood",
+    "scoresde/likelihood/vlb.py": "likelihood",
+    "scoresde/likelihood/vlb_grid.py": "likelihood",
+    "scoresde/likelihood/baselines.py": "likelihood",
     # evaluation: figures of a trained model
-    "scoresde/evaluation.py": "evaluation",
-    "scoresde/metrics.py": "evaluation",
-    "scoresde/images.py": "evaluation",
-    "scoresde/report.py": "evaluation",
+    "scoresde/evaluation/__init__.py": "evaluation",
+    "scoresde/evaluation/likelihood.py": "evaluation",
+    "scoresde/evaluation/metrics.py": "evaluation",
+    "scoresde/evaluation/images.py": "evaluation",
+    "scoresde/evaluation/report.py": "evaluation",
     # training: config, building, the training state and its files
-    "scoresde/config_rules.py": "training",
-    "scoresde/config.py": "training",
-    "scoresde/build.py": "training",
-    "scoresde/checkpoint.py": "training",
-    "scoresde/ema.py": "training",
-    "scoresde/trainer.py": "training",
-    "scoresde/distributed.py": "training",
-    "scoresde/runlog.py": "training",
+    "scoresde/training/__init__.py": "training",
+    "scoresde/training/config_rules.py": "training",
+    "scoresde/training/config.py": "training",
+    "scoresde/training/build.py": "training",
+    "scoresde/training/checkpoint.py": "training",
+    "scoresde/training/ema.py": "training",
+    "scoresde/training/trainer.py": "training",
+    "scoresde/training/distributed.py": "training",
+    "scoresde/training/runlog.py": "training",
     "scoresde/interop.py": "training",
     # programs: the command lines and the public API
     "scoresde/cli.py": "programs",
@@ -174,10 +180,10 @@ def test_base_modules_import_nothing_from_the_package():
 def test_the_import_graph_sees_relative_and_nested_imports():
     """The parser resolves ``from ..x import y`` in a subpackage and ``from . import x``."""
     graph = import_graph()
-    assert "scoresde.checks" in graph["scoresde.samplers.ode"]  # from ..checks import ...
-    assert "scoresde.flow" in graph["scoresde.samplers.ode"]
+    assert "scoresde.util.checks" in graph["scoresde.samplers.ode"]  # from ..checks import ...
+    assert "scoresde.core.flow" in graph["scoresde.samplers.ode"]
     assert "scoresde.samplers.base" in graph["scoresde.samplers.ode"]  # from .base import ...
-    assert "scoresde.choices" in graph["scoresde.config_rules"]  # from . import choices
+    assert "scoresde.util.choices" in graph["scoresde.training.config_rules"]  # from . import choices
 
 
 def main() -> None:

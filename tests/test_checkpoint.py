@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.atomic import atomic_write
-from scoresde.build import build_model
-from scoresde.checkpoint import (
+from scoresde.core.model import ScoreModel
+from scoresde.training.build import build_model
+from scoresde.training.checkpoint import (
     FORMAT,
     capture_rng,
     export_ema_safetensors,
@@ -20,8 +20,8 @@ from scoresde.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from scoresde.config import config_from_dict
-from scoresde.model import ScoreModel
+from scoresde.training.config import config_from_dict
+from scoresde.util.atomic import atomic_write
 
 from .train_util import TINY_TOY
 

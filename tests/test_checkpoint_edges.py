@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scoresde.build import build_model
-from scoresde.checkpoint import FORMAT, latest_checkpoint, load_checkpoint, load_run, save_checkpoint
-from scoresde.config import config_from_dict
+from scoresde.training.build import build_model
+from scoresde.training.checkpoint import FORMAT, latest_checkpoint, load_checkpoint, load_run, save_checkpoint
+from scoresde.training.config import config_from_dict
 
 from .train_util import TINY_TOY
 
@@ -61,7 +61,7 @@ def test_every_refusal_names_the_file(tmp_path):
     """Each error message starts with the offending path (the CLIs print it as their one line)."""
     from safetensors.torch import save_file
 
-    from scoresde.checkpoint import export_ema_safetensors
+    from scoresde.training.checkpoint import export_ema_safetensors
 
     cfg = config_from_dict(TINY_TOY)
     torch.manual_seed(0)

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde import VPSDE, DiscreteSchedule, GaussianMixture, choices
-from scoresde.bpd import bpd_offset, dequantize, to_model_space
-from scoresde.checks import check_choice, check_int, check_number, check_shape, check_t_eps
-from scoresde.datasets import DATASETS, dataset_info
-from scoresde.likelihood import log_likelihood
+from scoresde import VPSDE, DiscreteSchedule, GaussianMixture
+from scoresde.core.bpd import bpd_offset, dequantize, to_model_space
+from scoresde.data.table import DATASETS, dataset_info
+from scoresde.likelihood.ode import log_likelihood
 from scoresde.samplers import SAMPLERS, sample
+from scoresde.util import choices
+from scoresde.util.checks import check_choice, check_int, check_number, check_shape, check_t_eps
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.0, 2.5, True, "3", None])
@@ -82,7 +83,7 @@ def test_time_inversions_invert_the_sde(sde):
 
 
 def test_dataset_table_matches_the_loaded_data():
-    from scoresde.data import load_dataset
+    from scoresde.data.loader import load_dataset
 
     for name in ("digits", "ring"):
         info, data = dataset_info(name), load_dataset(name, "test", n=50)

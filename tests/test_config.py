@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from scoresde.build import build_model, build_sde
-from scoresde.config import (
+from scoresde.nets import count_parameters
+from scoresde.training.build import build_model, build_sde
+from scoresde.training.config import (
     DEFAULT_CONFIG,
     config_from_dict,
     config_to_dict,
@@ -18,7 +19,6 @@ from scoresde.config import (
     model_keys,
     parse_overrides,
 )
-from scoresde.nets import count_parameters
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 

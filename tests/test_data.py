@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.data import DATASET_NAMES, Dataset, load_dataset, to_model_space, toy_oracle
-from scoresde.data_files import CIFAR10_FILES, MNIST_FILES
+from scoresde.data.files import CIFAR10_FILES, MNIST_FILES
+from scoresde.data.loader import DATASET_NAMES, Dataset, load_dataset, to_model_space, toy_oracle
 
 TOY = ["ring", "moons", "swissroll", "checkerboard"]
 

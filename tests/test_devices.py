@@ -24,22 +24,22 @@ import pytest
 import torch
 
 from scoresde import GaussianMixture
-from scoresde.analytic import GaussianMixture as _GM  # noqa: F401 - the oracle's module imports cleanly
-from scoresde.baselines import gmm_bits_per_dim
-from scoresde.checkpoint import load_run
-from scoresde.data import dequantize, load_dataset, to_model_space
+from scoresde.core.analytic import GaussianMixture as _GM  # noqa: F401 - the oracle's module imports cleanly
+from scoresde.core.losses import dsm_loss
+from scoresde.core.sde import VPSDE
+from scoresde.data.loader import dequantize, load_dataset, to_model_space
 from scoresde.evaluate import main as evaluate_main
-from scoresde.evaluation import EvalSettings, evaluate_likelihood
-from scoresde.likelihood import bits_per_dim, log_likelihood
-from scoresde.losses import dsm_loss
-from scoresde.metrics import digits_frechet, sliced_wasserstein
+from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
+from scoresde.evaluation.metrics import digits_frechet, sliced_wasserstein
+from scoresde.likelihood.baselines import gmm_bits_per_dim
+from scoresde.likelihood.ode import bits_per_dim, log_likelihood
+from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
+from scoresde.likelihood.vlb_grid import grid_vlb_bits_per_dim
 from scoresde.sample import main as sample_main
 from scoresde.samplers import SAMPLERS, sample
 from scoresde.samplers.ode import encode
-from scoresde.sde import VPSDE
 from scoresde.train import main as train_main
-from scoresde.vlb import ddpm_vlb_bits_per_dim
-from scoresde.vlb_grid import grid_vlb_bits_per_dim
+from scoresde.training.checkpoint import load_run
 
 from .train_util import TINY_DIGITS, write_config
 
@@ -175,9 +175,9 @@ def test_gpu_check_helpers(tmp_path):
 
 
 def test_draws_follow_the_generators_stream_and_land_on_the_datas_device():
-    """``scoresde.rng``: a CPU generator's draw is the CPU stream's (bit for bit), moved to the
+    """``scoresde.util.rng``: a CPU generator's draw is the CPU stream's (bit for bit), moved to the
     requested device; without a generator the draw is made on the data's device."""
-    from scoresde import rng
+    from scoresde.util import rng
 
     for draw, ref in ((lambda g, d: rng.randn((5,), generator=g, dtype=torch.float64, device=d),
                        lambda g: torch.randn(5, generator=g, dtype=torch.float64, device="cpu")),
@@ -197,8 +197,8 @@ def test_draws_follow_the_generators_stream_and_land_on_the_datas_device():
 def test_evaluation_moves_the_data_it_is_given_to_the_models_device(monkeypatch):
     """The bug a GPU run of the old report hit (CPU test data fed to a CUDA model), checked without
     a GPU: a model whose parameters live on ``meta`` receives its examples on ``meta``."""
-    from scoresde import evaluation
-    from scoresde.likelihood import BpdResult
+    from scoresde.evaluation import likelihood as evaluation
+    from scoresde.likelihood.ode import BpdResult
 
     seen = {}
 

@@ -7,10 +7,10 @@ import json
 
 import torch
 
-from scoresde.checkpoint import load_run
-from scoresde.config import load_config
-from scoresde.lattice import LatticeResidualModel
+from scoresde.core.lattice import LatticeResidualModel
 from scoresde.train import main
+from scoresde.training.checkpoint import load_run
+from scoresde.training.config import load_config
 
 from .train_util import TINY_DIGITS, write_config
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch.special import ndtr
 
-from scoresde.analytic import GaussianMixture
-from scoresde.baselines import gmm_bits_per_dim
-from scoresde.lattice import FactorizedLattice, LatticeResidualModel, lattice_log_probs
-from scoresde.likelihood import bits_per_dim
+from scoresde.core.analytic import GaussianMixture
+from scoresde.core.lattice import FactorizedLattice, LatticeResidualModel, lattice_log_probs
+from scoresde.core.sde import VPSDE
+from scoresde.likelihood.baselines import gmm_bits_per_dim
+from scoresde.likelihood.ode import bits_per_dim
+from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
+from scoresde.likelihood.vlb_grid import SPACINGS, GridChainModel, grid_vlb_bits_per_dim, t_of_sigma, vlb_grid
 from scoresde.nets import MLP
-from scoresde.sde import VPSDE
-from scoresde.vlb import ddpm_vlb_bits_per_dim
-from scoresde.vlb_grid import SPACINGS, GridChainModel, grid_vlb_bits_per_dim, t_of_sigma, vlb_grid
 
 PROBS = (0.2, 0.5, 0.7)  # independent Binomial(L-1, p) per dimension
 

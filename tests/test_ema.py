@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from scoresde.ema import EMA
+from scoresde.training.ema import EMA
 
 
 def test_first_updates_follow_the_warmup_rule_exactly():

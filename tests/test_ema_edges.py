@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from scoresde.ema import EMA
+from scoresde.training.ema import EMA
 
 
 def _net(seed):

@@ -24,10 +24,10 @@ diffusers = pytest.importorskip("diffusers")
 
 from scoresde.evaluate import main as evaluate_main  # noqa: E402
 from scoresde.interop import DiffusersModel, load_diffusers, load_model  # noqa: E402
-from scoresde.likelihood import bits_per_dim, log_likelihood  # noqa: E402
+from scoresde.likelihood.ode import bits_per_dim, log_likelihood  # noqa: E402
+from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim  # noqa: E402
 from scoresde.sample import main as sample_main  # noqa: E402
 from scoresde.samplers import SAMPLERS, sample  # noqa: E402
-from scoresde.vlb import ddpm_vlb_bits_per_dim  # noqa: E402
 
 N = 1000
 ROOT = Path(__file__).resolve().parent.parent
@@ -385,9 +385,9 @@ def test_in_memory_misuse_is_one_value_error():
 def _random_run(folder: Path, **model) -> Path:
     """A run folder holding only ``ema.safetensors`` of a randomly initialised network (every weight
     drawn, so that no zero-initialised layer hides a wrong mapping)."""
-    from scoresde.build import build_model
-    from scoresde.checkpoint import export_ema_safetensors
-    from scoresde.config import config_from_dict
+    from scoresde.training.build import build_model
+    from scoresde.training.checkpoint import export_ema_safetensors
+    from scoresde.training.config import config_from_dict
 
     cfg = config_from_dict({"data": {"name": "digits"}, "sde": {"schedule": "linear"},
                             "model": {"kind": "unet", "channel_mult": [1, 1], "num_res_blocks": 1,
@@ -407,8 +407,8 @@ def test_export_is_the_run_at_diffusers_timesteps(tmp_path):
     folder: diffusers' own UNet at timestep k computes the run's ε at t = (k+1)/1000 to float32
     round-off (the time shift is folded into the first time layer), its scheduler's ᾱ_k is the run's
     continuous linear-schedule ᾱ((k+1)/1000) to diffusers' float32 storage of the betas."""
-    from scoresde.checkpoint import load_run
     from scoresde.interop import export_diffusers
+    from scoresde.training.checkpoint import load_run
 
     run_dir = _random_run(tmp_path / "run", channels=128, num_heads=2)
     folder = export_diffusers(run_dir)

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-import scoresde.checkpoint as checkpoint_module
 import scoresde.train as train_module
-from scoresde.checkpoint import latest_checkpoint, load_checkpoint, load_run
-from scoresde.runlog import read_metrics
+import scoresde.training.checkpoint as checkpoint_module
 from scoresde.train import main
+from scoresde.training.checkpoint import latest_checkpoint, load_checkpoint, load_run
+from scoresde.training.runlog import read_metrics
 
 from .train_util import (  # noqa: F401
     TINY_TOY,

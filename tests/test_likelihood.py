@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from scoresde import VPSDE, CosineSchedule, DiscreteSchedule, GaussianMixture, LinearSchedule, ScoreModel
-from scoresde.flow import drift_and_divergence
-from scoresde.likelihood import bits_per_dim, log_likelihood
+from scoresde.core.flow import drift_and_divergence
+from scoresde.likelihood.ode import bits_per_dim, log_likelihood
 
 T_EPS = 1e-5
 TOL_PER_DIM = 1e-3  # nats per dimension (the requirement)

@@ -5,9 +5,9 @@ test_losses.py cannot see which generator or dtype a draw used), and their argum
 import pytest
 import torch
 
-from scoresde.analytic import GaussianMixture
-from scoresde.losses import dsm_loss, likelihood_weight, sample_time
-from scoresde.sde import VPSDE
+from scoresde.core.analytic import GaussianMixture
+from scoresde.core.losses import dsm_loss, likelihood_weight, sample_time
+from scoresde.core.sde import VPSDE
 
 F64 = torch.float64
 ORACLE = GaussianMixture.random(3, 2, seed=5)

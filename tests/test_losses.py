@@ -8,11 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoresde.analytic import GaussianMixture
-from scoresde.losses import dsm_loss, likelihood_weight, sample_time
-from scoresde.model import ScoreModel
+from scoresde.core.analytic import GaussianMixture
+from scoresde.core.losses import dsm_loss, likelihood_weight, sample_time
+from scoresde.core.model import ScoreModel
+from scoresde.core.sde import VPSDE
 from scoresde.nets import MLP
-from scoresde.sde import VPSDE
 
 ORACLE = GaussianMixture.ring()
 

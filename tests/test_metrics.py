@@ -8,8 +8,8 @@ import scipy.linalg
 import scipy.stats
 import torch
 
-from scoresde.data import load_dataset
-from scoresde.metrics import (
+from scoresde.data.loader import load_dataset
+from scoresde.evaluation.metrics import (
     DigitsFeatures,
     digits_frechet,
     feature_statistics,

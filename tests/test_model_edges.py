@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from scoresde import VPSDE, ScoreModel
-from scoresde.model import batch_time
+from scoresde.core.model import batch_time
 
 
 class Scale(nn.Module):
@@ -19,7 +19,7 @@ class Scale(nn.Module):
 
 def test_batch_time_follows_x_device_and_names_both_sizes(monkeypatch):
     # no second device on a CPU-only machine: check that t is placed on x's device explicitly
-    import scoresde.model as model_module
+    import scoresde.core.model as model_module
 
     asked = []
     real = model_module.as_time

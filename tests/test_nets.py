@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from scoresde.model import ScoreModel
+from scoresde.core.model import ScoreModel
+from scoresde.core.sde import VPSDE
 from scoresde.nets import MLP, TimeEmbedding, UNet, count_parameters, sinusoidal_embedding
 from scoresde.nets.unet import group_norm
-from scoresde.sde import VPSDE
 
 SMALL_UNET = dict(channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
 

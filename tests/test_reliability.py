@@ -28,12 +28,12 @@ from safetensors.torch import save as st_save
 
 import scoresde.sample as sample_module
 import scoresde.train as train_module
-from scoresde.checkpoint import EMA_FORMAT, export_ema_safetensors, load_run
-from scoresde.config import config_from_dict, load_config
 from scoresde.evaluate import main as evaluate_main
-from scoresde.runlog import read_metrics
 from scoresde.sample import main as sample_main
 from scoresde.train import main as train_main
+from scoresde.training.checkpoint import EMA_FORMAT, export_ema_safetensors, load_run
+from scoresde.training.config import config_from_dict, load_config
+from scoresde.training.runlog import read_metrics
 
 from .train_util import TINY_TOY, fork_main, restore_threads, wait_status, write_config  # noqa: F401
 
@@ -520,7 +520,7 @@ def test_a_real_write_failure_exits_74_and_keeps_every_file_whole(world, tmp_pat
 @pytest.mark.parametrize("model", [{"kind": "mlp", "hidden": 48, "depth": 2, "time_dim": 8},
                                    {"kind": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1}])
 def test_parameters_counted_on_meta_equal_the_built_network(model):
-    from scoresde.build import build_net, count_parameters
+    from scoresde.training.build import build_net, count_parameters
 
     data = {"name": "ring"} if model["kind"] == "mlp" else {"name": "digits"}
     cfg = config_from_dict({"data": data, "model": model})
@@ -528,7 +528,7 @@ def test_parameters_counted_on_meta_equal_the_built_network(model):
 
 
 def test_the_size_check_refuses_exactly_above_its_bound():
-    from scoresde.build import check_sizes, count_parameters
+    from scoresde.training.build import check_sizes, count_parameters
 
     cfg = config_from_dict({"data": {"name": "ring", "n": 10}, "model": {"kind": "mlp", "hidden": 16, "depth": 1},
                             "sample": {"n": 1, "steps": 1}, "eval": {"bpd": False, "vlb": False}})

@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-import scoresde.trainer as trainer_module
-from scoresde.checkpoint import latest_checkpoint
-from scoresde.runlog import read_metrics
+import scoresde.training.trainer as trainer_module
 from scoresde.train import main
+from scoresde.training.checkpoint import latest_checkpoint
+from scoresde.training.runlog import read_metrics
 
 from .train_util import (  # noqa: F401
     TINY_TOY,

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from scoresde.checkpoint import load_run
-from scoresde.report import draw_samples
+from scoresde.evaluation.report import draw_samples
 from scoresde.sample import main as sample_main
 from scoresde.train import main as train_main
+from scoresde.training.checkpoint import load_run
 
 from .train_util import TINY_DIGITS, TINY_TOY, restore_threads, write_config  # noqa: F401
 

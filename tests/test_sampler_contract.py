@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scoresde import VPSDE, GaussianMixture, bits_per_dim, ddpm_vlb_bits_per_dim, log_likelihood
-from scoresde.model import eps_of, score_of, x0_of
+from scoresde.core.model import eps_of, score_of, x0_of
 from scoresde.samplers import SAMPLERS, sample
 from scoresde.samplers.base import default_t_eps, sampler_grid
 

@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from scoresde import VPSDE, DiscreteSchedule, EpsModel, GaussianMixture, ScoreModel
-from scoresde.flow import flow_drift
+from scoresde.core.flow import flow_drift
 from scoresde.samplers import SAMPLERS, sample
 from scoresde.samplers.ode import encode
 from tests.strategies import schedules

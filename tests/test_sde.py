@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoresde import VPSDE, GaussianMixture, append_dims
-from scoresde.sde import as_time
+from scoresde.core.sde import as_time
 from tests.strategies import sdes
 
 

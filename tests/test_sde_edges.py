@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scoresde import VPSDE
-from scoresde.sde import append_dims, as_time
+from scoresde.core.sde import append_dims, as_time
 
 F64 = torch.float64
 

@@ -34,7 +34,7 @@ from scoresde import (
     GeometricSigmas,
     SubVPSDE,
 )
-from scoresde.sde import SDE_KINDS, GaussianSDE
+from scoresde.core.sde import SDE_KINDS, GaussianSDE
 
 from .strategies import all_sdes, schedules, ve_sdes
 

@@ -17,14 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoresde import VESDE, VPSDE, GaussianMixture, ScoreModel, SubVPSDE
-from scoresde.build import build_model, build_sde
-from scoresde.config import config_from_dict, model_keys
-from scoresde.likelihood import log_likelihood
-from scoresde.losses import dsm_loss, sample_time
+from scoresde.core.losses import dsm_loss, sample_time
+from scoresde.likelihood.ode import log_likelihood
+from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
+from scoresde.likelihood.vlb_grid import grid_vlb_bits_per_dim
 from scoresde.samplers import sample
 from scoresde.train import main as train_main
-from scoresde.vlb import ddpm_vlb_bits_per_dim
-from scoresde.vlb_grid import grid_vlb_bits_per_dim
+from scoresde.training.build import build_model, build_sde
+from scoresde.training.config import config_from_dict, model_keys
 
 from .strategies import all_sdes
 from .test_samplers_distribution import A_COV, _check_gaussian, _check_mixture, _moments_gaussian

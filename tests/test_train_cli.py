@@ -9,10 +9,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from scoresde.build import build_model
-from scoresde.config import config_from_dict
-from scoresde.runlog import read_metrics
 from scoresde.train import main
+from scoresde.training.build import build_model
+from scoresde.training.config import config_from_dict
+from scoresde.training.runlog import read_metrics
 
 from .train_util import (  # noqa: F401
     TINY_DIGITS,

@@ -4,11 +4,11 @@ epoch length, and the first-batch range check's boundaries. (Mutation kills; doc
 import pytest
 import torch
 
-from scoresde.build import build_model
-from scoresde.config import config_from_dict
-from scoresde.data import load_dataset
-from scoresde.distributed import DistInfo
-from scoresde.trainer import Trainer, check_batch
+from scoresde.data.loader import load_dataset
+from scoresde.training.build import build_model
+from scoresde.training.config import config_from_dict
+from scoresde.training.distributed import DistInfo
+from scoresde.training.trainer import Trainer, check_batch
 
 from .train_util import TINY_TOY
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from scoresde import VPSDE, GaussianMixture, ScoreModel
-from scoresde.likelihood import log_likelihood
+from scoresde.likelihood.ode import log_likelihood
 from scoresde.samplers import SAMPLERS, sample
 
 F64 = torch.float64

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from scoresde import VPSDE, CosineSchedule, DiscreteSchedule, GaussianMixture, LinearSchedule, ScoreModel
-from scoresde.vlb import (
+from scoresde.likelihood.vlb import (
     ddpm_tables,
     ddpm_vlb_bits_per_dim,
     discretized_gaussian_log_likelihood,

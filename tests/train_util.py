@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from scoresde.runlog import read_metrics
+from scoresde.training.runlog import read_metrics
 
 # A 2-D ring run small enough for a fraction of a second per step on a busy CPU.
 TINY_TOY = {
@@ -99,7 +99,7 @@ def tiny_cifar10(root: Path, n_per_batch: int = 8, size: int = 32, seed: int = 0
 
 def params(run: Path) -> dict:
     """The model state of a run's latest checkpoint."""
-    from scoresde.checkpoint import latest_checkpoint, load_checkpoint
+    from scoresde.training.checkpoint import latest_checkpoint, load_checkpoint
 
     return load_checkpoint(latest_checkpoint(run / "checkpoints"))
 

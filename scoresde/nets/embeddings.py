@@ -17,8 +17,8 @@ import math
 import torch
 from torch import nn
 
-from ..checks import check_choice
-from ..choices import TIME_EMBEDDINGS
+from scoresde.util.checks import check_choice
+from scoresde.util.choices import TIME_EMBEDDINGS
 
 __all__ = ["TIME_SCALE", "sinusoidal_embedding", "GaussianFourierFeatures", "TimeEmbedding"]
 

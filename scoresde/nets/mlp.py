@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from ..checks import check_int, check_number, check_shape
-from .embeddings import TimeEmbedding
+from scoresde.nets.embeddings import TimeEmbedding
+from scoresde.util.checks import check_int, check_number, check_shape
 
 __all__ = ["MLP"]
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..checks import check_int, check_number, check_shape
-from .embeddings import TimeEmbedding
+from scoresde.nets.embeddings import TimeEmbedding
+from scoresde.util.checks import check_int, check_number, check_shape
 
 __all__ = ["UNet", "group_norm", "count_parameters"]
 

@@ -3,20 +3,20 @@
 
 from __future__ import annotations
 
-from .. import choices
-from ..checks import check_choice
-from .ancestral import ancestral
-from .base import SampleResult
-from .ddim import ddim
-from .dpmpp import dpmpp
-from .heun import heun
-from .ode import ode
-from .pc import pc
-from .reverse_sde import reverse_sde
+from scoresde.samplers.ancestral import ancestral
+from scoresde.samplers.base import SampleResult
+from scoresde.samplers.ddim import ddim
+from scoresde.samplers.dpmpp import dpmpp
+from scoresde.samplers.heun import heun
+from scoresde.samplers.ode import ode
+from scoresde.samplers.pc import pc
+from scoresde.samplers.reverse_sde import reverse_sde
+from scoresde.util import choices
+from scoresde.util.checks import check_choice
 
 __all__ = ["SAMPLERS", "SampleResult", "sample"]
 
-# Keys are the names in scoresde.choices.SAMPLERS (configs validate against those; a test keeps them equal).
+# Keys are the names in scoresde.util.choices.SAMPLERS (configs validate against those; a test keeps them equal).
 SAMPLERS: dict = {
     "ancestral": ancestral,
     "ddim": ddim,

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_choice
-from ..choices import VARIANCES
-from ..rng import randn
-from .base import SampleResult, finish_run, open_run
+from scoresde.samplers.base import SampleResult, finish_run, open_run
+from scoresde.util.checks import check_choice
+from scoresde.util.choices import VARIANCES
+from scoresde.util.rng import randn
 
 __all__ = ["ancestral"]
 

@@ -5,10 +5,10 @@ The shared signature (docs/architecture.md, "Contracts")::
     fn(model, x_T, *, steps=None, generator=None, progress=False, t_eps=None, denoise=True,
        **options) -> SampleResult
 
-``model`` is anything with ``.sde`` and ``.eps(x, t)`` (a :class:`~scoresde.model.ScoreModel`,
-the oracle :class:`~scoresde.analytic.GaussianMixture` or a user's own class); samplers reach
-it only through :func:`~scoresde.model.eps_of`, :func:`~scoresde.model.score_of` and
-:func:`~scoresde.model.x0_of`. ``x_T`` of shape ``(B, *dims)`` (floating point) is the state at
+``model`` is anything with ``.sde`` and ``.eps(x, t)`` (a :class:`~scoresde.core.model.ScoreModel`,
+the oracle :class:`~scoresde.core.analytic.GaussianMixture` or a user's own class); samplers reach
+it only through :func:`~scoresde.core.model.eps_of`, :func:`~scoresde.core.model.score_of` and
+:func:`~scoresde.core.model.x0_of`. ``x_T`` of shape ``(B, *dims)`` (floating point) is the state at
 the first grid time (``t = 1``: a draw of the prior). NFE counts batched calls of ``model.eps``.
 
 :func:`open_run` is every sampler's opening (option check, NFE counter, end time, time grid,
@@ -19,7 +19,7 @@ non-finite check, the result). Grid-based samplers also take an explicit grid, `
 
 Devices: samples come back on ``x_T``'s device. ``generator`` may live on the CPU or on
 ``x_T``'s device; noise is drawn on the generator's device and moved to ``x_T``'s
-(:mod:`scoresde.rng`), so a CPU generator gives the same noise on every device. Time grids
+(:mod:`scoresde.util.rng`), so a CPU generator gives the same noise on every device. Time grids
 are float64 CPU tensors (read as numbers or moved to the data's device where used).
 """
 
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..checks import check_choice, check_flag, check_int, check_model, check_number, check_t_eps
-from ..choices import SPACINGS
-from ..model import eps_of, x0_of
-from ..progress import progress_bar
+from scoresde.core.model import eps_of, x0_of
+from scoresde.util.checks import check_choice, check_flag, check_int, check_model, check_number, check_t_eps
+from scoresde.util.choices import SPACINGS
+from scoresde.util.progress import progress_bar
 
 __all__ = ["SampleResult", "NFECounter", "Run", "open_run", "finish_run", "time_grid", "sampler_grid",
            "explicit_grid", "default_t_eps", "check_steps", "check_t_eps", "check_choice", "check_model",
@@ -55,7 +55,7 @@ class SampleResult:
 
 class NFECounter:
     """Wraps a model (``.sde``, ``.eps``) and counts its batched ``eps`` calls; each is checked
-    by :func:`~scoresde.model.eps_of`. Pass it to ``score_of``/``x0_of`` to count those too."""
+    by :func:`~scoresde.core.model.eps_of`. Pass it to ``score_of``/``x0_of`` to count those too."""
 
     def __init__(self, model):
         check_model(model)

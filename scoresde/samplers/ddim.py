@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_number
-from ..rng import randn
-from .base import SampleResult, finish_run, open_run
+from scoresde.samplers.base import SampleResult, finish_run, open_run
+from scoresde.util.checks import check_number
+from scoresde.util.rng import randn
 
 __all__ = ["ddim"]
 

@@ -32,9 +32,9 @@ import math
 
 import torch
 
-from ..checks import check_choice, check_flag
-from ..model import x0_of
-from .base import SampleResult, finish_run, open_run
+from scoresde.core.model import x0_of
+from scoresde.samplers.base import SampleResult, finish_run, open_run
+from scoresde.util.checks import check_choice, check_flag
 
 __all__ = ["dpmpp"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SampleResult, finish_run, open_run
+from scoresde.samplers.base import SampleResult, finish_run, open_run
 
 __all__ = ["heun"]
 

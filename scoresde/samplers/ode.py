@@ -3,7 +3,7 @@
 The flow ``dx/dt = -½ β(t) [x - ε(x, t)/σ(t)]`` has the same marginals ``p_t`` as the forward
 SDE and is deterministic and invertible: :func:`ode` carries a prior draw from ``t = 1`` down
 to ``t_eps`` (sampling), :func:`encode` carries data from ``t_eps`` up to ``t = 1``. Both are
-:func:`scoresde.flow.solve_flow` (the package's one probability-flow solver, in the clock
+:func:`scoresde.core.flow.solve_flow` (the package's one probability-flow solver, in the clock
 ``B(t)``) with the state in float64 (``ode_dtype``).
 """
 
@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_choice, check_t_eps
-from ..choices import FIXED_METHODS, ODE_METHODS
-from ..flow import STAGES, solve_flow
-from .base import NFECounter, SampleResult, check_options, check_steps, finish_run, open_run, progress_bar
+from scoresde.core.flow import STAGES, solve_flow
+from scoresde.samplers.base import (
+    NFECounter,
+    SampleResult,
+    check_options,
+    check_steps,
+    finish_run,
+    open_run,
+    progress_bar,
+)
+from scoresde.util.checks import check_choice, check_t_eps
+from scoresde.util.choices import FIXED_METHODS, ODE_METHODS
 
 __all__ = ["ode", "encode"]
 

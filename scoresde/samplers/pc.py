@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_choice, check_int, check_number
-from ..model import score_of
-from ..rng import randn
-from ..sde import append_dims
-from .base import SampleResult, finish_run, open_run
+from scoresde.core.model import score_of
+from scoresde.core.sde import append_dims
+from scoresde.samplers.base import SampleResult, finish_run, open_run
+from scoresde.util.checks import check_choice, check_int, check_number
+from scoresde.util.rng import randn
 
 __all__ = ["pc"]
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 import torchsde
 
-from ..checks import check_choice
-from ..choices import SDE_METHODS
-from ..model import score_of
-from .base import SampleResult, finish_run, open_run
+from scoresde.core.model import score_of
+from scoresde.samplers.base import SampleResult, finish_run, open_run
+from scoresde.util.checks import check_choice
+from scoresde.util.choices import SDE_METHODS
 
 __all__ = ["reverse_sde", "ReverseSDE"]
 

@@ -1,0 +1,121 @@
+"""Score models: anything with ``.sde`` and ``.eps(x, t)``.
+
+The ε-parameterisation (Ho et al. 2020) gives the score as
+``s(x, t) = -ε(x, t) / σ(t)`` and Tweedie's denoiser as
+``E[x_0 | x_t] = (x_t - σ(t) ε) / α(t)`` (docs/math.md, "Score and ε").
+Both are derived here, once, by :func:`score_of` and :func:`x0_of` from ``model.eps`` and
+``model.sde``; samplers, the likelihood and the VLB call only these functions and
+:func:`eps_of`, never a model's own ``score``/``x0``, so any object with ``.sde`` and
+``.eps(x, t)`` works: a trained network (:class:`ScoreModel`), the exact oracle
+(:class:`scoresde.core.analytic.GaussianMixture`) or a user's own class.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scoresde.core.sde import GaussianSDE, append_dims, as_time
+
+__all__ = ["EpsModel", "ScoreModel", "batch_time", "eps_of", "score_of", "x0_of"]
+
+
+def batch_time(t, x: torch.Tensor) -> torch.Tensor:
+    """``t`` (number, shape ``()`` or ``(B,)``) as a validated float64 tensor of shape ``(B,)`` on x's device."""
+    t = as_time(t, device=x.device)
+    if t.ndim == 0:
+        return t.expand(x.shape[0])
+    if t.shape[0] != x.shape[0]:
+        raise ValueError(f"t has {t.shape[0]} entries but x has batch size {x.shape[0]}")
+    return t
+
+
+def eps_of(model, x: torch.Tensor, t) -> torch.Tensor:
+    """``model.eps(x, t)`` with ``t`` as a float64 ``(B,)`` tensor, checked to have ``x``'s shape.
+
+    ``ValueError`` when the model returns anything else (no silent broadcasting).
+    """
+    t = batch_time(t, x)
+    eps = model.eps(x, t)
+    shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+    if shape != tuple(x.shape):
+        raise ValueError(f"model.eps returned {shape}: expected a tensor of x's shape {tuple(x.shape)}")
+    return eps
+
+
+def _coef(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample float64 coefficient ``(B,)`` shaped against ``x`` in ``x``'s dtype, or
+    float32 when that is a reduced precision (bf16/fp16): the schedule is never evaluated there."""
+    return append_dims(c, x.ndim).to(torch.promote_types(x.dtype, torch.float32))
+
+
+def score_of(model, x: torch.Tensor, t) -> torch.Tensor:
+    """The score ``s(x, t) = -ε(x, t) / σ(t)`` (``σ`` in float64, applied in at least float32),
+    in ``x``'s dtype."""
+    t = batch_time(t, x)
+    inv_sigma = _coef(1.0 / model.sde.sigma(t), x)
+    eps = eps_of(model, x, t)
+    return (-eps.to(inv_sigma.dtype) * inv_sigma).to(x.dtype)
+
+
+def x0_of(model, x: torch.Tensor, t) -> torch.Tensor:
+    """Tweedie's denoiser ``E[x_0 | x_t = x] = (x - σ(t) ε) / α(t)`` (coefficients in float64,
+    applied in at least float32), in ``x``'s dtype."""
+    t = batch_time(t, x)
+    alpha, sigma = model.sde.alpha(t), model.sde.sigma(t)
+    inv_alpha, ratio = _coef(1.0 / alpha, x), _coef(sigma / alpha, x)
+    eps = eps_of(model, x, t)
+    return (x.to(ratio.dtype) * inv_alpha - ratio * eps.to(ratio.dtype)).to(x.dtype)
+
+
+class EpsModel:
+    """The score-model interface. Subclasses set ``self.sde`` and implement ``eps``."""
+
+    sde: GaussianSDE
+
+    def eps(self, x: torch.Tensor, t) -> torch.Tensor:  # pragma: no cover - interface
+        """Predicted noise ``ε(x, t)``; ``x`` of shape ``(B, *dims)``, ``t`` of shape ``()`` or ``(B,)``."""
+        raise NotImplementedError
+
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        """``s(x, t) = -ε(x, t) / σ(t)``: :func:`score_of`."""
+        return score_of(self, x, t)
+
+    def x0(self, x: torch.Tensor, t) -> torch.Tensor:
+        """Tweedie's denoiser ``E[x_0 | x_t = x] = (x - σ(t) ε) / α(t)``: :func:`x0_of`."""
+        return x0_of(self, x, t)
+
+
+class ScoreModel(nn.Module, EpsModel):
+    """An ε-network ``net(x, t)`` (continuous ``t ∈ [0, 1]``, shape ``(B,)``) joined to an SDE.
+
+    The network never sees the schedule. ``t`` reaches it in at least float32, never in a
+    reduced-precision dtype, even when ``x`` is bf16 (bf16 cannot tell ``t = 0.9984`` from 1). ``x`` is cast
+    to the network's parameter dtype and the output back to ``x``'s dtype, so a float64
+    sampler or likelihood solve can drive a float32 network.
+
+    Conditioning per SDE (docs/sdes.md): the network sees ``t`` itself for every SDE (for the
+    VE-SDE ``t`` is an affine function of ``log σ``, the conditioning of NCSN++), and ``x_t``
+    times ``sde.network_input_scale(t)``: nothing for VP (``α² + σ² = 1``), ``1/√(α² + σ²)``
+    for sub-VP and VE, so the input stays at unit scale although VE's ``σ`` reaches ``σ_max``.
+    """
+
+    def __init__(self, net: nn.Module, sde: GaussianSDE):
+        super().__init__()
+        self.net = net
+        self.sde = sde
+
+    def eps(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = batch_time(t, x)
+        param = next(self.net.parameters(), None)
+        net_dtype = x.dtype if param is None else param.dtype
+        t_dtype = torch.promote_types(net_dtype, torch.float32)
+        out_dtype = x.dtype
+        scale = getattr(self.sde, "network_input_scale", None)
+        scale = None if scale is None else scale(t)
+        if scale is not None:
+            x = x * append_dims(scale, x.ndim).to(device=x.device, dtype=x.dtype)
+        return self.net(x.to(net_dtype), t.to(t_dtype)).to(out_dtype)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.eps(x, t)

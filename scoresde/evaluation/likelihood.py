@@ -1,0 +1,193 @@
+"""Test bits/dim of a model: the one function behind every likelihood figure the project reports.
+
+:func:`evaluate_likelihood` is called by the training run's final report (``summary.json``),
+by ``python -m scoresde.evaluate`` and by ``notebooks/likelihood.ipynb``, so the same model, data
+and :class:`EvalSettings` give the same figures whichever program asks. The settings mirror the
+config's ``eval.*`` keys (:meth:`EvalSettings.from_config`) plus the solver options that have
+no config key (their defaults are what training uses).
+
+    settings = EvalSettings.from_config(run.config)          # what the run reported with
+    report = evaluate_likelihood(run.model, load_dataset("digits", "test"), settings)
+    report.figures()   # {"bpd_ode": ..., "bpd_ode_stderr": ..., "bpd_vlb": ..., ...}
+
+Randomness: the dequantization noise, the Hutchinson probes and the bound's noise come from
+CPU generators seeded with ``settings.seed`` (one for the ODE, one for the bound), drawn on the
+CPU and moved to the model's device (:mod:`scoresde.util.rng`): the figures do not depend on where
+the model runs beyond floating-point round-off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from scoresde.core.bpd import BpdResult
+from scoresde.likelihood.ode import bits_per_dim
+from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
+from scoresde.likelihood.vlb_grid import grid_vlb_bits_per_dim, t_of_sigma
+from scoresde.util.checks import check_choice, check_flag, check_int, check_number
+from scoresde.util.choices import PROBES, TRACES, VARIANCES
+from scoresde.util.rng import model_device
+
+__all__ = ["EvalSettings", "LikelihoodReport", "evaluate_likelihood"]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How test bits/dim are computed. Config key in brackets; defaults as the config schema's.
+
+    Attributes:
+        ode: bits/dim by the probability-flow ODE [``eval.bpd``].
+        vlb: bits/dim by the DDPM variational bound [``eval.vlb``].
+        limit: the first ``limit`` examples of the split (0: all) [``eval.bpd_n``].
+        trace: ``hutchinson`` or ``exact`` divergence [``eval.bpd_trace``].
+        probes: Hutchinson probes per example [``eval.bpd_probes``].
+        probe: ``rademacher`` or ``gaussian`` probes (no config key).
+        dequant: dequantization draws per example (no config key).
+        ode_sigma: the ODE starts at ``σ(t_eps) = ode_sigma``; ``None``: ``t_eps = 1e-5`` [``eval.ode_sigma``].
+        rtol, atol: dopri5 tolerances of the ODE [``eval.rtol``, ``eval.atol``].
+        vlb_sigma: the bound runs on ``vlb_steps`` log-SNR steps from ``σ(τ_1) = vlb_sigma``;
+            ``None``: the DDPM grid ``i/N`` (``N`` the schedule's own, else 1000) [``eval.vlb_sigma``].
+        vlb_steps: steps of that log-SNR grid [``eval.vlb_steps``].
+        vlb_terms: random terms per example (unbiased); ``None``: all [``eval.vlb_terms``].
+        variance: reverse variance of the bound, ``beta`` or ``beta_tilde`` (no config key).
+        batch_size: examples per solve / per network call [``eval.batch_size``].
+        seed: seed of the dequantization, probes and the bound's noise [``seed``].
+    """
+
+    ode: bool = True
+    vlb: bool = True
+    limit: int = 256
+    trace: str = "hutchinson"
+    probes: int = 1
+    probe: str = "rademacher"
+    dequant: int = 1
+    ode_sigma: float | None = None
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    vlb_sigma: float | None = None
+    vlb_steps: int = 1000
+    vlb_terms: int | None = None
+    variance: str = "beta"
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("ode", "vlb"):
+            check_flag(name, getattr(self, name))
+        for name, choices in (("trace", TRACES), ("probe", PROBES), ("variance", VARIANCES)):
+            check_choice(name, getattr(self, name), choices)
+        for name, low in (("limit", 0), ("probes", 1), ("dequant", 1), ("vlb_steps", 1),
+                          ("batch_size", 1), ("seed", 0), ("vlb_terms", 1)):
+            check_int(name, getattr(self, name), low, none_ok=name == "vlb_terms")
+        for name in ("rtol", "atol", "ode_sigma", "vlb_sigma"):
+            value = getattr(self, name)
+            if value is not None or not name.endswith("sigma"):
+                check_number(name, value, low=0)
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> EvalSettings:
+        """The settings a run's config describes (``eval.*`` and ``seed``), then ``overrides``
+        (``None`` values are ignored, so unset command-line flags can be passed as they are)."""
+        e = config.eval
+        base = cls(ode=e.bpd, vlb=e.vlb, limit=e.bpd_n, trace=e.bpd_trace, probes=e.bpd_probes,
+                   ode_sigma=e.ode_sigma, vlb_sigma=e.vlb_sigma, vlb_steps=e.vlb_steps,
+                   vlb_terms=e.vlb_terms, batch_size=e.batch_size, rtol=e.rtol, atol=e.atol, seed=config.seed)
+        return base.replace(**overrides)
+
+    def replace(self, **overrides) -> EvalSettings:
+        """A copy with the given fields changed (``None`` values ignored); unknown names refused."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"setting {unknown[0]!r}: expected one of {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def describe(self) -> str:
+        """One line naming every setting that enters the figures."""
+        parts = [f"examples {'all' if self.limit == 0 else f'first {self.limit}'}", f"seed {self.seed}",
+                 f"batch {self.batch_size}"]
+        if self.ode:
+            start = "t_eps 1e-05" if self.ode_sigma is None else f"σ(t_eps) {self.ode_sigma:g}"
+            trace = "exact trace" if self.trace == "exact" else f"Hutchinson {self.probes} {self.probe}"
+            parts.append(f"ODE: {start}, {trace}, dequant {self.dequant}, dopri5 rtol {self.rtol:g} "
+                         f"atol {self.atol:g}")
+        if self.vlb:
+            grid = ("grid i/N" if self.vlb_sigma is None
+                    else f"{self.vlb_steps} log-SNR steps from σ {self.vlb_sigma:g}")
+            terms = "all terms" if self.vlb_terms is None else f"{self.vlb_terms} terms"
+            parts.append(f"VLB: {grid}, {terms}, variance {self.variance}")
+        return "; ".join(parts)
+
+
+@dataclass
+class LikelihoodReport:
+    """What :func:`evaluate_likelihood` found: the results (``None`` when not asked for or not
+    computable), their wall times, the number of examples, notes (e.g. why a figure is missing)."""
+
+    settings: EvalSettings
+    n: int = 0
+    ode: BpdResult | None = None
+    vlb: BpdResult | None = None
+    ode_seconds: float = 0.0
+    vlb_seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+    def figures(self) -> dict:
+        """The flat figures written to ``summary.json`` (``bpd_n``, ``bpd_ode``, ``bpd_ode_stderr``,
+        ``bpd_ode_nfe``, ``bpd_ode_seconds`` and the same for ``bpd_vlb``)."""
+        out: dict = {}
+        if self.ode is None and self.vlb is None:
+            return out
+        out["bpd_n"] = self.n
+        for key, r, secs in (("bpd_ode", self.ode, self.ode_seconds), ("bpd_vlb", self.vlb, self.vlb_seconds)):
+            if r is not None:
+                out.update({key: float(r.bpd), f"{key}_stderr": float(r.stderr), f"{key}_nfe": int(r.nfe),
+                            f"{key}_seconds": secs})
+        return out
+
+
+def evaluate_likelihood(model, data, settings: EvalSettings | None = None, *,
+                        progress: bool = False) -> LikelihoodReport:
+    """Test bits/dim of ``model`` on a :class:`~scoresde.data.loader.Dataset` split, by ``settings``.
+
+    The examples (the first ``settings.limit``) are moved to the model's device. Data without
+    integer levels give no figures and a note. The bound runs under ``no_grad``.
+    """
+    settings = EvalSettings() if settings is None else settings
+    report = LikelihoodReport(settings)
+    if not (settings.ode or settings.vlb):
+        return report
+    if data.x_int is None or data.levels is None:
+        report.notes.append(f"bits/dim skipped: data set {data.name!r} is continuous")
+        return report
+    x_int = data.x_int[:settings.limit] if settings.limit else data.x_int
+    x_int = x_int.to(model_device(model))
+    report.n = int(x_int.shape[0])
+    s = settings
+    if s.ode:
+        start = time.perf_counter()
+        extra = {} if s.ode_sigma is None else {"t_eps": t_of_sigma(model.sde, s.ode_sigma)}
+        report.ode = bits_per_dim(model, x_int, data.levels, n_dequant=s.dequant, batch_size=s.batch_size,
+                                  trace=s.trace, probe=s.probe, n_probes=s.probes, rtol=s.rtol,
+                                  atol=s.atol, generator=torch.Generator(device="cpu").manual_seed(s.seed),
+                                  progress=progress, **extra)
+        report.ode_seconds = time.perf_counter() - start
+    if s.vlb and not getattr(model.sde, "variance_preserving", True):
+        report.notes.append(f"bits/dim (VLB) skipped: the DDPM bound needs a VP-SDE, the model's is "
+                            f"{type(model.sde).__name__} (the ODE bits/dim is its likelihood; docs/sdes.md)")
+    elif s.vlb:
+        start = time.perf_counter()
+        opts = dict(n_terms=s.vlb_terms, variance=s.variance, batch_size=s.batch_size, progress=progress,
+                    generator=torch.Generator(device="cpu").manual_seed(s.seed))
+        with torch.no_grad():
+            if s.vlb_sigma is None:
+                report.vlb = ddpm_vlb_bits_per_dim(model, x_int, data.levels, **opts)
+            else:
+                report.vlb = grid_vlb_bits_per_dim(model, x_int, data.levels, N=s.vlb_steps,
+                                                   t_eps=t_of_sigma(model.sde, s.vlb_sigma), **opts)
+        report.vlb_seconds = time.perf_counter() - start
+    return report
