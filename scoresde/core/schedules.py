@@ -120,7 +120,36 @@ class CosineSchedule(Schedule):
         return torch.where(t >= self.t_clip, torch.full_like(t, self.beta_max), raw)
 
 
-class DiscreteSchedule(Schedule):
+class _Tabulated:
+    """A cumulative quantity tabulated at ``t = i/N`` (``_cumulative``, ``N + 1`` values), linear
+    in between with one rate per interval (``rates``, ``N`` values); tables cached per device."""
+
+    def _tables(self, device):
+        key = str(device)
+        if key not in self._cache:
+            self._cache[key] = (self._cumulative.to(device), self.rates.to(device))
+        return self._cache[key]
+
+    def _interpolate(self, t):
+        """The cumulative quantity at ``t``: exact at ``i/N``, linear in between."""
+        grid, rates = self._tables(t.device)
+        u = t * self.N
+        k = torch.clamp(torch.floor(u), 0, self.N - 1).long()
+        return grid[k] + (u - k) * rates[k]
+
+    def _rate(self, t):
+        """Its derivative: ``N × rate`` of the interval ``((i-1)/N, i/N]`` holding ``t``."""
+        _, rates = self._tables(t.device)
+        k = torch.clamp(torch.ceil(t * self.N) - 1, 0, self.N - 1).long()
+        return self.N * rates[k]
+
+    def clock_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(the cumulative quantity at i/N for i = 0..N, its increments for i = 1..N)``: the
+        piecewise-linear clock."""
+        return self._cumulative, self.rates
+
+
+class DiscreteSchedule(_Tabulated, Schedule):
     """DDPM's ``β_1..β_N`` as an exact, piecewise-constant VP-SDE rate.
 
     ``β(t) = -N log(1 - β_i)`` for ``t ∈ ((i-1)/N, i/N]``, so ``B(i/N) = -Σ_{j≤i} log(1-β_j)``,
@@ -141,6 +170,7 @@ class DiscreteSchedule(Schedule):
         self.N = int(betas.numel())
         self.rates = -torch.log1p(-betas)  # B(i/N) - B((i-1)/N), per step
         self.grid_B = torch.cat([betas.new_zeros(1), torch.cumsum(self.rates, 0)])
+        self._cumulative = self.grid_B
         self.sampling_eps = 1.0 / self.N
         self._cache: dict = {}
 
@@ -162,26 +192,8 @@ class DiscreteSchedule(Schedule):
     def __repr__(self) -> str:
         return f"DiscreteSchedule(N={self.N})"
 
-    def _tables(self, device):
-        key = str(device)
-        if key not in self._cache:
-            self._cache[key] = (self.grid_B.to(device), self.rates.to(device))
-        return self._cache[key]
-
-    def integrated_beta(self, t):
-        grid_B, rates = self._tables(t.device)
-        u = t * self.N
-        k = torch.clamp(torch.floor(u), 0, self.N - 1).long()
-        return grid_B[k] + (u - k) * rates[k]
-
-    def beta(self, t):
-        _, rates = self._tables(t.device)
-        k = torch.clamp(torch.ceil(t * self.N) - 1, 0, self.N - 1).long()
-        return self.N * rates[k]
-
-    def clock_table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B(i/N) for i = 0..N, B(i/N) - B((i-1)/N) for i = 1..N)``: the piecewise-linear clock."""
-        return self.grid_B, self.rates
+    integrated_beta = _Tabulated._interpolate  # B(t), exact at i/N
+    beta = _Tabulated._rate  # β(t) = N β'_i on ((i-1)/N, i/N]
 
 
 class SigmaSchedule:
@@ -258,7 +270,7 @@ class GeometricSigmas(SigmaSchedule):
         return torch.as_tensor(u, dtype=torch.float64, device=u.device if isinstance(u, torch.Tensor) else "cpu")
 
 
-class DiscreteSigmas(SigmaSchedule):
+class DiscreteSigmas(_Tabulated, SigmaSchedule):
     """SMLD's noise levels ``σ_1 < … < σ_N`` (Song & Ermon 2019) as an exact VE-SDE.
 
     ``σ(t)²`` is piecewise linear with ``σ(i/N) = σ_i`` and ``σ(0) = σ_0 = 0``, so the VE-SDE's
@@ -279,6 +291,7 @@ class DiscreteSigmas(SigmaSchedule):
         self.N = int(sigmas.numel())
         self.grid_s2 = torch.cat([sigmas.new_zeros(1), sigmas**2])  # σ_i², i = 0..N
         self.rates = self.grid_s2.diff()  # σ_i² - σ_{i-1}² per step
+        self._cumulative = self.grid_s2
         self.sampling_eps = 1.0 / self.N
         self.sigma_min, self.sigma_max = float(sigmas[0]), float(sigmas[-1])
         self._cache: dict = {}
@@ -296,22 +309,8 @@ class DiscreteSigmas(SigmaSchedule):
     def __repr__(self) -> str:
         return f"DiscreteSigmas(N={self.N}, sigma_min={self.sigma_min:.4g}, sigma_max={self.sigma_max:.4g})"
 
-    def _tables(self, device):
-        key = str(device)
-        if key not in self._cache:
-            self._cache[key] = (self.grid_s2.to(device), self.rates.to(device))
-        return self._cache[key]
-
-    def sigma2(self, t):
-        grid, rates = self._tables(t.device)
-        u = t * self.N
-        k = torch.clamp(torch.floor(u), 0, self.N - 1).long()
-        return grid[k] + (u - k) * rates[k]
-
-    def dsigma2(self, t):
-        _, rates = self._tables(t.device)
-        k = torch.clamp(torch.ceil(t * self.N) - 1, 0, self.N - 1).long()
-        return self.N * rates[k]
+    sigma2 = _Tabulated._interpolate  # σ(t)², exact at i/N
+    dsigma2 = _Tabulated._rate  # dσ²/dt on ((i-1)/N, i/N]
 
     def time_for_sigma2(self, v):
         grid, rates = self._tables(v.device)
@@ -330,9 +329,6 @@ class DiscreteSigmas(SigmaSchedule):
         return self.time_for_sigma2(torch.as_tensor(
             u, dtype=torch.float64, device=u.device if isinstance(u, torch.Tensor) else "cpu"))
 
-    def clock_table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(σ_i² for i = 0..N, σ_i² - σ_{i-1}² for i = 1..N)``: the piecewise-linear clock."""
-        return self.grid_s2, self.rates
 
 
 def _check_n(n_steps) -> int:

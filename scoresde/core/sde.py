@@ -89,6 +89,21 @@ class GaussianSDE:
     kind: str = ""
     variance_preserving: bool = False
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.schedule!r})"
+
+    @property
+    def sampling_eps(self) -> float:
+        """Default end time of samplers, the schedule's: ``1e-3`` (continuous VP, sub-VP), ``1e-5``
+        (continuous VE, as score_sde) or ``1/N`` (discrete)."""
+        return self.schedule.sampling_eps
+
+    @property
+    def discrete_steps(self) -> int | None:
+        """``N`` for a discrete schedule (DDPM's β_i, SMLD's σ_i), whose natural times are ``i/N``;
+        else ``None``."""
+        return self.schedule.N if isinstance(self.schedule, (DiscreteSchedule, DiscreteSigmas)) else None
+
     # Interface (float64, shape of t) --------------------------------------------------
     def alpha(self, t) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -218,18 +233,6 @@ class _BetaSDE(GaussianSDE):
     def ddpm(cls, n_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         return cls(DiscreteSchedule.ddpm_linear(n_steps, beta_start, beta_end))
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.schedule!r})"
-
-    @property
-    def sampling_eps(self) -> float:
-        """Default end time of samplers: ``1e-3`` (continuous) or ``1/N`` (discrete)."""
-        return self.schedule.sampling_eps
-
-    @property
-    def discrete_steps(self) -> int | None:
-        """``N`` for a discrete (DDPM) schedule, whose natural times are ``i/N``; else ``None``."""
-        return self.schedule.N if isinstance(self.schedule, DiscreteSchedule) else None
 
     def integrated_beta(self, t) -> torch.Tensor:
         """``B(t) = ∫₀ᵗ β(s) ds``."""
@@ -437,18 +440,6 @@ class VESDE(GaussianSDE):
     def smld(cls, n_steps: int = 1000, sigma_min: float = 0.01, sigma_max: float = 50.0) -> VESDE:
         return cls(DiscreteSigmas.smld(n_steps, sigma_min, sigma_max))
 
-    def __repr__(self) -> str:
-        return f"VESDE({self.schedule!r})"
-
-    @property
-    def sampling_eps(self) -> float:
-        """Default end time of samplers: ``1e-5`` (continuous, as score_sde) or ``1/N`` (discrete)."""
-        return self.schedule.sampling_eps
-
-    @property
-    def discrete_steps(self) -> int | None:
-        """``N`` for SMLD's discrete levels (natural times ``i/N``); else ``None``."""
-        return self.schedule.N if isinstance(self.schedule, DiscreteSigmas) else None
 
     def alpha(self, t) -> torch.Tensor:
         """``α = 1``."""
