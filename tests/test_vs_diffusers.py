@@ -7,13 +7,12 @@ round-off (the time convention) and then give the scheduler the float64 table of
 betas, so both sides run in float64 and must agree to float64 round-off.
 """
 
+import diffusers
 import pytest
 import torch
 
 from scoresde import VPSDE, GaussianMixture
 from scoresde.samplers import sample
-
-diffusers = pytest.importorskip("diffusers")
 
 N = 1000
 BASE = dict(num_train_timesteps=N, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=False)
