@@ -8,6 +8,7 @@ repository root.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,10 +19,19 @@ _REF = re.compile(r"(?<![\w/.-])((?:\.{0,2}/)?(?:[\w.-]+/)*[\w-][\w.-]*\.md)(?![
 
 
 def _files():
-    for path in sorted(ROOT.rglob("*")):
-        rel = path.relative_to(ROOT)
-        if path.is_file() and path.suffix in SUFFIXES and not (set(rel.parts[:-1]) & SKIP_DIRS) \
-                and not rel.parts[0].endswith(".egg-info"):
+    """The repository's files: tracked and untracked-but-not-ignored (``git ls-files``), so virtual
+    environments and run folders inside the checkout are never read; outside git, a walk that skips
+    hidden folders, ``SKIP_DIRS`` and ``site-packages``."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                                capture_output=True, text=True).stdout.splitlines()
+        paths = [ROOT / p for p in listed]
+    except (OSError, subprocess.CalledProcessError):
+        paths = [p for p in ROOT.rglob("*")
+                 if not any(part.startswith(".") or part in SKIP_DIRS or part == "site-packages"
+                            or part.endswith(".egg-info") for part in p.relative_to(ROOT).parts[:-1])]
+    for path in sorted(paths):
+        if path.suffix in SUFFIXES and path.is_file():
             yield path
 
 
