@@ -84,6 +84,15 @@ def _straight(tmp_path, cfg, steps):
     return straight
 
 
+def _kill_once_marked(argv, marker, monkeypatch):
+    """Train ``argv`` in a forked child, SIGKILL it once ``marker`` exists, then undo the patches."""
+    pid = fork_main(argv)
+    _wait_for(marker)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_status(pid) == -signal.SIGKILL
+    monkeypatch.undo()
+
+
 def test_a_kill_during_the_ema_write_leaves_the_old_file_and_the_next_start_cleans_up(tmp_path, monkeypatch):
     """SIGKILL while ``ema.safetensors`` is half written (the checkpoint of that step is on disk):
     the previous EMA file is whole, the torn temporary file is removed by the next start, and the
@@ -104,11 +113,7 @@ def test_a_kill_during_the_ema_write_leaves_the_old_file_and_the_next_start_clea
         return real(path, write)
 
     monkeypatch.setattr(checkpoint_module, "atomic_write", half_then_hang)
-    pid = fork_main(["--config", cfg, "--out", run])
-    _wait_for(marker)
-    os.kill(pid, signal.SIGKILL)
-    assert wait_status(pid) == -signal.SIGKILL
-    monkeypatch.undo()
+    _kill_once_marked(["--config", cfg, "--out", run], marker, monkeypatch)
     assert len(list(run.glob(".ema.safetensors.*.tmp"))) == 1  # the torn write, never renamed
     assert load_run(run / "ema.safetensors").step == 2  # the previous file, whole
     assert load_checkpoint(latest_checkpoint(run / "checkpoints"))["step"] == 4
@@ -134,11 +139,7 @@ def test_a_kill_before_the_first_checkpoint_restarts_the_folders_own_config(tmp_
         time.sleep(120)
 
     monkeypatch.setattr(train_module, "save_checkpoint", hang)
-    pid = fork_main(["--config", cfg, "--out", run])
-    _wait_for(marker)
-    os.kill(pid, signal.SIGKILL)
-    assert wait_status(pid) == -signal.SIGKILL
-    monkeypatch.undo()
+    _kill_once_marked(["--config", cfg, "--out", run], marker, monkeypatch)
     assert latest_checkpoint(run / "checkpoints") is None
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]  # the dead attempt's lines
     config_before = (run / "config.yaml").read_bytes()
