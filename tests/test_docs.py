@@ -1,6 +1,6 @@
 """Every Markdown file that code, docs, notebooks or configs name exists in the repository.
 
-A reference is any ``name.md`` or ``path/to/name.md`` in a ``.py``, ``.md``, ``.ipynb``, ``.yaml``
+A reference is any file name or path ending in the Markdown suffix, in a ``.py``, Markdown, ``.ipynb``, ``.yaml``
 or ``.yml`` file (URLs aside); it must resolve relative to the referring file or to the
 repository root.
 """
@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUFFIXES = {".py", ".md", ".ipynb", ".yaml", ".yml"}
+MD = "." + "md"  # spelled in two parts: this file names no Markdown file
+SUFFIXES = {".py", MD, ".ipynb", ".yaml", ".yml"}
 SKIP_DIRS = {".git", ".venv", "venv", "runs", "data", "build", "dist", "node_modules", "__pycache__"}
 _URL = re.compile(r"[a-z]+://\S+")
 _REF = re.compile(r"(?<![\w/.-])((?:\.{0,2}/)?(?:[\w.-]+/)*[\w-][\w.-]*\.md)(?![\w])")
@@ -36,7 +37,7 @@ def _files():
 
 
 def missing_references(text: str, where: Path) -> list[str]:
-    """The ``.md`` names in ``text`` that resolve neither beside ``where`` nor at the root."""
+    """The Markdown names in ``text`` that resolve neither beside ``where`` nor at the root."""
     missing = []
     for ref in _REF.findall(_URL.sub(" ", text)):
         if not ((where.parent / ref).is_file() or (ROOT / ref).is_file()):
@@ -45,8 +46,8 @@ def missing_references(text: str, where: Path) -> list[str]:
 
 
 def test_the_checker_finds_a_missing_file_and_accepts_existing_ones():
-    here = ROOT / "docs" / "x.md"
-    ghost = "NO" + "TES.md"  # spelled in two parts so this file does not refer to it
+    here = ROOT / "docs" / ("x" + MD)
+    ghost = "NOTES" + MD
     assert missing_references(f"see {ghost} and docs/{ghost}, `a/{ghost}`", here) == \
         [ghost, f"docs/{ghost}", f"a/{ghost}"]
     assert missing_references("see math.md, docs/math.md, README.md and ../README.md", here) == []
