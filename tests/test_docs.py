@@ -16,7 +16,7 @@ MD = "." + "md"  # spelled in two parts: this file names no Markdown file
 SUFFIXES = {".py", MD, ".ipynb", ".yaml", ".yml"}
 SKIP_DIRS = {".git", ".venv", "venv", "runs", "data", "build", "dist", "node_modules", "__pycache__"}
 _URL = re.compile(r"[a-z]+://\S+")
-_REF = re.compile(r"(?<![\w/.-])((?:\.{0,2}/)?(?:[\w.-]+/)*[\w-][\w.-]*\.md)(?![\w])")
+_REF = re.compile(r"(?<![\w/.-])((?:\.{0,2}/)?(?:[\w.-]+/)*[\w-][\w.-]*" + re.escape(MD) + r")(?![\w])")
 
 
 def _files():
