@@ -346,17 +346,6 @@ class VPSDE(_BetaSDE):
         db = self._integrated_beta_between(s, t)
         return torch.exp(-0.5 * db), -torch.expm1(-db)
 
-    # Kept here (not in GaussianSDE) so the VP-SDE's figures stay bit-identical.
-    def reverse_drift(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
-        """Reverse-SDE drift ``f - g² s`` (Song et al. 2021, eq. 6), to be integrated backwards in t."""
-        g2 = self._coef(self.beta(as_time(t, device=x.device)), x)
-        return self.drift(x, t) - g2 * score
-
-    def probability_flow_drift(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
-        """Probability-flow ODE drift ``f - ½ g² s`` (Song et al. 2021, eq. 13)."""
-        g2 = self._coef(self.beta(as_time(t, device=x.device)), x)
-        return self.drift(x, t) - 0.5 * g2 * score
-
 
 class SubVPSDE(_BetaSDE):
     """The sub-VP SDE ``dx = -½ β x dt + √(β (1 - e^{-2B})) dw`` (Song et al. 2021, eq. 29).
