@@ -39,23 +39,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENT_FILE = ROOT / "benchmarks" / "mutation_equivalent.txt"
 
+# the library run with 'meta' as PyTorch's default device: kills mutants that drop a device= argument
+DEVICES = "tests/test_devices.py::test_end_to_end_with_meta_as_default_device"
+
 # module -> (files to mutate, tests that are relevant to them, time budget in seconds)
 MODULES: dict[str, tuple[list[str], list[str], int]] = {
     "schedules": (["scoresde/core/schedules.py"],
-                  ["tests/test_schedules.py", "tests/test_schedule_edges.py", "tests/test_sde.py"], 1500),
+                  ["tests/test_schedules.py", "tests/test_schedule_edges.py", "tests/test_sde.py",
+                   DEVICES], 1500),
     "sde": (["scoresde/core/sde.py"], ["tests/test_sde.py", "tests/test_sde_edges.py", "tests/test_schedules.py",
-                                  "tests/test_losses.py", "tests/test_analytic.py"], 1800),
+                                       "tests/test_losses.py", "tests/test_analytic.py", "tests/test_sde_family.py",
+                                       DEVICES], 1800),
     "model": (["scoresde/core/model.py"], ["tests/test_transcription.py", "tests/test_model_edges.py",
-                                      "tests/test_samplers.py"], 900),
-    "losses": (["scoresde/core/losses.py"], ["tests/test_losses.py", "tests/test_loss_transcription.py"], 1500),
+                                           "tests/test_samplers.py", DEVICES], 900),
+    "losses": (["scoresde/core/losses.py"], ["tests/test_losses.py", "tests/test_loss_transcription.py",
+                                             DEVICES], 1500),
+    "samplers": (["scoresde/samplers/*.py"],
+                 ["tests/test_samplers.py", "tests/test_transcription.py", "tests/test_highorder.py",
+                  "tests/test_samplers_gaussian.py", "tests/test_sampler_contract.py", DEVICES], 3600),
+    "likelihood": (["scoresde/likelihood/ode.py", "scoresde/core/flow.py", "scoresde/core/bpd.py"],
+                   ["tests/test_likelihood.py", "tests/test_transcription.py", "tests/test_samplers_gaussian.py",
+                    "tests/test_highorder.py", DEVICES], 1800),
+    "vlb": (["scoresde/likelihood/vlb.py", "scoresde/likelihood/vlb_grid.py"],
+            ["tests/test_vlb.py", DEVICES], 1800),
     "ema": (["scoresde/training/ema.py"], ["tests/test_ema.py", "tests/test_ema_edges.py"], 600),
     "checkpoint": (["scoresde/training/checkpoint.py"],
-                   ["tests/test_checkpoint.py", "tests/test_checkpoint_edges.py"], 1500),
+                   ["tests/test_checkpoint.py", "tests/test_checkpoint_edges.py", "tests/test_resume.py"], 1500),
     "trainer": (["scoresde/training/trainer.py"], ["tests/test_resume.py", "tests/test_trainer_edges.py"], 2400),
-    "likelihood": (["scoresde/likelihood/ode.py"], ["tests/test_likelihood.py", "tests/test_transcription.py"], 1800),
-    "vlb": (["scoresde/likelihood/vlb.py"], ["tests/test_vlb.py"], 1800),
-    "samplers": (["scoresde/samplers/*.py"],
-                 ["tests/test_samplers.py", "tests/test_transcription.py", "tests/test_highorder.py"], 3600),
 }
 
 # mutmut's exit-code convention for a mutant's test run
