@@ -116,6 +116,6 @@ def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, pr
         x = x + beta_prime**0.5 * z
         for _ in range(opts["corrector_steps"]):
             x = _langevin(net, x, grid[k + 1], sqrt_keep**2, float(opts["snr"]), opts["norms"], generator)
-        run.bar.update(1)
+        run.bar.update(1 + opts["corrector_steps"])  # one tick per ε evaluation, as the total counts
     return finish_run(run, x, predictor=opts["predictor"], corrector_steps=opts["corrector_steps"],
                       snr=float(opts["snr"]), norms=opts["norms"])

@@ -1,0 +1,242 @@
+"""The likelihood's plumbing, transcribed on the same random draws: ``log_likelihood`` is the flow
+solve plus the prior, ``bits_per_dim`` is its dequantize-solve-average loop, probes and noise come
+from the caller's generator in a fixed order, and the progress bars report what they claim.
+
+The closed-form accuracy of the solve itself is in tests/test_likelihood.py; here every figure is
+compared with the same computation written out (float64 round-off: exact equality or 1e-12).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from scoresde import VPSDE, GaussianMixture
+from scoresde.core import bpd as bpd_mod
+from scoresde.core.bpd import check_int_data, check_levels, dequantize, summarize, to_model_space
+from scoresde.core.flow import solve_flow
+from scoresde.likelihood import ode as ode_mod
+from scoresde.likelihood.ode import bits_per_dim, log_likelihood
+
+LEVELS = 16
+FIXED = dict(method="rk4", steps=2)  # 4 NFE per step, 8 per solve: cheap and exactly countable
+
+
+def _gm(dim=2):
+    return GaussianMixture.random(dim, 2, seed=3, sde=VPSDE.linear())
+
+
+def _x_int(n, dim=2, seed=0):
+    return torch.randint(0, LEVELS, (n, dim), generator=torch.Generator().manual_seed(seed))
+
+
+def _gen(seed=11):
+    return torch.Generator().manual_seed(seed)
+
+
+class _Bar:
+    """Stands in for the tqdm bar: records what the library asks it to show."""
+
+    made: list = []
+
+    def __init__(self, total, enabled, desc):
+        self.total, self.enabled, self.desc, self.n = total, enabled, desc, 0
+        self.updates, self.postfix, self.closed = [], [], False
+        _Bar.made.append(self)
+
+    def update(self, k):
+        self.updates.append(k)
+        self.n += k
+
+    def set_postfix(self, **kw):
+        self.postfix.append(kw)
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    _Bar.made = []
+    monkeypatch.setattr(ode_mod, "progress_bar", _Bar)
+    return _Bar.made
+
+
+# ---------------------------------------------------------------- log_likelihood
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_log_likelihood_is_the_flow_solve_plus_the_prior(dtype):
+    """Exact trace: ``log p = log N(z; 0, I) + ∫ div`` of :func:`solve_flow` with the same
+    method, tolerances, ``t_eps`` and state dtype (non-default values, so a dropped argument shows)."""
+    gm, x = _gm(), _gm().sample(3, generator=_gen(1)).to(torch.float32)
+    opts = dict(method="bosh3", rtol=3e-3, atol=2e-4)
+    res = log_likelihood(gm, x, t_eps=0.01, dtype=dtype, **opts)
+    sol = solve_flow(gm, x.to(dtype), 0.01, 1.0, divergence="exact", dtype=dtype, **opts)
+    prior = gm.sde.prior_log_prob(sol.x)
+    assert res.z.dtype == dtype and torch.equal(res.z, sol.x) and res.nfe == sol.nfe
+    assert torch.equal(res.divergence_integral, sol.divergence.mean(0))
+    assert torch.equal(res.prior_log_prob, prior) and torch.equal(res.log_prob, prior + sol.divergence[0])
+    # the prior in closed form: -½ (‖z‖² + D log 2π)
+    z = sol.x.to(torch.float64)
+    torch.testing.assert_close(prior, -0.5 * (z.pow(2).sum(1) + 2 * math.log(2 * math.pi)), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_probes_are_drawn_from_the_generator_in_float64(probe):
+    """The probes are ``P × B × D`` draws of the caller's generator, made in float64 and then cast
+    to the state dtype; ``log_prob`` averages the ``P`` divergence integrals and ``stderr`` is their
+    standard error ``std/√P``."""
+    gm, x = _gm(), _gm().sample(3, generator=_gen(1))
+    for dtype in (torch.float64, torch.float32):
+        res = log_likelihood(gm, x, trace="hutchinson", probe=probe, n_probes=3, generator=_gen(5),
+                             dtype=dtype, **FIXED)
+        g = _gen(5)
+        if probe == "gaussian":
+            want = torch.randn((3, 3, 2), generator=g, dtype=torch.float64)
+        else:
+            want = torch.randint(0, 2, (3, 3, 2), generator=g).to(torch.float64) * 2 - 1
+        assert res.probes.dtype == dtype and torch.equal(res.probes, want.to(dtype))
+        sol = solve_flow(gm, x.to(dtype), 1e-5, 1.0, divergence=want.to(dtype), dtype=dtype, **FIXED)
+        assert torch.equal(res.divergence_integral, sol.divergence.mean(0))
+        assert torch.equal(res.stderr, sol.divergence.std(0) / math.sqrt(3))
+        assert torch.equal(res.log_prob, res.prior_log_prob + sol.divergence.mean(0))
+
+
+def test_one_sample_is_a_batch():
+    gm = _gm()
+    one = log_likelihood(gm, gm.sample(1, generator=_gen(2)), **FIXED)
+    assert one.log_prob.shape == (1,) and math.isfinite(float(one.log_prob[0]))
+
+
+@pytest.mark.parametrize("x, shown", [(torch.zeros(0, 2), "(0, 2)"), (torch.zeros(3), "(3,)"),
+                                      ([[0.0, 1.0]], "()")])
+def test_log_likelihood_names_a_wrong_shape(x, shown):
+    with pytest.raises(ValueError, match=rf"^x of shape {re.escape(shown)}: expected a tensor \(B, \*dims\)$"):
+        log_likelihood(_gm(), x)
+
+
+def test_log_likelihood_refuses_non_finite_data_in_one_line():
+    x = torch.tensor([[0.0, float("nan")]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^x: expected finite values$"):
+        log_likelihood(_gm(), x)
+
+
+def test_log_likelihood_progress_bar_counts_the_clock_in_thousandths(bars, capsys):
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    log_likelihood(gm, x, **FIXED)
+    assert capsys.readouterr().err == ""  # progress off by default
+    (bar,) = bars
+    assert (bar.total, bar.enabled, bar.desc) == (1000, False, "log-likelihood")
+    # rk4 evaluates at u, u + h/2 (twice), u + h per step: the last evaluation is at the end
+    assert bar.n == 1000 and all(k >= 0 for k in bar.updates) and len(bar.updates) == 8 and bar.closed
+    log_likelihood(gm, x, progress=True, **FIXED)
+    assert bars[1].enabled is True
+
+
+# ---------------------------------------------------------------- bits_per_dim
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_bits_per_dim_transcribed_on_the_same_draws(trace, bars):
+    """Per dequantization round and batch: ``u ~ U[0,1)`` (float64, the generator's next draws),
+    ``z = 2(k + u)/L - 1``, then the solve (its probes next from the same generator);
+    bits/dim ``= -log p(z)/(D ln 2) + log₂ L - 1``; each sample averaged over the rounds."""
+    gm, x_int = _gm(), _x_int(5)
+    opts = dict(trace=trace, probe="gaussian", n_probes=2, **FIXED) if trace == "hutchinson" else FIXED
+    got = bits_per_dim(gm, x_int, LEVELS, n_dequant=2, batch_size=2, generator=_gen(7), **opts)
+    g, values, nfe = _gen(7), torch.zeros(2, 5, dtype=torch.float64), 0
+    running = []
+    for r in range(2):
+        for s in range(0, 5, 2):
+            chunk = x_int[s:s + 2]
+            u = torch.rand(chunk.shape, generator=g, dtype=torch.float64)
+            z = 2 * (chunk.to(torch.float64) + u) / LEVELS - 1
+            res = log_likelihood(gm, z, generator=g, **opts)
+            values[r, s:s + 2] = -res.log_prob / (2 * math.log(2)) + (math.log2(LEVELS) - 1)
+            nfe += res.nfe
+            running.append(f"{float(values[:r + 1, :s + len(chunk)].mean()):.4f}")
+    per_sample = values.mean(0)
+    assert torch.equal(got.per_sample, per_sample) and got.per_sample.device.type == "cpu"
+    assert got.bpd == float(per_sample.mean()) and got.stderr == float(per_sample.std() / math.sqrt(5))
+    assert got.nfe == nfe == 6 * 8 and got.info == {"nfe_per_solve": 8.0, "offset": math.log2(LEVELS) - 1}
+    # the bar: one tick per solve, the running mean of the values so far
+    (bar,) = [b for b in bars if b.desc == "bits/dim"]
+    assert (bar.total, bar.enabled, bar.desc) == (6, False, "bits/dim") and bar.updates == [1] * 6
+    assert [p["bpd"] for p in bar.postfix] == running and bar.closed
+
+
+def test_bits_per_dim_defaults_one_round_batches_of_256_no_bar(bars, capsys):
+    """Defaults: one dequantization round (one sample: stderr over rounds is then undefined,
+    nan), batches of 256 (257 samples: two solves), progress off."""
+    gm = _gm(1)
+    one = bits_per_dim(gm, _x_int(1, 1), LEVELS, generator=_gen(), **FIXED)
+    assert one.nfe == 8 and math.isnan(one.stderr) and one.per_sample.shape == (1,)
+    many = bits_per_dim(gm, _x_int(257, 1), LEVELS, generator=_gen(), **FIXED)
+    outer = [b for b in bars if b.desc == "bits/dim"]
+    assert many.nfe == 16 and many.info["nfe_per_solve"] == 8.0 and outer[1].total == 2
+    assert capsys.readouterr().err == "" and not outer[1].enabled
+
+
+def test_bits_per_dim_names_a_bad_batch_size():
+    with pytest.raises(ValueError, match=r"^batch_size=0"):
+        bits_per_dim(_gm(), _x_int(2), LEVELS, batch_size=0)
+
+
+# ---------------------------------------------------------------- core.bpd
+
+
+def test_summarize_mean_and_standard_error_in_every_case():
+    v = torch.tensor([[1.0, 2.0, 4.0], [3.0, 2.0, 0.0]], dtype=torch.float64)  # 2 rounds, 3 samples
+    per = v.mean(0)
+    assert summarize(v) == (float(per.mean()), float(per.std() / math.sqrt(3)))
+    two = v[:, :2]  # two samples, two rounds: over samples
+    assert summarize(two) == (float(two.mean(0).mean()), float(two.mean(0).std() / math.sqrt(2)))
+    one = torch.tensor([[1.0], [2.0], [6.0]], dtype=torch.float64)  # one sample, three rounds
+    assert summarize(one) == (3.0, float(one.std() / math.sqrt(3)))
+    single = summarize(torch.tensor([[2.5]], dtype=torch.float64))
+    assert single[0] == 2.5 and math.isnan(single[1])
+
+
+def test_dequantize_and_bin_centres_exactly():
+    k = torch.tensor([[0, 3, 15]])
+    u = torch.tensor([[0.0, 0.5, 0.999]], dtype=torch.float64)
+    assert torch.equal(dequantize(k, LEVELS, u=u), (2 * (k + u) / LEVELS - 1))
+    assert dequantize(k, LEVELS, u=u, dtype=torch.float32).dtype == torch.float32
+    # u drawn from the generator in float64
+    drawn = dequantize(k, LEVELS, generator=_gen(4))
+    want = 2 * (k + torch.rand((1, 3), generator=_gen(4), dtype=torch.float64)) / LEVELS - 1
+    assert drawn.dtype == torch.float64 and torch.equal(drawn, want)
+    # a float32 u is used as given, in float64 arithmetic
+    u32 = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float32)
+    assert torch.equal(dequantize(k, LEVELS, u=u32), 2 * (k + u32.to(torch.float64)) / LEVELS - 1)
+    centres = to_model_space(torch.tensor([[0, 255]]), 256, dtype=torch.float64)
+    assert torch.equal(centres, torch.tensor([[1 / 256 - 1, 1 - 1 / 256]], dtype=torch.float64))
+    # large integers keep their exact value (float32 arithmetic would round 2k + 1)
+    big = torch.tensor([[2**25]])
+    assert float(to_model_space(big, 2**26, dtype=torch.float64)) == (2 * 2**25 + 1) / 2**26 - 1
+    assert float(dequantize(big, 2**26, u=torch.zeros(1, 1, dtype=torch.float64))) == 0.0
+
+
+def test_check_levels_and_int_data_name_what_is_wrong():
+    assert check_levels(torch.tensor([[0, 1]]), 2) == 2
+    assert check_levels(torch.tensor([[0.0, 1.0]]), 2) == 2  # whole numbers in a float tensor
+    with pytest.raises(ValueError, match=r"^levels=1: expected an integer ≥ 2"):
+        check_levels(torch.tensor([[0]]), 1)
+    with pytest.raises(ValueError, match=r"^x_int: expected integer data \(whole numbers\) for the given levels$"):
+        check_levels(torch.tensor([[0.5]]), 4)
+    assert check_int_data(torch.zeros(1, 3, 2, dtype=torch.long), 2) == 6
+    with pytest.raises(ValueError, match=r"^levels=1: expected an integer ≥ 2"):
+        check_int_data(torch.zeros(1, 3, dtype=torch.long), 1)
+    for bad, shown in [(torch.zeros(0, 3), "(0, 3)"), (torch.zeros(4), "(4,)"), ([[1, 2]], "()")]:
+        with pytest.raises(ValueError, match=rf"^x_int of shape {re.escape(shown)}: expected a tensor "
+                                             r"\(B, \*dims\) of integers in 0..levels-1$"):
+            check_int_data(bad, 4)
+
+
+def test_bpd_module_offset_and_units():
+    assert bpd_mod.bpd_offset(256) == 7.0 and bpd_mod.bpd_offset(2) == 0.0
+    assert float(bpd_mod.nats_to_bpd(torch.tensor(6 * math.log(2)), 3)) == pytest.approx(2.0, abs=1e-15)

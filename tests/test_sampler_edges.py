@@ -1,0 +1,211 @@
+"""The samplers' plumbing that the distribution and transcription tests do not see: the
+progress bars' totals, each option's error message, explicit grids at their edges, explicit
+``lower_order_final``, and the reverse SDE's drift memo and noise dtype."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+import torch
+
+from scoresde import VPSDE, GaussianMixture
+from scoresde.samplers import base, sample
+from scoresde.samplers.base import explicit_grid
+from scoresde.samplers.ode import encode, ode
+from scoresde.samplers.reverse_sde import ReverseSDE
+
+
+def _gm():
+    return GaussianMixture.random(2, 2, seed=1, sde=VPSDE.linear())
+
+
+def _x(n=4, dim=2, seed=0, dtype=torch.float64):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _gen(seed=3):
+    return torch.Generator().manual_seed(seed)
+
+
+class _Bar:
+    made: list = []
+
+    def __init__(self, total, enabled, desc):
+        self.total, self.enabled, self.desc, self.n = total, enabled, desc, 0
+        _Bar.made.append(self)
+
+    def update(self, k=1):
+        self.n += k
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    ode_mod = sys.modules["scoresde.samplers.ode"]  # the package exports the function under that name
+    _Bar.made = []
+    monkeypatch.setattr(base, "progress_bar", _Bar)
+    monkeypatch.setattr(ode_mod, "progress_bar", _Bar)
+    return _Bar.made
+
+
+# Progress totals: one tick per ε evaluation ---------------------------------------------------
+@pytest.mark.parametrize("m", [None, 0, 2])
+def test_pc_progress_total_counts_predictor_and_corrector_evaluations(bars, m):
+    """PC with ``K`` predictor steps and ``M`` corrector steps each (default M = 1) evaluates ε
+    ``K (1 + M)`` times, plus one for the denoising step; the bar's total says so (``steps=5``
+    gives ``K = 5`` intervals, from 1 to the SDE's sampling_eps, then the denoising step)."""
+    opts = {} if m is None else {"corrector_steps": m}
+    res = sample(_gm(), "pc", _x(), steps=5, generator=_gen(), **opts)
+    m_used = 1 if m is None else m
+    assert bars[-1].total == 5 * (1 + m_used) + 1 == res.nfe and bars[-1].n == res.nfe
+
+
+@pytest.mark.parametrize("bad", [-1, True, "2", 1.0])
+def test_pc_invalid_corrector_steps_is_named(bars, bad):
+    with pytest.raises(ValueError, match=rf"^corrector_steps={re.escape(repr(bad))}: expected an integer ≥ 0"):
+        sample(_gm(), "pc", _x(), steps=5, generator=_gen(), corrector_steps=bad)
+    assert bars[-1].total == 5 + 1  # the bar, made before the check, counts no corrector step
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("predictor", "euler", "one of reverse_diffusion, ancestral"),
+    ("norms", "l2", "one of sample, batch"),
+    ("snr", -0.1, "a number ≥ 0"),
+])
+def test_pc_option_messages_name_the_option(option, value, expected):
+    with pytest.raises(ValueError, match=rf"^{option}={re.escape(repr(value))}: expected"):
+        sample(_gm(), "pc", _x(), steps=3, generator=_gen(), **{option: value})
+
+
+@pytest.mark.parametrize("method, steps, stages", [("rk4", 3, 4), ("midpoint", 2, 2), ("euler", 5, 1)])
+def test_ode_progress_total_is_steps_times_stages(bars, method, steps, stages):
+    res = sample(_gm(), "ode", _x(), steps=steps, method=method)
+    bar = bars[-1]  # the solve's bar (the run's own, made first, stays empty)
+    assert bar.total == steps * stages == res.nfe - 1 and bar.n == steps * stages
+
+
+def test_ode_adaptive_progress_has_no_total(bars):
+    ode(_gm(), _x(), steps=1, rtol=1e-3, atol=1e-3)  # steps is checked, unused by dopri5
+    bar = bars[-1]
+    assert bar.total is None and bar.n > 0
+
+
+def test_encode_names_itself_for_an_unknown_option():
+    with pytest.raises(ValueError, match=r"^option 'bogus': the ode sampler accepts method, rtol, atol, ode_dtype$"):
+        encode(_gm(), _x(), bogus=1)
+
+
+def test_dpmpp_option_messages():
+    with pytest.raises(ValueError, match=r"^order=4: expected one of 1, 2, 3$"):
+        sample(_gm(), "dpmpp", _x(), steps=4, order=4)
+    with pytest.raises(ValueError, match=r"^lower_order_final=1: expected True or False$"):
+        sample(_gm(), "dpmpp", _x(), steps=4, lower_order_final=1)
+
+
+def test_dpmpp_explicit_lower_order_final():
+    """Five steps end at the few-step default time (later than sampling_eps), so the default is
+    False: passing False gives the same samples, True a first-order last step (0.07 away here)."""
+    gm, x = _gm(), _x()
+    default = sample(gm, "dpmpp", x, steps=5)
+    assert default.info["lower_order_final"] is False
+    assert torch.equal(sample(gm, "dpmpp", x, steps=5, lower_order_final=False).x, default.x)
+    lower = sample(gm, "dpmpp", x, steps=5, lower_order_final=True)
+    assert lower.info["lower_order_final"] is True and (lower.x - default.x).abs().max() > 1e-2
+
+
+# Explicit grids ------------------------------------------------------------------------------------
+def test_explicit_grid_refuses_both_kinds_in_one_line():
+    with pytest.raises(ValueError, match=r"^times and timesteps: give one explicit grid, not both$"):
+        explicit_grid(VPSDE.ddpm(10), times=[0.5], timesteps=[3])
+
+
+def test_explicit_timesteps_edges():
+    sde = VPSDE.ddpm(10)
+    assert torch.equal(explicit_grid(sde, timesteps=[4]), torch.tensor([0.5], dtype=torch.float64))
+    grid = explicit_grid(sde, timesteps=torch.tensor([9.0, 3.0]))  # whole numbers in a float tensor
+    assert grid.dtype == torch.float64 and torch.equal(grid, torch.tensor([1.0, 0.4], dtype=torch.float64))
+    for bad in ([5, 5], [3, 4], [True, False], [2.5, 1.0], torch.tensor([[3, 1]]), []):
+        with pytest.raises(ValueError, match=r"^timesteps=.*: expected "):
+            explicit_grid(sde, timesteps=bad)
+    with pytest.raises(ValueError, match=r"^timesteps=\[5, 5\]: expected strictly decreasing integers in 0..9$"):
+        explicit_grid(sde, timesteps=[5, 5])
+    with pytest.raises(ValueError, match=r"^timesteps=\[2\.5, 1\.0\]: expected a non-empty 1-D sequence of integers$"):
+        explicit_grid(sde, timesteps=[2.5, 1.0])
+    with pytest.raises(ValueError, match=r"^timesteps='ab': expected a non-empty 1-D sequence of integers$"):
+        explicit_grid(sde, timesteps="ab")
+    with pytest.raises(ValueError, match=r"^timesteps=\[1j\]: expected a non-empty 1-D sequence of integers$"):
+        explicit_grid(sde, timesteps=[1j])
+
+
+def test_explicit_times_edges():
+    sde = VPSDE.linear()
+    grid = explicit_grid(sde, times=torch.tensor([0.75, 0.25], dtype=torch.float32, requires_grad=True))
+    assert grid.dtype == torch.float64 and not grid.requires_grad
+    assert torch.equal(grid, torch.tensor([0.75, 0.25], dtype=torch.float64))
+    assert torch.equal(explicit_grid(sde, times=[0.3]), torch.tensor([0.3], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^times=\[0\.5, 0\.5\]: expected strictly decreasing times in \(0, 1\]$"):
+        explicit_grid(sde, times=[0.5, 0.5])
+    with pytest.raises(ValueError, match=r"^times=\[0\.5, 0\.7\]: expected strictly decreasing"):
+        explicit_grid(sde, times=[0.5, 0.7])
+    with pytest.raises(ValueError, match=r"^times='x': expected a non-empty 1-D sequence of numbers$"):
+        explicit_grid(sde, times="x")
+    with pytest.raises(ValueError, match=r"^times=\[True\]: expected a non-empty 1-D sequence of numbers$"):
+        explicit_grid(sde, times=torch.tensor([True]))
+    with pytest.raises(ValueError, match=r"^times=\[\(1\+0j\)\]: expected a non-empty 1-D sequence of numbers$"):
+        explicit_grid(sde, times=[1 + 0j])
+
+
+def test_explicit_grids_stay_on_the_cpu_under_another_default_device():
+    """Grids are host-side float64 whatever PyTorch's default device is ('meta' stands in for a GPU)."""
+    with torch.device("meta"):
+        a = explicit_grid(VPSDE.linear(), times=[0.5, 0.25])
+        b = explicit_grid(VPSDE.ddpm(10), timesteps=[4, 1])
+    assert a.device.type == "cpu" and b.device.type == "cpu"
+    assert torch.equal(b, torch.tensor([0.5, 0.2], dtype=torch.float64))
+
+
+def test_long_grids_are_shown_cut_at_60_characters():
+    times = [0.5] * 30  # repr is 150 characters
+    with pytest.raises(ValueError) as err:
+        explicit_grid(VPSDE.linear(), times=times)
+    shown = str(err.value).split(": expected")[0][len("times="):]
+    assert shown == repr(times)[:57] + "..." and len(shown) == 60
+    sixty_one = [0.5] * 11 + [0.25]  # repr of 61 characters: cut
+    assert len(repr(sixty_one)) == 61
+    with pytest.raises(ValueError) as err:
+        explicit_grid(VPSDE.linear(), times=sixty_one)
+    assert str(err.value).startswith("times=" + repr(sixty_one)[:57] + "...: expected")
+    sixty = [0.5] * 12  # repr of 60 characters: shown whole
+    assert len(repr(sixty)) == 60
+    with pytest.raises(ValueError) as err:
+        explicit_grid(VPSDE.linear(), times=sixty)
+    assert str(err.value).startswith("times=" + repr(sixty) + ": expected")
+    with pytest.raises(ValueError) as err:
+        explicit_grid(VPSDE.linear(), times=torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert str(err.value).startswith("times=[0.5, 0.5]: expected")  # a tensor is shown as its list
+
+
+# The reverse SDE for torchsde --------------------------------------------------------------------
+def test_reverse_sde_drift_memo_is_keyed_by_time():
+    gm = _gm()
+    y = _x(3)
+    rev = ReverseSDE(gm, y.shape)
+    a = rev.f(torch.tensor(-0.5, dtype=torch.float64), y)
+    b = rev.f(torch.tensor(-0.25, dtype=torch.float64), y)  # same y, another time
+    fresh = ReverseSDE(gm, y.shape).f(torch.tensor(-0.25, dtype=torch.float64), y)
+    assert torch.equal(b, fresh) and not torch.equal(a, b)
+
+
+def test_reverse_sde_noise_follows_the_state_dtype():
+    gm = _gm()
+    y = _x(3, dtype=torch.float32)
+    g = ReverseSDE(gm, y.shape).g(torch.tensor(-0.5, dtype=torch.float64), y)
+    assert g.dtype == torch.float32 and g.shape == y.shape
+    assert torch.equal(g, gm.sde.diffusion(torch.tensor(0.5, dtype=torch.float64)).to(torch.float32).expand(3, 2))
