@@ -106,6 +106,17 @@ def test_hutchinson_probes_are_drawn_from_the_generator_in_float64(probe):
         assert torch.equal(res.log_prob, res.prior_log_prob + sol.divergence.mean(0))
 
 
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_probes_without_a_generator_come_from_the_global_stream(probe):
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    torch.manual_seed(123)
+    res = log_likelihood(gm, x, trace="hutchinson", probe=probe, **FIXED)
+    torch.manual_seed(123)
+    want = (torch.randn((1, 2, 2), dtype=torch.float64) if probe == "gaussian"
+            else torch.randint(0, 2, (1, 2, 2)).to(torch.float64) * 2 - 1)
+    assert torch.equal(res.probes, want) and res.stderr is None  # one probe: no standard error
+
+
 def test_one_sample_is_a_batch():
     gm = _gm()
     one = log_likelihood(gm, gm.sample(1, generator=_gen(2)), **FIXED)

@@ -17,8 +17,6 @@ continuous-time limit there.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from scoresde.core.bpd import BpdResult
@@ -26,7 +24,7 @@ from scoresde.core.model import EpsModel, batch_time
 from scoresde.core.schedules import DiscreteSchedule
 from scoresde.core.sde import VPSDE
 from scoresde.likelihood.vlb import check_vp, ddpm_vlb_bits_per_dim
-from scoresde.util.checks import check_choice, check_int, check_model, check_number, check_t_eps
+from scoresde.util.checks import check_choice, check_int, check_model, check_t_eps
 from scoresde.util.choices import VLB_SPACINGS
 
 __all__ = ["SPACINGS", "vlb_grid", "t_of_sigma", "GridChainModel", "grid_vlb_bits_per_dim"]
@@ -35,13 +33,9 @@ SPACINGS = VLB_SPACINGS
 
 
 def t_of_sigma(sde, sigma: float) -> float:
-    """The time ``t`` with ``σ(t) = sigma`` (VP: ``B(t) = -log(1 - σ²)``), for ``0 < sigma < σ(1)``;
-    an SDE's own ``time_for_sigma`` where it has one (sub-VP, VE)."""
-    if hasattr(sde, "time_for_sigma"):
-        return sde.time_for_sigma(sigma)
-    sigma = check_number("sigma", sigma, low=0, high=float(sde.sigma(1.0)))
-    b = torch.tensor([-math.log1p(-sigma**2)], dtype=torch.float64, device="cpu")
-    return float(sde.time_for_integrated_beta(b)[0])
+    """The time ``t`` with ``σ(t) = sigma`` for ``0 < sigma < σ(1)``: the SDE's own inverse
+    ``time_for_sigma`` (VP: ``B(t) = -log(1 - σ²)``; every SDE of :mod:`scoresde.core.sde` has one)."""
+    return float(sde.time_for_sigma(sigma))
 
 
 def vlb_grid(sde, N: int, t_eps: float, spacing: str = "logsnr") -> torch.Tensor:
