@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
+from scipy.optimize import nnls
 
-from scoresde import VPSDE, GaussianMixture
+from scoresde import VPSDE, CosineSchedule, DiscreteSchedule, GaussianMixture
 from scoresde.core import bpd as bpd_mod
+from scoresde.core import flow as flow_mod
 from scoresde.core.bpd import check_int_data, check_levels, dequantize, summarize, to_model_space
 from scoresde.core.flow import solve_flow
 from scoresde.likelihood import ode as ode_mod
@@ -251,3 +254,24 @@ def test_check_levels_and_int_data_name_what_is_wrong():
 def test_bpd_module_offset_and_units():
     assert bpd_mod.bpd_offset(256) == 7.0 and bpd_mod.bpd_offset(2) == 0.0
     assert float(bpd_mod.nats_to_bpd(torch.tensor(6 * math.log(2)), 3)) == pytest.approx(2.0, abs=1e-15)
+
+
+# ---------------------------------------------------------------- the solver's clock
+
+
+@pytest.mark.parametrize("sde", [VPSDE(CosineSchedule()), VPSDE.ddpm(1000), VPSDE.ddpm(50), VPSDE.linear(),
+                                 VPSDE(DiscreteSchedule(torch.full((20,), 0.05, dtype=torch.float64)))],
+                         ids=["cosine", "ddpm1000", "ddpm50", "linear", "constant-beta"])
+def test_clock_fit_is_the_nonnegative_least_squares_fit(sde):
+    """The quartic ``B̂(u) = Σ c_k u^k`` is the non-negative least-squares fit to ``B`` on the
+    clock's grid (scipy's NNLS as the reference), rescaled so that ``B̂(1) = B(1)``. The optimal
+    sets differ by schedule (cosine {u, u⁴}, DDPM-50 {u², u³}, linear β {u, u²}), so every subset
+    of the exhaustive search is needed."""
+    u = torch.linspace(0.0, 1.0, flow_mod._FIT_POINTS, dtype=torch.float64)
+    b = sde.clock(u)
+    powers = np.stack([u.numpy() ** k for k in range(1, flow_mod._DEGREE + 1)], 1)
+    ref, _ = nnls(powers, b.numpy())
+    ref = ref * float(b[-1]) / ref.sum()
+    got = np.array(flow_mod._fit_increasing(u, b))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9 * float(b[-1]))
+    assert (got >= 0).all()
