@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from scoresde import VPSDE, GaussianMixture
+from scoresde.core.flow import solve_flow
 from scoresde.samplers import base, sample
 from scoresde.samplers.base import explicit_grid
 from scoresde.samplers.ode import encode, ode
@@ -209,3 +210,33 @@ def test_reverse_sde_noise_follows_the_state_dtype():
     g = ReverseSDE(gm, y.shape).g(torch.tensor(-0.5, dtype=torch.float64), y)
     assert g.dtype == torch.float32 and g.shape == y.shape
     assert torch.equal(g, gm.sde.diffusion(torch.tensor(0.5, dtype=torch.float64)).to(torch.float32).expand(3, 2))
+
+
+def test_grids_that_rise_after_their_first_step_are_refused():
+    """Strictly decreasing means every step, not only below the first point."""
+    with pytest.raises(ValueError, match=r"^timesteps=\[5, 2, 3\]: expected strictly decreasing integers in 0..9$"):
+        explicit_grid(VPSDE.ddpm(10), timesteps=[5, 2, 3])
+    with pytest.raises(ValueError, match=r"^times=\[0\.9, 0\.3, 0\.5\]: expected strictly decreasing times"):
+        explicit_grid(VPSDE.linear(), times=[0.9, 0.3, 0.5])
+
+
+def test_timesteps_need_a_discrete_schedule_even_on_an_sde_without_the_attribute():
+    class BareSDE:  # a user's SDE object without discrete_steps
+        pass
+
+    with pytest.raises(ValueError, match=r"^timesteps=\.\.\.: DDPM integer timesteps need a discrete schedule"):
+        explicit_grid(BareSDE(), timesteps=[3, 1])
+    grid = explicit_grid(VPSDE.ddpm(10), timesteps=torch.tensor([3.0, 1.0], requires_grad=True))
+    assert not grid.requires_grad and torch.equal(grid, torch.tensor([0.4, 0.2], dtype=torch.float64))
+
+
+def test_ode_option_messages_and_state_dtype():
+    gm, x = _gm(), _x()
+    with pytest.raises(ValueError, match=r"^method='bogus': expected one of "):
+        sample(gm, "ode", x, steps=2, method="bogus")
+    with pytest.raises(ValueError, match=r"^ode_dtype=torch\.float16: expected one of "):
+        sample(gm, "ode", x, steps=2, ode_dtype=torch.float16)
+    # the solve runs in ode_dtype: float32 here, as the flow solver gives it
+    got = sample(gm, "ode", x, steps=3, method="rk4", ode_dtype=torch.float32, denoise=False)
+    want = solve_flow(gm, x, 1.0, got.t_end, method="rk4", steps=3, dtype=torch.float32).x
+    assert got.x.dtype == torch.float64 and torch.equal(got.x, want.to(torch.float64))
