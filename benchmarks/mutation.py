@@ -4,6 +4,8 @@
     python benchmarks/mutation.py                 # every module below, each in its time budget
     python benchmarks/mutation.py schedules ema   # some modules
     python benchmarks/mutation.py --list          # modules, their tests and budgets
+    python benchmarks/mutation.py samplers --workdir DIR --recheck
+                                                  # re-run only the open mutants of DIR's run
 
 Each module is mutated alone, in a fresh copy of the repository (``scoresde/``, ``tests/``,
 ``configs/``, ``pyproject.toml``) under a temporary folder, running only the tests relevant to
@@ -18,8 +20,12 @@ tests). Surviving mutants are listed with their diffs in ``<workdir>/<module>/su
 (``--workdir``; default a temporary folder, kept and printed). Mutants that no test can tell
 from the original (``equivalent``), or that only a second device such as a GPU can
 (``device``), are listed with the reason in ``benchmarks/mutation_equivalent.txt`` and left out
-of the score. The names are mutmut's (function and number): after an edit of a module, check
-its entries again. docs/testing.md records the scores.
+of the score. ``--recheck`` re-runs, in an earlier run's work folder, only the mutants it left
+open (survived, no tests, unchecked) against the repository's current tests: a mutant killed
+stays killed when tests are only added, so this gives the same table as a fresh run for a
+fraction of the time (refused if the module's code or its test selection changed). The names
+are mutmut's (function and number): after an edit of a module, check its entries again.
+docs/testing.md records the scores.
 """
 
 from __future__ import annotations
@@ -128,17 +134,52 @@ def _equivalent() -> dict[str, str]:
     return known
 
 
-def run_module(name: str, work: Path, budget: float, jobs: int) -> dict:
+def _recheck_names(name: str, work: Path) -> list[str]:
+    """For ``--recheck``: the mutants of an earlier run in ``work`` still open (survived, no
+    tests, unchecked), after copying the repository's current tests in. Refuses when the
+    module's code or its test selection changed since (then every verdict may have changed)."""
     files, tests, _ = MODULES[name]
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    _copy_repo(work)
+    if not (work / "mutants").is_dir():
+        raise SystemExit(f"mutation.py: --recheck {name}: no earlier run in {work}; expected a --workdir "
+                         f"that holds one")
+    for pattern in files:
+        for src in ROOT.glob(pattern):
+            rel = src.relative_to(ROOT)
+            if not (work / rel).is_file() or (work / rel).read_bytes() != src.read_bytes():
+                raise SystemExit(f"mutation.py: --recheck {name}: {rel} changed since the run in {work}; "
+                                 f"expected the same code (run the module afresh)")
+    before = (work / "setup.cfg").read_text()
     _write_config(work, files, tests)
-    log = open(work / "mutmut.log", "w")  # noqa: SIM115 - closed below
+    if (work / "setup.cfg").read_text() != before:
+        (work / "setup.cfg").write_text(before)
+        raise SystemExit(f"mutation.py: --recheck {name}: its test selection changed since the run in {work}; "
+                         f"expected the same selection (run the module afresh)")
+    for dest in (work / "tests", work / "mutants" / "tests"):
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(ROOT / "tests", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis"))
+    equivalent = _equivalent()
+    return sorted(key for key, code in _results(work).items()
+                  if code is None or code in _SKIPPED or code in _NO_TESTS or (code == 0 and key not in equivalent))
+
+
+def run_module(name: str, work: Path, budget: float, jobs: int, recheck: bool = False) -> dict:
+    files, tests, _ = MODULES[name]
+    names: list[str] = []
+    if recheck:
+        names = _recheck_names(name, work)
+    else:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        _copy_repo(work)
+        _write_config(work, files, tests)
+    log = open(work / ("mutmut-recheck.log" if recheck else "mutmut.log"), "w")  # noqa: SIM115 - closed below
     start = time.perf_counter()
-    proc = subprocess.Popen([*_mutmut(), "run", "--max-children", str(jobs)], cwd=work, env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if recheck and not names:
+        proc = subprocess.Popen(["true"])
+    else:
+        proc = subprocess.Popen([*_mutmut(), "run", "--max-children", str(jobs), *names], cwd=work, env=_env(),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         proc.wait(timeout=budget)
         stopped = False
@@ -195,6 +236,9 @@ def main(argv=None) -> int:
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every time budget")
     p.add_argument("--jobs", type=int, default=1, help="mutmut workers per module (default 1)")
     p.add_argument("--list", action="store_true", help="list modules, tests and budgets, then exit")
+    p.add_argument("--recheck", action="store_true",
+                   help="in --workdir's earlier run, re-run only the mutants still open (survived, no tests, "
+                        "unchecked) with the current tests; the module's code and test selection must be unchanged")
     args = p.parse_args(argv)
     if args.list:
         for name, (files, tests, budget) in MODULES.items():
@@ -207,6 +251,9 @@ def main(argv=None) -> int:
     if shutil.which("mutmut") is None and not Path(sys.executable).with_name("mutmut").exists():
         print("mutation.py: mutmut is not installed; expected pip install -e '.[dev]'", file=sys.stderr)
         return 2
+    if args.recheck and not args.workdir:
+        print("mutation.py: --recheck needs --workdir, the folder of the earlier run", file=sys.stderr)
+        return 2
     base = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="scoresde-mutation-"))
     print(f"work folder {base}", flush=True)
     head = f"{'module':<11} {'mutants':>7} {'killed':>6} {'survived':>8} {'equiv.':>6} {'device':>6} " \
@@ -214,7 +261,7 @@ def main(argv=None) -> int:
     print(head, flush=True)
     rows = []
     for name in args.modules or list(MODULES):
-        row = run_module(name, base / name, MODULES[name][2] * args.budget_scale, args.jobs)
+        row = run_module(name, base / name, MODULES[name][2] * args.budget_scale, args.jobs, args.recheck)
         rows.append(row)
         print(_line(row) + ("  (budget reached)" if row["stopped"] else ""), flush=True)
     print()
