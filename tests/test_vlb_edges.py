@@ -191,3 +191,46 @@ def test_grid_bound_is_the_bound_of_the_grid_chain():
     with pytest.raises(ValueError, match=r"^the DDPM variational bound needs a VP-SDE"):
         ve = GaussianMixture.random(2, 1, seed=0, sde=VESDE.geometric(0.01, 50.0))
         grid_vlb_bits_per_dim(ve, x_int, LEVELS, t_eps=0.02)
+
+
+def test_check_vp_names_the_sde_and_its_kind():
+    from types import SimpleNamespace
+
+    from scoresde.likelihood.vlb import check_vp
+
+    check_vp(SimpleNamespace())  # a user's SDE object that does not say: taken as VP (the DDPM family)
+    check_vp(VPSDE.linear())
+    with pytest.raises(ValueError, match=r"^the DDPM variational bound needs a VP-SDE, got SimpleNamespace "
+                                         r"\(sde\.kind=\?\): use the probability-flow ODE bits/dim$"):
+        check_vp(SimpleNamespace(variance_preserving=False))
+    ve = VESDE.geometric(0.01, 50.0)
+    with pytest.raises(ValueError, match=rf"^the DDPM variational bound needs a VP-SDE, got VESDE "
+                                         rf"\(sde\.kind={ve.kind}\): use"):
+        check_vp(ve)
+
+
+def test_grid_chain_edges():
+    """A Python list of times is taken in float64; two points (N = 1) are a chain; the times
+    must be on the grid ``i/N`` to 1e-9 absolute (not relative)."""
+    gm = GaussianMixture.random(2, 2, seed=1, sde=VPSDE.linear())
+    times = [0.0, 0.01, 0.3, 1.0]
+    chain = GridChainModel(gm, times)
+    assert chain.times.dtype == torch.float64 and chain.times.tolist() == times
+    t64 = torch.tensor(times, dtype=torch.float64)
+    torch.testing.assert_close(chain.sde.alpha_bar(torch.arange(4, dtype=torch.float64) / 3),
+                               gm.sde.alpha_bar(t64), rtol=1e-11, atol=0)  # float32 times: ~1e-7
+    one = GridChainModel(gm, [0.0, 1.0])
+    assert one.N == 1
+    x = torch.randn(2, 2, generator=_gen(3), dtype=torch.float64)
+    assert torch.equal(one.eps(x, 1.0), gm.eps(x, 1.0))
+    for off in (1e-6, 5e-9):  # inside rtol 1e-5 and inside atol 1e-8: both refused
+        with pytest.raises(ValueError, match=r"^GridChainModel\.eps: expected times on the grid i/N$"):
+            chain.eps(x, 1 / 3 + off)
+    assert torch.equal(chain.eps(x, 1 / 3 + 5e-10), gm.eps(x, 0.01))
+
+
+def test_vlb_grid_stays_on_the_cpu_under_another_default_device():
+    with torch.device("meta"):
+        a = vlb_grid(VPSDE.linear(), 4, 0.2, spacing="time")
+        b = vlb_grid(VPSDE.linear(), 4, 0.2)
+    assert a.device.type == "cpu" and b.device.type == "cpu"
