@@ -275,3 +275,31 @@ def test_clock_fit_is_the_nonnegative_least_squares_fit(sde):
     got = np.array(flow_mod._fit_increasing(u, b))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9 * float(b[-1]))
     assert (got >= 0).all()
+
+
+def test_clock_is_t_itself_exactly_when_b_is_a_quartic():
+    """``fitted`` is False for B a polynomial of degree ≤ 4 (linear β, constant β): the clock is t."""
+    const = VPSDE(DiscreteSchedule(torch.full((20,), 0.05, dtype=torch.float64)))
+    assert not flow_mod.Clock(VPSDE.linear()).fitted and not flow_mod.Clock(const).fitted
+    assert flow_mod.Clock(VPSDE(CosineSchedule())).fitted and flow_mod.Clock(VPSDE.ddpm(1000)).fitted
+    clock = flow_mod.Clock(VPSDE.linear())
+    assert clock.at(0.25) == (0.25, float(VPSDE.linear().clock_rate(0.25)))
+
+
+def test_two_probes_have_a_standard_error():
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    res = log_likelihood(gm, x, trace="hutchinson", n_probes=2, generator=_gen(5), **FIXED)
+    assert res.stderr is not None and res.stderr.shape == (2,)
+
+
+def test_dequantize_without_a_generator_uses_the_global_stream():
+    k = torch.tensor([[0, 3, 15]])
+    torch.manual_seed(7)
+    z = dequantize(k, LEVELS)
+    torch.manual_seed(7)
+    assert torch.equal(z, 2 * (k + torch.rand((1, 3), dtype=torch.float64)) / LEVELS - 1)
+
+
+def test_summarize_one_sample_two_draws():
+    v = torch.tensor([[1.0], [4.0]], dtype=torch.float64)
+    assert summarize(v) == (2.5, float(v.std() / math.sqrt(2)))
