@@ -82,6 +82,30 @@ _NO_TESTS = {5, 33}
 _SKIPPED = {2, 34}
 
 
+# Appended to the copy's tests/conftest.py: in a mutant's test run the fastest tests go first
+# (mutmut stops at the first failure, so a mutant that a quick test kills costs little), using
+# the durations mutmut measured in its first, clean run. Nothing changes in the verdicts.
+_FASTEST_FIRST = """
+
+def pytest_collection_modifyitems(config, items):  # added by benchmarks/mutation.py
+    import json
+    import os
+    import pathlib
+
+    if os.environ.get("MUTANT_UNDER_TEST", "") in ("", "stats", "list_all_tests", "mutant_generation"):
+        return
+    stats = pathlib.Path("mutmut-stats.json")
+    durations = json.loads(stats.read_text()).get("duration_by_test", {}) if stats.is_file() else {}
+    items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+"""
+
+
+def _fastest_first(dest: Path) -> None:
+    for conftest in (dest / "tests" / "conftest.py", dest / "mutants" / "tests" / "conftest.py"):
+        if conftest.is_file() and "added by benchmarks/mutation.py" not in conftest.read_text():
+            conftest.write_text(conftest.read_text() + _FASTEST_FIRST)
+
+
 def _copy_repo(dest: Path) -> None:
     for name in ("scoresde", "tests", "configs"):
         if (ROOT / name).is_dir():
@@ -91,6 +115,7 @@ def _copy_repo(dest: Path) -> None:
     # mutmut prefers [tool.mutmut] over setup.cfg: keep this script's settings the only ones
     text = re.sub(r"(?ms)^\[tool\.mutmut\].*?(?=^\[|\Z)", "", text)
     (dest / "pyproject.toml").write_text(text)
+    _fastest_first(dest)
 
 
 def _write_config(dest: Path, files: list[str], tests: list[str]) -> None:
@@ -157,6 +182,7 @@ def _recheck_names(name: str, work: Path) -> list[str]:
     for dest in (work / "tests", work / "mutants" / "tests"):
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(ROOT / "tests", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis"))
+    _fastest_first(work)
     equivalent = _equivalent()
     return sorted(key for key, code in _results(work).items()
                   if code is None or code in _SKIPPED or code in _NO_TESTS or (code == 0 and key not in equivalent))
