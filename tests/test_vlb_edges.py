@@ -234,3 +234,65 @@ def test_vlb_grid_stays_on_the_cpu_under_another_default_device():
         a = vlb_grid(VPSDE.linear(), 4, 0.2, spacing="time")
         b = vlb_grid(VPSDE.linear(), 4, 0.2)
     assert a.device.type == "cpu" and b.device.type == "cpu"
+
+
+def _log_bin_probability(k: int, levels: int, mean: float, std: float) -> float:
+    """scipy reference of ``log P(bin k)`` for ``N(mean, std²)``, in the tail where it is accurate."""
+    from scipy.stats import norm
+
+    lo = (2 * k / levels - 1 - mean) / std
+    hi = (2 * (k + 1) / levels - 1 - mean) / std
+    if k == 0:
+        return float(norm.logcdf(hi))
+    if k == levels - 1:
+        return float(norm.logsf(lo))
+    if lo + hi > 0:  # right of the mean: survival functions
+        a, b = norm.logsf(lo), norm.logsf(hi)
+    else:
+        a, b = norm.logcdf(hi), norm.logcdf(lo)
+    return float(a + math.log1p(-math.exp(b - a)))
+
+
+@pytest.mark.parametrize("levels", [5, 14, 17])
+@pytest.mark.parametrize("mean, std", [(0.1, 0.3), (-3.0, 0.5), (2.5, 0.4), (-3.0, 0.05)])
+def test_discretized_gaussian_every_bin_in_log_space(levels, mean, std):
+    """Every bin, in log space, against scipy (1e-10 relative): only bins 0 and L-1 are open-ended
+    (for L = 5 and 14 the centre of bin 1 rounds below -1 + 3/L, so a looser test of the end bins
+    would take it for one), and the far tail keeps its precision (log P down to -3020, where
+    Φ(lo) and Φ(hi) both round to 1: the bins right of the mean are reflected into the lower tail)."""
+    from scoresde.likelihood.vlb import discretized_gaussian_log_likelihood
+
+    k = torch.arange(levels)
+    x0 = (2 * k.to(torch.float64) + 1) / levels - 1
+    got = discretized_gaussian_log_likelihood(x0, torch.full_like(x0, mean), torch.full_like(x0, std), levels)
+    want = torch.tensor([_log_bin_probability(i, levels, mean, std) for i in range(levels)], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
+
+
+def test_vlb_without_a_generator_uses_the_global_stream():
+    gm = GaussianMixture.random(2, 2, seed=0, sde=VPSDE.ddpm(4))
+    x_int = _x_int(2)
+    torch.manual_seed(9)
+    a = ddpm_vlb_bits_per_dim(gm, x_int, LEVELS)
+    b = ddpm_vlb_bits_per_dim(gm, x_int, LEVELS, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a.per_sample, b.per_sample)
+
+
+@pytest.mark.parametrize("N", [1, 2])
+def test_decoder_variance_of_short_chains(N):
+    """``β̃_1 = 0`` is replaced by ``β̃_2 = (1-ᾱ_1)/(1-ᾱ_2) β_2``, or by ``β_1`` when ``N = 1``:
+    the decoder term ``L_0`` written out with that variance."""
+    from scoresde.likelihood.vlb import discretized_gaussian_log_likelihood
+
+    gm = GaussianMixture.random(2, 2, seed=0, sde=VPSDE.ddpm(N))
+    ab, betas = ddpm_tables(gm.sde, N)
+    x0 = (2 * _x_int(3).to(torch.float64) + 1) / LEVELS - 1
+    noise = torch.randn(x0.shape, generator=_gen(2), dtype=torch.float64)
+    one = torch.ones(3, dtype=torch.long)
+    got = vlb_term(gm, x0, one, LEVELS, ab, betas, variance="beta_tilde", noise=noise)
+    var = betas[1] if N == 1 else (1 - ab[1]) / (1 - ab[2]) * betas[2]
+    x1 = ab[1].sqrt() * x0 + (1 - ab[1]).sqrt() * noise
+    eps = gm.eps(x1, torch.full((3,), 1 / N, dtype=torch.float64))
+    mean = (x1 - betas[1] / (1 - ab[1]).sqrt() * eps) / (1 - betas[1]).sqrt()
+    want = -discretized_gaussian_log_likelihood(x0, mean, var.sqrt().expand_as(x0), LEVELS).sum(1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
