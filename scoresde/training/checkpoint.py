@@ -173,13 +173,12 @@ def export_ema_safetensors(path, model, config: Config, step: int | None = None)
 
 
 def _canonical(data: bytes) -> bytes:
-    """The same safetensors file with its JSON header's keys sorted: safetensors writes the
-    metadata in hash order, which differs between processes, so identical runs would give
-    different bytes. The tensor offsets are unchanged; the header is padded to 8 bytes."""
+    """The same safetensors file with its JSON header's keys sorted (``sort_keys`` sorts the nested
+    ``__metadata__`` too): safetensors writes the metadata in hash order, which differs between
+    processes, so identical runs would give different bytes. The tensor offsets are unchanged;
+    the header is padded to 8 bytes."""
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
-    if "__metadata__" in header:
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text + data[8 + n:]
