@@ -71,8 +71,10 @@ MODULES: dict[str, tuple[list[str], list[str], int]] = {
             ["tests/test_vlb.py", "tests/test_vlb_edges.py", DEVICES], 1800),
     "ema": (["scoresde/training/ema.py"], ["tests/test_ema.py", "tests/test_ema_edges.py"], 600),
     "checkpoint": (["scoresde/training/checkpoint.py"],
-                   ["tests/test_checkpoint.py", "tests/test_checkpoint_edges.py", "tests/test_resume.py"], 1500),
-    "trainer": (["scoresde/training/trainer.py"], ["tests/test_resume.py", "tests/test_trainer_edges.py"], 2400),
+                   ["tests/test_checkpoint.py", "tests/test_checkpoint_edges.py", "tests/test_resume.py", DEVICES],
+                   1500),
+    "trainer": (["scoresde/training/trainer.py"], ["tests/test_resume.py", "tests/test_trainer_edges.py", DEVICES],
+                2400),
 }
 
 # mutmut's exit-code convention for a mutant's test run
