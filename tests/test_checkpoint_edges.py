@@ -303,3 +303,38 @@ def test_cuda_rng_states_are_captured_and_restored_when_cuda_is_there(monkeypatc
     restore_rng(rng)
     restore_rng(rng | {"cuda": []})  # written on the CPU: the GPU streams are left alone
     assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(calls[0], states))
+
+
+def test_a_checkpoint_saved_behind_newer_ones_is_kept(tmp_path):
+    for step in (2, 4, 6):
+        save_checkpoint(tmp_path, _state(step), step, keep_last=3)
+    path = save_checkpoint(tmp_path, _state(3), 3, keep_last=2)  # e.g. a run resumed from step 2 again
+    assert sorted(p.name for p in tmp_path.glob("ckpt_*")) == [
+        "ckpt_000000003.pt", "ckpt_000000004.pt", "ckpt_000000006.pt"]
+    assert latest_checkpoint(tmp_path) == path
+
+
+def test_latest_skips_a_pointer_to_a_missing_file_and_foreign_names(tmp_path):
+    for name in ("ckpt_9.pt", "ckpt_10.pt", "ckpt_11.pt.bak", "ckpt_x.pt"):
+        torch.save(_state(1), tmp_path / name)
+    (tmp_path / "latest").write_text("ckpt_000000012.pt\n")  # pruned by hand
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt_10.pt"  # by step number, not by name
+
+
+def test_load_checkpoint_messages_and_map_location(tmp_path):
+    path = save_checkpoint(tmp_path, _state(1), 1)
+    assert load_checkpoint(path, map_location="meta")["w"].device.type == "meta"
+    torch.save([1, 2], tmp_path / "list.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - whatever torch raises; the message names its type
+        torch.load(tmp_path / "junk.pt", weights_only=True)
+    kind = type(raised.value).__name__
+    for name, message in [
+        ("missing.pt", "checkpoint {!r} not found: expected a file written by scoresde.train"),
+        ("list.pt", "checkpoint {!r}: expected a scoresde training checkpoint (format scoresde-checkpoint-1)"),
+        ("junk.pt", "checkpoint {!r} cannot be read (" + kind + ": torn, truncated or not a torch file): "
+                    "expected a complete scoresde checkpoint"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            load_checkpoint(tmp_path / name)
+        assert str(err.value) == message.format(str(tmp_path / name))
