@@ -270,6 +270,7 @@ def test_check_checkpoint_types_and_step():
             check_checkpoint(state, "x.pt")
         assert str(err.value) == message
     check_checkpoint({"step": 0, "model": {"n": torch.tensor([3])}}, "x.pt")  # integer buffers: no finiteness
+    check_checkpoint({"config": {}}, "x.pt", required=())  # nothing required: no step is fine
     with pytest.raises(ValueError) as err:
         check_weights([torch.zeros(2)], "weights of x")
     assert str(err.value) == "weights of x: expected a non-empty state dict of tensors, got list"
