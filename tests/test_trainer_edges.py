@@ -120,13 +120,15 @@ def _reference_run(cfg, data, steps):
 
 
 def test_train_steps_equal_the_written_out_loop():
-    tr = _trainer(**STEP)  # 256 examples, 8 steps per epoch: 9 steps cross an epoch
+    # 250 examples: 7 whole batches of 32 per epoch, the last 26 of each permutation unused; 9 steps
+    # cross an epoch
+    tr = _trainer(data={"n": 250}, **STEP)
     model, ema, figures = _reference_run(tr.cfg, tr.data, 9)
     got = [tr.train_step() for _ in range(9)]
     assert got == figures
     assert same_tensors(tr.model.state_dict(), model.state_dict())
     assert same_tensors(tr.ema.shadow, ema) and tr.ema.updates == 9
-    assert (tr.step, tr.epoch, tr.position) == (9, 1, 1)
+    assert (tr.step, tr.epoch, tr.position) == (9, 1, 2)
 
 
 def test_without_clipping_and_on_dequantized_digits_the_steps_equal_the_written_out_loop():
@@ -167,9 +169,12 @@ def test_rank_one_of_two_takes_its_chunks_and_their_seeds(monkeypatch):
         return out
 
     monkeypatch.setattr(trainer_module, "dsm_loss", loss)
+    perm = torch.randperm(256, generator=torch.Generator().manual_seed(seed_for(0, 0)))
+    rank0 = _trainer(dist=DistInfo(rank=0, world_size=2), batch_size=32, grad_accum=2)
+    assert torch.equal(rank0._indices(), perm[:16].view(2, 8))  # chunks 0 and 1
     tr = _trainer(dist=DistInfo(rank=1, world_size=2), batch_size=32, grad_accum=2)
     assert tr.micro == 8
-    perm = torch.randperm(256, generator=torch.Generator().manual_seed(seed_for(0, 0)))
+    assert torch.equal(tr._indices(), perm[16:32].view(2, 8))  # chunks 2 and 3
     for step in range(2):  # 4 chunks of 8 per global batch of 32: rank 1 has chunks 2 and 3
         calls.clear()
         figures = tr.train_step()
@@ -310,3 +315,22 @@ def test_another_number_of_processes_reseeds_each_rank(monkeypatch):
     got = torch.rand(3)
     torch.manual_seed(seed_for(0, 5, 1))
     assert torch.equal(got, torch.rand(3))
+
+
+def test_a_parameter_the_step_does_not_reach_is_not_moved():
+    """Each step starts from no gradient at all (not from zeros): a parameter that this step's loss
+    does not reach is skipped by AdamW, though earlier steps left momentum and weight decay applies."""
+    cfg = config_from_dict(TINY_TOY | {"train": {**TINY_TOY["train"], "weight_decay": 0.5, "lr": 0.1}})
+    data = load_dataset(cfg.data.name, "train", n=cfg.data.n, seed=cfg.seed)
+    model = build_model(cfg, data)
+    model.register_parameter("spare", torch.nn.Parameter(torch.ones(3)))
+    used = [True]
+    model.net.register_forward_hook(lambda mod, inp, out: out + 1e-3 * model.spare.sum() if used[0] else out)
+    tr = Trainer(cfg, model, data, torch.device("cpu"), DistInfo())
+    tr.train_step()  # reaches spare
+    after_first = model.spare.detach().clone()
+    assert not torch.equal(after_first, torch.ones(3))
+    used[0] = False
+    for _ in range(2):
+        tr.train_step()
+    assert model.spare.grad is None and torch.equal(model.spare.detach(), after_first)
