@@ -20,9 +20,9 @@ from scoresde.training.trainer import Trainer, TrainingStopped, check_batch, see
 from .train_util import TINY_TOY, same_tensors
 
 
-def _trainer(data=None, dist=None, **train):
-    cfg = config_from_dict(TINY_TOY | {"data": {**TINY_TOY["data"], **(data or {})},
-                                       "train": {**TINY_TOY["train"], **train}})
+def _trainer(data=None, dist=None, loss=None, sde=None, **train):
+    cfg = config_from_dict(TINY_TOY | {"data": {**TINY_TOY["data"], **(data or {})}, "loss": loss or {},
+                                       "sde": sde or {}, "train": {**TINY_TOY["train"], **train}})
     data = load_dataset(cfg.data.name, "train", n=cfg.data.n, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     return Trainer(cfg, build_model(cfg, data), data, torch.device("cpu"), dist or DistInfo())
@@ -122,7 +122,7 @@ def _reference_run(cfg, data, steps):
 def test_train_steps_equal_the_written_out_loop():
     # 250 examples: 7 whole batches of 32 per epoch, the last 26 of each permutation unused; 9 steps
     # cross an epoch
-    tr = _trainer(data={"n": 250}, **STEP)
+    tr = _trainer(data={"n": 250}, loss={"weighting": "likelihood", "t_eps": 0.05}, **STEP)
     model, ema, figures = _reference_run(tr.cfg, tr.data, 9)
     got = [tr.train_step() for _ in range(9)]
     assert got == figures
@@ -132,7 +132,9 @@ def test_train_steps_equal_the_written_out_loop():
 
 
 def test_without_clipping_and_on_dequantized_digits_the_steps_equal_the_written_out_loop():
-    tr = _trainer(data={"name": "digits", "n": 64, "dequantize": True}, **(STEP | {"grad_clip": 0.0}))
+    tr = _trainer(data={"name": "digits", "n": 64, "dequantize": True}, loss={"time_sampling": "discrete"},
+                  sde={"schedule": "ddpm", "n_steps": 50},
+                  **(STEP | {"grad_clip": 0.0}))
     model, ema, figures = _reference_run(tr.cfg, tr.data, 3)
     first = tr.first_batch()  # the first micro-batch, dequantized with a generator seeded 0
     idx = torch.randperm(64, generator=torch.Generator().manual_seed(seed_for(0, 0)))[:16]
@@ -153,14 +155,18 @@ def test_seed_for_is_a_fixed_63_bit_function_of_the_keys():
 
 
 def _single_process_collectives(monkeypatch):
-    """Rank r of a world of K without a process group: the collectives are identities."""
-    monkeypatch.setattr(trainer_module, "broadcast_module", lambda module, dist: None)
-    monkeypatch.setattr(trainer_module, "all_reduce_sum", lambda t, dist: t)
-    monkeypatch.setattr(trainer_module, "average_gradients", lambda params, dist: None)
+    """Rank r of a world of K without a process group: the collectives are identities that
+    record their arguments (returned: name -> list of argument tuples)."""
+    calls = {"broadcast_module": [], "all_reduce_sum": [], "average_gradients": []}
+    monkeypatch.setattr(trainer_module, "broadcast_module", lambda *a: calls["broadcast_module"].append(a))
+    monkeypatch.setattr(trainer_module, "all_reduce_sum", lambda *a: calls["all_reduce_sum"].append(a) or a[0])
+    monkeypatch.setattr(trainer_module, "average_gradients",
+                        lambda params, dist: calls["average_gradients"].append((list(params), dist)))
+    return calls
 
 
 def test_rank_one_of_two_takes_its_chunks_and_their_seeds(monkeypatch):
-    _single_process_collectives(monkeypatch)
+    collectives = _single_process_collectives(monkeypatch)
     real, calls = trainer_module.dsm_loss, []
 
     def loss(model, x0, **kw):
@@ -184,6 +190,17 @@ def test_rank_one_of_two_takes_its_chunks_and_their_seeds(monkeypatch):
             assert seed == seed_for(0, step, c)
         assert len(calls) == 2
         assert figures["loss"] == (calls[0][2] + calls[1][2]) / 4  # the sum over 4 chunks / 4
+    # rank 0's weights everywhere at the start; per step, the gradients averaged over the model's
+    # parameters and the loss, non-finite and stop flags summed
+    world = DistInfo(rank=1, world_size=2)
+    assert [c[1] for c in collectives["broadcast_module"]] == [DistInfo(rank=0, world_size=2), world]
+    assert collectives["broadcast_module"][1][0] is tr.model
+    params, dist = collectives["average_gradients"][-1]
+    assert dist == world and len(params) == len(list(tr.model.parameters()))
+    assert all(p is q for p, q in zip(params, tr.model.parameters()))
+    flags, dist = collectives["all_reduce_sum"][-1]
+    assert dist == world and flags.dtype == torch.float64
+    assert flags.tolist() == [calls[0][2] + calls[1][2], 0.0, 0.0]
 
 
 def test_batch_size_and_data_set_size_are_checked_by_name(monkeypatch):
