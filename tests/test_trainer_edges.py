@@ -351,3 +351,19 @@ def test_a_parameter_the_step_does_not_reach_is_not_moved():
     for _ in range(2):
         tr.train_step()
     assert model.spare.grad is None and torch.equal(model.spare.detach(), after_first)
+
+
+def test_a_non_finite_loss_with_finite_gradients_stops_naming_the_loss(monkeypatch):
+    real = trainer_module.dsm_loss
+
+    def loss(*args, **kw):
+        out = real(*args, **kw)
+        out.loss = out.loss + math.inf  # an overflowing value; its gradients stay those of the loss
+        return out
+
+    monkeypatch.setattr(trainer_module, "dsm_loss", loss)
+    tr = _trainer()
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    with pytest.raises(TrainingStopped, match=r"^non-finite loss at step 1: loss=inf, grad_norm=\d"):
+        tr.train_step()
+    assert same_tensors(tr.model.state_dict(), before) and tr.bad_steps == 1
