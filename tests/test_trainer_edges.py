@@ -310,6 +310,10 @@ def test_a_position_past_the_epoch_starts_the_next_one():
         state["data"] = {**state["data"], "epoch": 2, "position": position}
         tr.load_state_dict(state)
         assert (tr.epoch, tr.position) == expected
+    fresh = _trainer()  # resumed in epoch 1 before any step: that epoch's permutation
+    fresh.load_state_dict(state | {"data": {**state["data"], "epoch": 1, "position": 3}})
+    perm = torch.randperm(256, generator=torch.Generator().manual_seed(seed_for(0, 1)))
+    assert torch.equal(fresh._indices(), perm[96:128].view(1, 32))
 
 
 def test_another_number_of_processes_reseeds_each_rank(monkeypatch):
