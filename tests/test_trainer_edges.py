@@ -228,6 +228,9 @@ def test_options_reach_the_optimizer_ema_and_autocast():
     assert tr.train_step(stop_requested=True)["stop"] is True
     assert tr.model.training  # a step trains in training mode
     assert tr.train_step()["stop"] is False
+    assert tr.forward.module is tr.model and tr.forward.sde is tr.model.sde  # train.compile=false
+    compiled = _trainer(compile=True)  # torch.compile wraps lazily: nothing is compiled before a step
+    assert compiled.forward.module is not compiled.model and compiled.forward.module._orig_mod is compiled.model
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the skipped step
