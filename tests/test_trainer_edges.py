@@ -219,7 +219,7 @@ def test_batch_size_and_data_set_size_are_checked_by_name(monkeypatch):
     assert (whole.epoch, whole.position) == (1, 0)
 
 
-def test_options_reach_the_optimizer_ema_and_autocast():
+def test_options_reach_the_optimizer_ema_and_autocast(monkeypatch):
     tr = _trainer(ema_decay=0.25, ema_warmup=False, amp=True)
     assert (tr.ema.decay, tr.ema.warmup, tr.ema.updates) == (0.25, False, 0)
     assert tr.amp is False  # bf16 autocast on CUDA only; this trainer is on the CPU
@@ -229,8 +229,10 @@ def test_options_reach_the_optimizer_ema_and_autocast():
     assert tr.model.training  # a step trains in training mode
     assert tr.train_step()["stop"] is False
     assert tr.forward.module is tr.model and tr.forward.sde is tr.model.sde  # train.compile=false
-    compiled = _trainer(compile=True)  # torch.compile wraps lazily: nothing is compiled before a step
-    assert compiled.forward.module is not compiled.model and compiled.forward.module._orig_mod is compiled.model
+    wrapped = torch.nn.Identity()
+    monkeypatch.setattr(torch, "compile", lambda module: setattr(wrapped, "orig", module) or wrapped)
+    compiled = _trainer(compile=True)
+    assert compiled.forward.module is wrapped and wrapped.orig is compiled.model
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the skipped step
