@@ -223,6 +223,9 @@ def test_options_reach_the_optimizer_ema_and_autocast(monkeypatch):
     tr = _trainer(ema_decay=0.25, ema_warmup=False, amp=True)
     assert (tr.ema.decay, tr.ema.warmup, tr.ema.updates) == (0.25, False, 0)
     assert tr.amp is False  # bf16 autocast on CUDA only; this trainer is on the CPU
+    # a trainer for a GPU (only built here: the constructor does not touch the device)
+    assert Trainer(tr.cfg, tr.model, tr.data, torch.device("cuda"), DistInfo()).amp is True
+    assert _trainer(amp=False).amp is False
     assert tr.opt.param_groups[0]["lr"] == 1e-3 / 2  # warm-up over 2 steps: lr·1/2 for the first
     tr.model.eval()
     assert tr.train_step(stop_requested=True)["stop"] is True
