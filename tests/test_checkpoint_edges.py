@@ -162,18 +162,19 @@ def test_pruning_tolerates_a_checkpoint_already_removed(tmp_path, monkeypatch):
 
 def test_canonical_header_is_sorted_compact_and_padded():
     tensors = {"b": torch.arange(3.0), "a": torch.ones(2, dtype=torch.float64)}
-    data = st_save(tensors, metadata={"z": "1", "a": "2"})
+    data = st_save(tensors, metadata={"z": "1000", "a": "2"})
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
     shuffled = {k: header[k] for k in sorted(header, reverse=True)}
-    shuffled["__metadata__"] = {"z": "1", "a": "2"}
+    shuffled["__metadata__"] = {"z": "1000", "a": "2"}
     text = json.dumps(shuffled, separators=(", ", ": ")).encode()  # unsorted, with spaces
     raw = len(text).to_bytes(8, "little") + text + data[8 + n:]
     out = checkpoint_module._canonical(raw)
     m = int.from_bytes(out[:8], "little")
     compact = {k: json.dumps(header[k], sort_keys=True, separators=(",", ":")) for k in "ab"}
-    expected = '{"__metadata__":{"a":"2","z":"1"},"a":' + compact["a"] + ',"b":' + compact["b"] + "}"
-    assert out[8:8 + m].decode() == expected + " " * (-len(expected) % 8) and m % 8 == 0
+    expected = '{"__metadata__":{"a":"2","z":"1000"},"a":' + compact["a"] + ',"b":' + compact["b"] + "}"
+    assert len(expected) == 146  # padded with 6 spaces to 152
+    assert out[8:8 + m].decode() == expected + " " * 6 and m == 152
     assert same_tensors(st_load(out), tensors)
 
 
@@ -339,3 +340,11 @@ def test_load_checkpoint_messages_and_map_location(tmp_path):
         with pytest.raises(ValueError) as err:
             load_checkpoint(tmp_path / name)
         assert str(err.value) == message.format(str(tmp_path / name))
+
+
+def test_pickled_objects_are_refused_even_where_torch_load_defaults_to_pickle(tmp_path, monkeypatch):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "step": 1, "obj": Opaque()}, path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch.load's default: unpickle anything
+    with pytest.raises(ValueError, match=r"^checkpoint '.*evil\.pt' cannot be read \(UnpicklingError"):
+        load_checkpoint(path)
