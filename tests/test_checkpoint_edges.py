@@ -317,7 +317,7 @@ def test_a_checkpoint_saved_behind_newer_ones_is_kept(tmp_path):
 
 
 def test_latest_skips_a_pointer_to_a_missing_file_and_foreign_names(tmp_path):
-    for name in ("ckpt_9.pt", "ckpt_10.pt", "ckpt_11.pt.bak", "ckpt_x.pt"):
+    for name in ("ckpt_8.pt", "ckpt_9.pt", "ckpt_10.pt", "ckpt_11.pt.bak", "ckpt_x.pt"):
         torch.save(_state(1), tmp_path / name)
     (tmp_path / "latest").write_text("ckpt_000000012.pt\n")  # pruned by hand
     assert latest_checkpoint(tmp_path) == tmp_path / "ckpt_10.pt"  # by step number, not by name
@@ -327,6 +327,7 @@ def test_load_checkpoint_messages_and_map_location(tmp_path):
     path = save_checkpoint(tmp_path, _state(1), 1)
     assert load_checkpoint(path, map_location="meta")["w"].device.type == "meta"
     torch.save([1, 2], tmp_path / "list.pt")
+    torch.save(_state(1) | {"step": -1}, tmp_path / "negative.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(Exception) as raised:  # noqa: PT011 - whatever torch raises; the message names its type
         torch.load(tmp_path / "junk.pt", weights_only=True)
@@ -334,6 +335,7 @@ def test_load_checkpoint_messages_and_map_location(tmp_path):
     for name, message in [
         ("missing.pt", "checkpoint {!r} not found: expected a file written by scoresde.train"),
         ("list.pt", "checkpoint {!r}: expected a scoresde training checkpoint (format scoresde-checkpoint-1)"),
+        ("negative.pt", "checkpoint {!r}: step -1, expected an integer ≥ 0"),
         ("junk.pt", "checkpoint {!r} cannot be read (" + kind + ": torn, truncated or not a torch file): "
                     "expected a complete scoresde checkpoint"),
     ]:
