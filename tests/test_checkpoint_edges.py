@@ -1,6 +1,7 @@
 """Checkpoint files at their edges: default pruning, nested folders, the pointer's content, a
-pointer naming something else, pickled objects refused, and what load_run hands back.
-(Mutation kills; docs/testing.md.)"""
+pointer naming something else, pickled objects refused, what load_run hands back, weights files
+and configs that are refused (each message in full), the RNG state's layout and its CUDA
+branches, and the canonical safetensors header. (Mutation kills; docs/testing.md.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Trainer details the resume tests pass over: the linear warm-up of the learning rate, the
-epoch length, and the first-batch range check's boundaries. (Mutation kills; docs/testing.md.)"""
+"""Trainer details the resume tests pass over (two runs of the same code agree whatever its seeds
+or formulas): the training step written out from the documented contract (data order, chunk
+seeds, warm-up, clipping, AdamW, EMA), ranks and collectives, skipped non-finite steps, the state
+round trip and reseeding, and the first-batch checks. (Mutation kills; docs/testing.md.)"""
 
 import math
 
