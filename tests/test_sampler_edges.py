@@ -240,3 +240,21 @@ def test_ode_option_messages_and_state_dtype():
     got = sample(gm, "ode", x, steps=3, method="rk4", ode_dtype=torch.float32, denoise=False)
     want = solve_flow(gm, x, 1.0, got.t_end, method="rk4", steps=3, dtype=torch.float32).x
     assert got.x.dtype == torch.float64 and torch.equal(got.x, want.to(torch.float64))
+
+
+def test_time_grid_spacings_in_closed_form_and_their_defaults():
+    """``time_grid(sde, K, t_eps)`` is uniform in t by default; quadratic is ``t_eps + (1-t_eps) u²``;
+    log-SNR is linear in ``λ``; Karras (default ρ = 7) is linear in ``(σ/α)^{1/ρ}``."""
+    from scoresde.samplers.base import time_grid
+
+    sde, u = VPSDE.linear(), torch.linspace(0, 1, 5, dtype=torch.float64)
+    uniform = time_grid(sde, 4, 0.2)
+    assert uniform.dtype == torch.float64 and torch.allclose(uniform, 0.2 + 0.8 * u, rtol=0, atol=1e-15)
+    assert torch.allclose(time_grid(sde, 4, 0.2, "quadratic"), 0.2 + 0.8 * u**2, rtol=0, atol=1e-15)
+    lam = sde.log_snr(time_grid(sde, 4, 0.01, "logsnr"))
+    torch.testing.assert_close(lam, lam[0] + (lam[-1] - lam[0]) * u, rtol=0, atol=1e-9)
+    for rho, grid in ((7.0, time_grid(sde, 4, 0.01, "karras")), (3.0, time_grid(sde, 4, 0.01, "karras", rho=3.0))):
+        r = torch.exp(-0.5 * sde.log_snr(grid)) ** (1 / rho)  # (σ/α)^{1/ρ}
+        torch.testing.assert_close(r, r[0] + (r[-1] - r[0]) * u, rtol=0, atol=1e-9)
+    ddpm = time_grid(VPSDE.ddpm(10), 3, 0.1)  # training times i/N
+    assert torch.equal(ddpm * 10, torch.round(ddpm * 10)) and float(ddpm[0]) == 0.1 and float(ddpm[-1]) == 1.0
