@@ -36,3 +36,10 @@ def test_loading_a_state_of_another_model_names_the_problem():
     other = EMA(nn.Linear(3, 2, bias=False), 0.9)
     with pytest.raises(ValueError, match=r"^EMA state: expected the keys of the model's state dict$"):
         ema.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0, float("nan")])
+def test_decay_outside_zero_one_is_one_clear_error(decay):
+    """``decay`` in ``[0, 1)``: the message names the value and the interval."""
+    with pytest.raises(ValueError, match=rf"^decay={decay!r}: expected a number in \[0, 1\)$"):
+        EMA(_net(3), decay)
