@@ -55,7 +55,7 @@ MODULES: dict[str, tuple[list[str], list[str], int]] = {
                    DEVICES], 1500),
     "sde": (["scoresde/core/sde.py"], ["tests/test_sde.py", "tests/test_sde_edges.py", "tests/test_schedules.py",
                                        "tests/test_losses.py", "tests/test_analytic.py", "tests/test_sde_family.py",
-                                       DEVICES], 1800),
+                                       "tests/test_sde_family_edges.py", DEVICES], 1800),
     "model": (["scoresde/core/model.py"], ["tests/test_transcription.py", "tests/test_model_edges.py",
                                            "tests/test_samplers.py", DEVICES], 900),
     "losses": (["scoresde/core/losses.py"], ["tests/test_losses.py", "tests/test_loss_transcription.py",

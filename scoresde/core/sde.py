@@ -373,7 +373,7 @@ class SubVPSDE(_BetaSDE):
         ``B = log1p(d/2 + √(d (1 + d/4)))``, ``d = e^{-λ}``; then ``t = B⁻¹(B)``."""
         d = torch.exp(-_f64(lam))
         b = torch.log1p(0.5 * d + torch.sqrt(d * (1.0 + 0.25 * d)))
-        return self.time_for_integrated_beta(b, lo=lo, hi=hi).clamp(lo, hi)
+        return self.time_for_integrated_beta(b, lo=lo, hi=hi)  # stays in its bracket [lo, hi]
 
     def time_for_sigma(self, sigma: float) -> float:
         """``B = -log(1 - σ)``, then ``t = B⁻¹(B)``."""
