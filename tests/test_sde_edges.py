@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scoresde import VPSDE
+from scoresde.core.schedules import Schedule
 from scoresde.core.sde import append_dims, as_time
 
 F64 = torch.float64
@@ -116,3 +117,46 @@ def test_time_for_integrated_beta_from_python_numbers_and_outside_warm_starts():
 def test_transition_backwards_in_time_is_refused_by_name():
     with pytest.raises(ValueError, match=r"^transition\(s, t\): expected s ≤ t$"):
         VPSDE.linear().transition(0.5, 0.2)
+
+
+class _Saturating(Schedule):
+    """A decreasing rate ``β(t) = 20 e^{-20 t}``, ``B(t) = 1 - e^{-20 t}`` (concave): from the
+    midpoint a plain Newton step lands near ``t = -400``, where ``B`` overflows."""
+
+    def integrated_beta(self, t):
+        return -torch.expm1(-20.0 * t)
+
+    def beta(self, t):
+        return 20.0 * torch.exp(-20.0 * t)
+
+
+def test_time_for_integrated_beta_bisects_when_newton_leaves_the_bracket():
+    """The safeguard: a Newton step outside the bracket is replaced by its midpoint, so the
+    root of a concave ``B`` is still found to round-off, in a few dozen steps at most."""
+    sde = _counting_sde(_Saturating())
+    t = torch.tensor([0.01, 0.05, 0.3], dtype=F64)
+    found = sde.time_for_integrated_beta(-torch.expm1(-20.0 * t))
+    torch.testing.assert_close(found, t, rtol=1e-13, atol=0)
+    assert sde.schedule.calls <= 40
+
+
+def test_time_for_integrated_beta_keeps_a_far_warm_start_inside_the_bracket():
+    """The iterate never leaves ``[lo, hi]``: the default start is the bracket's midpoint and a
+    warm start above ``hi`` is clamped to it, so a root beyond the bracket gives ``hi``."""
+    sde = VPSDE.linear()
+    b = sde.integrated_beta(0.8)
+    assert float(sde.time_for_integrated_beta(b, lo=0.2, hi=0.6, t0=5.0)) == pytest.approx(0.6, abs=1e-15)
+    assert float(sde.time_for_integrated_beta(b, lo=0.2, hi=0.6)) == pytest.approx(0.6, abs=1e-15)
+    assert float(sde.time_for_integrated_beta(b, lo=0.1, hi=0.2)) == pytest.approx(0.2, abs=1e-15)
+
+
+def test_time_for_integrated_beta_is_exact_for_small_times_and_at_zero():
+    """Relative accuracy 1e-13 down to ``t = 1e-6`` (the stopping test is relative to ``t``), and
+    the exact root ``t = 0`` from the warm start ``0`` in one evaluation of ``B``."""
+    sde = _counting_sde(VPSDE.linear().schedule)
+    t = torch.tensor([1e-6, 1e-5, 1e-4, 1e-3], dtype=F64)
+    found = sde.time_for_integrated_beta(sde.schedule.inner.integrated_beta(t))
+    torch.testing.assert_close(found, t, rtol=1e-13, atol=0)
+    sde.schedule.calls = 0
+    assert float(sde.time_for_integrated_beta(0.0, t0=0.0)) == 0.0
+    assert sde.schedule.calls == 1

@@ -118,8 +118,8 @@ def test_ve_clocks_and_their_inverses():
     torch.testing.assert_close(smld.time_for_clock(s2, lo=0.1, hi=0.5), T.clamp(0.1, 0.5), rtol=0, atol=1e-14)
 
 
-@pytest.mark.parametrize("sde", [SubVPSDE.linear(), VESDE.geometric(0.01, 50.0), VESDE.smld(20, 0.01, 50.0)],
-                         ids=["subvp", "ve", "smld"])
+@pytest.mark.parametrize("sde", [VPSDE.linear(), SubVPSDE.linear(), VESDE.geometric(0.01, 50.0),
+                                 VESDE.smld(20, 0.01, 50.0)], ids=["vp", "subvp", "ve", "smld"])
 def test_time_for_log_snr_clamps_to_the_default_interval_and_to_hi(sde):
     """A log-SNR below ``λ(1)`` (more noise than the prior) maps to ``t = 1`` by default and to
     ``hi`` when given; one above ``λ(lo)`` maps to ``lo``."""
