@@ -180,7 +180,21 @@ def test_gaussian_sde_derives_drift_diffusion_and_weight_from_the_interface():
 def test_repr_names_the_sde_and_its_schedule():
     assert repr(VPSDE.linear()) == "VPSDE(LinearSchedule(beta_min=0.1, beta_max=20.0))"
     assert repr(SubVPSDE.cosine()) == "SubVPSDE(CosineSchedule(s=0.008, beta_max=1000.0))"
-    assert repr(VESDE.geometric(0.01, 50.0)) == "VESDE(GeometricSigmas(sigma_min=0.01, sigma_max=50.0))"
+    assert repr(VESDE.geometric()) == "VESDE(GeometricSigmas(sigma_min=0.01, sigma_max=50.0))"
+    assert repr(VESDE.smld()) == "VESDE(DiscreteSigmas(N=1000, sigma_min=0.01, sigma_max=50))"
+    assert VESDE.smld().schedule.sigma_min == pytest.approx(0.01, rel=1e-14)
+    assert VESDE.smld().schedule.sigma_max == pytest.approx(50.0, rel=1e-14)
+
+
+def test_marginal_sample_draws_from_the_global_stream_without_a_generator():
+    """``x_t = α x_0 + σ ε`` with ``ε`` the global stream's next draw, on the CPU."""
+    sde = SubVPSDE.linear()
+    x0 = torch.ones(2, 3)
+    torch.manual_seed(4)
+    x_t, eps = sde.marginal_sample(x0, 0.5)
+    torch.manual_seed(4)
+    assert torch.equal(eps, torch.randn(2, 3))
+    torch.testing.assert_close(x_t, float(sde.alpha(0.5)) * x0 + float(sde.sigma(0.5)) * eps, rtol=1e-6, atol=0)
 
 
 def test_prior_sample_is_prior_std_times_the_generators_draws():
