@@ -97,8 +97,45 @@ def test_sample_time_messages(kwargs, message):
 
 
 def test_an_sde_without_discrete_steps_asks_for_n_steps():
-    with pytest.raises(ValueError, match=r"^n_steps=None: discrete"):
+    with pytest.raises(ValueError, match=r"^n_steps=None: discrete time sampling needs an integer N ≥ 1 "
+                                         r"\(pass n_steps or use an SDE with discrete_steps\)$"):
         sample_time(BareSDE(), 4, time_sampling="discrete")
+
+
+@pytest.mark.parametrize("importance_sampling", [True, False])
+def test_discrete_likelihood_times_from_the_global_stream(importance_sampling):
+    """Without a generator the grid indices are the global stream's draws, made on the CPU:
+    ``multinomial(λ(i/N))`` (importance-sampled, weight ``mean λ``) or ``randint(N)`` (weight ``λ``)."""
+    sde = VPSDE.ddpm(10)
+    grid = torch.arange(1, 11, dtype=F64) / 10
+    lam = likelihood_weight(sde, grid)
+    torch.manual_seed(6)
+    t, w = sample_time(sde, 5, weighting="likelihood", time_sampling="discrete",
+                       importance_sampling=importance_sampling)
+    torch.manual_seed(6)
+    i = torch.multinomial(lam, 5, replacement=True) if importance_sampling else torch.randint(0, 10, (5,))
+    assert torch.equal(t, grid[i])
+    assert torch.equal(w, lam.mean().expand(5) if importance_sampling else lam[i])
+
+
+def test_dsm_loss_draws_from_the_global_stream_without_a_generator():
+    """``t`` then ``ε`` from the global stream, on the CPU: the same loss as by hand."""
+    x0 = ORACLE.sample(4, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(8)
+    out = dsm_loss(ORACLE, x0, t_eps=0.01)
+    torch.manual_seed(8)
+    t = 0.01 + 0.99 * torch.rand(4, dtype=F64)
+    noise = torch.randn(x0.shape, dtype=F64)
+    loss, _ = _by_hand(ORACLE, x0, t, torch.ones(4, dtype=F64), noise)
+    assert torch.equal(out.t, t)
+    torch.testing.assert_close(out.loss, loss, rtol=1e-12, atol=0)
+
+
+def test_sample_time_returns_on_the_requested_device():
+    """An explicit ``device`` is where times and weights end up (here the shape-only 'meta')."""
+    for time_sampling in ("continuous", "discrete"):
+        t, w = sample_time(VPSDE.ddpm(10), 3, time_sampling=time_sampling, device="meta")
+        assert t.device.type == w.device.type == "meta" and t.dtype == w.dtype == F64 and t.shape == (3,)
 
 
 def test_x0_without_a_batch_dimension_is_named():
