@@ -141,3 +141,34 @@ def test_sample_time_returns_on_the_requested_device():
 def test_x0_without_a_batch_dimension_is_named():
     with pytest.raises(ValueError, match=r"^x0 has shape \(3,\): expected \(B, \*dims\)$"):
         dsm_loss(ORACLE, torch.zeros(3, dtype=F64))
+
+
+class _Inverse:
+    """VPSDE.linear() whose ``time_for_log_snr`` records its bracket and returns ``offset`` plus
+    the exact inverse (``offset = ±1``: an SDE whose inverse leaves ``[t_eps, 1]``)."""
+
+    def __init__(self, offset=0.0):
+        self._sde, self.offset, self.brackets = VPSDE.linear(), offset, []
+
+    def __getattr__(self, name):
+        return getattr(self._sde, name)
+
+    def time_for_log_snr(self, lam, *, lo=0.0, hi=1.0):
+        self.brackets.append((lo, hi))
+        return self._sde.time_for_log_snr(lam, lo=lo, hi=hi) + self.offset
+
+
+def test_importance_sampled_times_use_the_sdes_inverse_on_t_eps_to_one():
+    """``t = T(λ_SNR(t_eps) + u (λ_SNR(1) - λ_SNR(t_eps)))`` with the SDE's inverse ``T`` asked
+    for the bracket ``[t_eps, 1]``; a result outside it is clamped to it."""
+    sde = _Inverse()
+    t, w = sample_time(sde, 5, weighting="likelihood", t_eps=0.02, generator=torch.Generator().manual_seed(3))
+    assert sde.brackets == [(0.02, 1.0)]
+    u = torch.rand(5, generator=torch.Generator().manual_seed(3), dtype=F64)
+    hi, lo = sde.log_snr(0.02), sde.log_snr(1.0)
+    torch.testing.assert_close(t, sde.time_for_log_snr(hi + u * (lo - hi)), rtol=0, atol=0)
+    torch.testing.assert_close(w, ((hi - lo) / 0.98).expand(5), rtol=1e-15, atol=0)
+    for offset, end in ((-1.0, 0.02), (1.0, 1.0)):
+        t, _ = sample_time(_Inverse(offset), 5, weighting="likelihood", t_eps=0.02,
+                           generator=torch.Generator().manual_seed(3))
+        assert torch.equal(t, torch.full((5,), end, dtype=F64))
