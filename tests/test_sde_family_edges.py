@@ -225,3 +225,11 @@ def test_time_for_sigma_refuses_the_end_points(sde):
     for sigma in (float(sde.sigma(0.0)), float(sde.sigma(1.0))):
         with pytest.raises(ValueError, match=rf"^sigma={sigma!r}: expected a number in \(σ\(0\)="):
             sde.time_for_sigma(sigma)
+
+
+def test_closed_form_inverses_keep_the_input_device():
+    """A tensor ``λ`` (or clock value) stays on its device: here the shape-only 'meta' device."""
+    lam = torch.zeros(3, dtype=F64, device="meta")
+    ve = VESDE.geometric(0.01, 50.0)
+    assert ve.time_for_log_snr(lam).device.type == "meta"
+    assert ve.time_for_clock(lam).device.type == "meta"
