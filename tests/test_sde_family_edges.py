@@ -233,3 +233,13 @@ def test_closed_form_inverses_keep_the_input_device():
     ve = VESDE.geometric(0.01, 50.0)
     assert ve.time_for_log_snr(lam).device.type == "meta"
     assert ve.time_for_clock(lam).device.type == "meta"
+
+
+def test_the_interface_of_gaussian_sde_is_abstract():
+    """``GaussianSDE`` itself implements none of the interface: every method names it as missing."""
+    base = GaussianSDE()
+    for call in (lambda: base.alpha(0.5), lambda: base.sigma(0.5), lambda: base.log_snr(0.5),
+                 lambda: base.g2(0.5), lambda: base.drift_coef(0.5), lambda: base.time_for_sigma(0.5),
+                 lambda: base.time_for_log_snr(0.0), lambda: base.time_for_log_snr(0.0, lo=0.1, hi=0.9)):
+        with pytest.raises(NotImplementedError):
+            call()
