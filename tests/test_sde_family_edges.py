@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from scoresde import VESDE, VPSDE, SubVPSDE
+from scoresde.core.schedules import DiscreteSigmas
 from scoresde.core.sde import GaussianSDE
 
 F64 = torch.float64
@@ -200,7 +201,7 @@ def test_marginal_sample_draws_from_the_global_stream_without_a_generator():
 def test_prior_sample_is_prior_std_times_the_generators_draws():
     """``z = prior_std · ε`` on the same draws (VE: ``σ_max``; VP and sub-VP: ``ε`` itself)."""
     for sde, std in ((VESDE.geometric(0.01, 50.0), 50.0), (VESDE.smld(10, 0.1, 3.0), 3.0),
-                     (VPSDE.linear(), 1.0), (SubVPSDE.linear(), 1.0)):
+                     (VESDE(DiscreteSigmas([0.5, 2.0])), 2.0), (VPSDE.linear(), 1.0), (SubVPSDE.linear(), 1.0)):
         z = sde.prior_sample((3, 4), generator=torch.Generator().manual_seed(5), dtype=F64)
         eps = torch.randn((3, 4), generator=torch.Generator().manual_seed(5), dtype=F64)
         torch.testing.assert_close(z, std * eps, rtol=1e-14, atol=0)
