@@ -52,7 +52,7 @@ DEVICES = "tests/test_devices.py::test_end_to_end_with_meta_as_default_device"
 MODULES: dict[str, tuple[list[str], list[str], int]] = {
     "schedules": (["scoresde/core/schedules.py"],
                   ["tests/test_schedules.py", "tests/test_schedule_edges.py", "tests/test_sde.py",
-                   DEVICES], 1500),
+                   "tests/test_sde_family.py", "tests/test_sde_family_edges.py", DEVICES], 1500),
     "sde": (["scoresde/core/sde.py"], ["tests/test_sde.py", "tests/test_sde_edges.py", "tests/test_schedules.py",
                                        "tests/test_losses.py", "tests/test_analytic.py", "tests/test_sde_family.py",
                                        "tests/test_sde_family_edges.py", DEVICES], 1800),
