@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scoresde import CosineSchedule, DiscreteSchedule, LinearSchedule
+from scoresde.core.schedules import DiscreteSigmas, GeometricSigmas
 
 F64 = torch.float64
 
@@ -90,3 +91,37 @@ def test_discrete_schedule_follows_the_device_of_t():
     assert sch.beta(meta).device.type == "meta"
     assert sch.integrated_beta(t).device.type == "cpu"  # the CPU tables are still there
     assert {d.device.type for d in sch._tables(torch.device("meta"))} == {"meta"}
+
+
+def test_tables_are_built_on_the_cpu_under_any_default_device():
+    """DDPM's cosine β and SMLD's levels are CPU float64 tables even when PyTorch's default
+    device is another one (here 'meta'): the same values as built under the CPU default."""
+    want_betas = DiscreteSchedule.ddpm_cosine(10).betas
+    want_sigmas = DiscreteSigmas([0.1, 0.5, 2.0]).sigmas
+    with torch.device("meta"):
+        betas = DiscreteSchedule.ddpm_cosine(10).betas
+        sigmas = DiscreteSigmas([0.1, 0.5, 2.0]).sigmas
+        t_cpu = DiscreteSigmas([0.1, 0.5, 2.0]).time_for_clock(0.25)
+    assert betas.device.type == sigmas.device.type == t_cpu.device.type == "cpu"
+    assert torch.equal(betas, want_betas) and torch.equal(sigmas, want_sigmas)
+
+
+def test_sigma_clock_inverses_are_float64_and_exact_from_python_numbers():
+    """``time_for_clock`` of a Python number: float64, no float32 rounding on the way
+    (continuous VE: the number itself; SMLD: the inverse of ``σ²``)."""
+    geo = GeometricSigmas(0.01, 50.0)
+    assert geo.time_for_clock(0.1).dtype == F64 and float(geo.time_for_clock(0.1)) == 0.1
+    smld = DiscreteSigmas.smld(5, 0.1, 2.0)
+    v = float(smld.sigma2(torch.tensor(0.3, dtype=F64)))
+    assert smld.time_for_clock(v).dtype == F64
+    assert float(smld.time_for_clock(v)) == pytest.approx(0.3, rel=1e-15)
+
+
+def test_smld_sigma2_inverse_clamps_to_zero_one_and_follows_the_device():
+    """``time_for_sigma2``: ``σ² ≤ 0`` gives ``t = 0``, ``σ² ≥ σ_N²`` gives ``t = 1``, levels give
+    ``i/N`` exactly; computed on ``v``'s device (here 'meta')."""
+    smld = DiscreteSigmas([0.5, 1.0, 2.0])
+    v = torch.tensor([-1.0, 0.0, 0.25, 1.0, 4.0, 40.0], dtype=F64)
+    torch.testing.assert_close(smld.time_for_sigma2(v), torch.tensor([0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0], dtype=F64),
+                               rtol=1e-15, atol=0)
+    assert smld.time_for_sigma2(torch.zeros(2, dtype=F64, device="meta")).device.type == "meta"
