@@ -102,8 +102,29 @@ def test_tables_are_built_on_the_cpu_under_any_default_device():
         betas = DiscreteSchedule.ddpm_cosine(10).betas
         sigmas = DiscreteSigmas([0.1, 0.5, 2.0]).sigmas
         t_cpu = DiscreteSigmas([0.1, 0.5, 2.0]).time_for_clock(0.25)
-    assert betas.device.type == sigmas.device.type == t_cpu.device.type == "cpu"
+        levels = DiscreteSigmas.smld(5, 0.1, 2.0).sigmas
+    assert betas.device.type == sigmas.device.type == t_cpu.device.type == levels.device.type == "cpu"
     assert torch.equal(betas, want_betas) and torch.equal(sigmas, want_sigmas)
+    assert torch.equal(levels, DiscreteSigmas.smld(5, 0.1, 2.0).sigmas)
+
+
+def test_sigma_schedules_defaults_and_level_checks():
+    """Defaults ``σ ∈ [0.01, 50]`` (score_sde's VE), SMLD with 1000 levels; levels must be
+    non-empty and strictly increasing, and SMLD's end points are checked as a pair."""
+    geo = GeometricSigmas()
+    assert (geo.sigma_min, geo.sigma_max) == (0.01, 50.0)
+    smld = DiscreteSigmas.smld()
+    assert smld.N == 1000
+    assert smld.sigma_min == pytest.approx(0.01, rel=1e-14) and smld.sigma_max == pytest.approx(50.0, rel=1e-14)
+    assert DiscreteSigmas.smld(3, 60.0, 100.0).sigma_max == pytest.approx(100.0, rel=1e-14)
+    with pytest.raises(ValueError, match=r"^sigma_max=0.5: expected a finite number > sigma_min=1.0$"):
+        DiscreteSigmas.smld(3, 1.0, 0.5)
+    with pytest.raises(ValueError, match=r"^sigmas: expected at least one noise level, got an empty sequence$"):
+        DiscreteSigmas([])
+    with pytest.raises(ValueError, match=r"^sigmas=\[0.1, 0.1\]\.\.\.: expected finite, positive, increasing levels$"):
+        DiscreteSigmas([0.1, 0.1])
+    with pytest.raises(ValueError, match=r"^sigmas=\[0.5, 0.4, 0.3, 0.2\]\.\.\.: expected finite"):
+        DiscreteSigmas([0.5, 0.4, 0.3, 0.2, 0.1])
 
 
 def test_sigma_clock_inverses_are_float64_and_exact_from_python_numbers():
