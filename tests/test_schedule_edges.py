@@ -146,3 +146,10 @@ def test_smld_sigma2_inverse_clamps_to_zero_one_and_follows_the_device():
     torch.testing.assert_close(smld.time_for_sigma2(v), torch.tensor([0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0], dtype=F64),
                                rtol=1e-15, atol=0)
     assert smld.time_for_sigma2(torch.zeros(2, dtype=F64, device="meta")).device.type == "meta"
+
+
+def test_geometric_sigmas_need_zero_below_sigma_min_below_sigma_max():
+    with pytest.raises(ValueError, match=r"^sigma_min=0.0: expected a finite number > 0$"):
+        GeometricSigmas(0.0, 1.0)
+    with pytest.raises(ValueError, match=r"^sigma_max=1.0: expected a finite number > sigma_min=1.0$"):
+        GeometricSigmas(1.0, 1.0)
