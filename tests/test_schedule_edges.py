@@ -153,3 +153,14 @@ def test_geometric_sigmas_need_zero_below_sigma_min_below_sigma_max():
         GeometricSigmas(0.0, 1.0)
     with pytest.raises(ValueError, match=r"^sigma_max=1.0: expected a finite number > sigma_min=1.0$"):
         GeometricSigmas(1.0, 1.0)
+
+
+def test_cosine_b_follows_t_under_another_default_device():
+    """The clip time is placed on ``t``'s device: a CPU ``t`` under a 'meta' default device
+    gives the same ``B(t)`` as under the CPU default."""
+    cos = CosineSchedule()
+    t = torch.tensor([0.5, 0.999, 1.0], dtype=F64)
+    want = cos.integrated_beta(t)
+    with torch.device("meta"):
+        got = cos.integrated_beta(t)
+    assert got.device.type == "cpu" and torch.equal(got, want)
