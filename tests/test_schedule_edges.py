@@ -164,3 +164,9 @@ def test_cosine_b_follows_t_under_another_default_device():
     with torch.device("meta"):
         got = cos.integrated_beta(t)
     assert got.device.type == "cpu" and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("make", [DiscreteSchedule.ddpm_linear, DiscreteSchedule.ddpm_cosine, DiscreteSigmas.smld])
+def test_step_counts_are_checked_by_name(make):
+    with pytest.raises(ValueError, match=r"^n_steps=0: expected an integer ≥ 1$"):
+        make(0)
