@@ -303,3 +303,17 @@ def test_dequantize_without_a_generator_uses_the_global_stream():
 def test_summarize_one_sample_two_draws():
     v = torch.tensor([[1.0], [4.0]], dtype=torch.float64)
     assert summarize(v) == (2.5, float(v.std() / math.sqrt(2)))
+
+
+@pytest.mark.parametrize("sde", [VPSDE(CosineSchedule()), VPSDE.ddpm(1000)], ids=["cosine", "ddpm1000"])
+def test_fitted_clock_inverts_exactly(sde):
+    """``u_of_t`` is the inverse of the fitted ``B̂``: ``B̂(u(t)) = B(t)``, ``u ∈ [0, 1]``, the
+    ends exact, and :meth:`Clock.at` maps ``u(t)`` back to ``t``."""
+    clock = flow_mod.Clock(sde)
+    t = torch.tensor([0.0, 1e-3, 0.3, 0.7, 0.999, 1.0], dtype=torch.float64)
+    u = clock.u_of_t(t)
+    assert u.dtype == torch.float64 and float(u[0]) == 0.0 and float(u[-1]) == 1.0
+    assert bool(((u >= 0) & (u <= 1)).all()) and bool((u.diff() > 0).all())
+    torch.testing.assert_close(clock._smooth(u)[0], sde.clock(t), rtol=1e-12, atol=1e-14)
+    for ti, ui in zip(t.tolist()[1:-1], u.tolist()[1:-1]):
+        assert clock.at(ui)[0] == pytest.approx(ti, rel=1e-9)
