@@ -258,3 +258,17 @@ def test_time_grid_spacings_in_closed_form_and_their_defaults():
         torch.testing.assert_close(r, r[0] + (r[-1] - r[0]) * u, rtol=0, atol=1e-9)
     ddpm = time_grid(VPSDE.ddpm(10), 3, 0.1)  # training times i/N
     assert torch.equal(ddpm * 10, torch.round(ddpm * 10)) and float(ddpm[0]) == 0.1 and float(ddpm[-1]) == 1.0
+
+
+def test_sampler_grid_defaults_and_an_explicit_end():
+    """``sampler_grid(sde, K, t_eps, denoise)``: decreasing, uniform in t by default, Karras with
+    ρ = 7 by default; ``K = 0`` is just ``[1]``; without ``t_eps`` and without the Tweedie step it
+    ends at the SDE's sampling_eps."""
+    from scoresde.samplers.base import sampler_grid, time_grid
+
+    sde = VPSDE.linear()
+    u = torch.linspace(0, 1, 5, dtype=torch.float64)
+    assert torch.allclose(sampler_grid(sde, 4, 0.2, False), (0.2 + 0.8 * u).flip(0), rtol=0, atol=1e-15)
+    assert torch.equal(sampler_grid(sde, 4, 0.01, True, "karras"), time_grid(sde, 4, 0.01, "karras", 7.0).flip(0))
+    assert torch.equal(sampler_grid(sde, 0, None, True), torch.ones(1, dtype=torch.float64))
+    assert float(sampler_grid(sde, 4, None, False)[-1]) == sde.sampling_eps
