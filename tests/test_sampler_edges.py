@@ -4,6 +4,7 @@ progress bars' totals, each option's error message, explicit grids at their edge
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 
@@ -272,3 +273,63 @@ def test_sampler_grid_defaults_and_an_explicit_end():
     assert torch.equal(sampler_grid(sde, 4, 0.01, True, "karras"), time_grid(sde, 4, 0.01, "karras", 7.0).flip(0))
     assert torch.equal(sampler_grid(sde, 0, None, True), torch.ones(1, dtype=torch.float64))
     assert float(sampler_grid(sde, 4, None, False)[-1]) == sde.sampling_eps
+
+
+def test_default_end_time_in_closed_form():
+    """``σ/α = max(σ/α at sampling_eps, 2.8 K^-1.65)``, capped at t = 0.9 (FEW_STEP_SCALE,
+    FEW_STEP_POWER): λ(t) = -2 log(2.8 K^-1.65) while that is below λ(sampling_eps)."""
+    from scoresde import LinearSchedule
+    from scoresde.samplers.base import default_t_eps
+
+    sde = VPSDE.linear()
+    for k in (1, 5, 20):
+        t = default_t_eps(sde, k)
+        want = -2.0 * math.log(2.8 * k**-1.65)
+        assert float(sde.log_snr(torch.tensor(t, dtype=torch.float64))) == pytest.approx(want, rel=1e-12)
+    assert default_t_eps(sde, 1000) == sde.sampling_eps
+    assert default_t_eps(sde, 0) == default_t_eps(sde, 1)  # K counted from 1
+    assert default_t_eps(VPSDE(LinearSchedule(0.1, 2.0)), 1) == 0.9  # little noise at t = 1: capped
+
+
+def test_sampler_grid_on_a_discrete_schedule_without_an_end_time():
+    from scoresde.samplers.base import default_t_eps, sampler_grid
+
+    ddpm10 = sampler_grid(VPSDE.ddpm(10), 3, None, False)
+    assert float(ddpm10[-1]) == 0.1 and torch.equal(ddpm10 * 10, torch.round(ddpm10 * 10))
+    sde = VPSDE.ddpm(1000)
+    end = float(sampler_grid(sde, 5, None, True)[-1])
+    assert end == round(default_t_eps(sde, 5) * 1000) / 1000 and end > 0.05
+
+
+def test_sampler_grid_edges():
+    from scoresde.samplers.base import sampler_grid, time_grid
+
+    sde = VPSDE.linear()
+    with torch.device("meta"):
+        one = sampler_grid(sde, 0, None, True)
+    assert one.dtype == torch.float64 and one.device.type == "cpu" and one.tolist() == [1.0]
+    assert torch.equal(sampler_grid(sde, 4, 0.01, True, "karras", 3.0), time_grid(sde, 4, 0.01, "karras", 3.0).flip(0))
+
+    class NoSteps:  # an SDE object without discrete_steps
+        def __init__(self, sde):
+            self._sde = sde
+
+        def __getattr__(self, name):
+            if name == "discrete_steps":
+                raise AttributeError(name)
+            return getattr(self._sde, name)
+
+    assert torch.equal(sampler_grid(NoSteps(sde), 4, None, False), sampler_grid(sde, 4, None, False))
+
+
+def test_time_grid_messages():
+    from scoresde.samplers.base import time_grid
+
+    sde = VPSDE.linear()
+    with pytest.raises(ValueError, match=r"^spacing='cubic': expected one of "):
+        time_grid(sde, 4, 0.1, "cubic")
+    with pytest.raises(ValueError, match=r"^rho=0: expected "):
+        time_grid(sde, 4, 0.1, "karras", rho=0)
+    r = torch.exp(-0.5 * sde.log_snr(time_grid(sde, 4, 0.01, "karras", rho=0.5))) ** 2  # ρ = 0.5 allowed
+    torch.testing.assert_close(r, r[0] + (r[-1] - r[0]) * torch.linspace(0, 1, 5, dtype=torch.float64),
+                               rtol=0, atol=1e-9)
