@@ -317,3 +317,40 @@ def test_fitted_clock_inverts_exactly(sde):
     torch.testing.assert_close(clock._smooth(u)[0], sde.clock(t), rtol=1e-12, atol=1e-14)
     for ti, ui in zip(t.tolist()[1:-1], u.tolist()[1:-1]):
         assert clock.at(ui)[0] == pytest.approx(ti, rel=1e-9)
+
+
+class _Recorder:
+    """The oracle's ε, recording the times it is asked at."""
+
+    def __init__(self, gm):
+        self.sde, self.gm, self.times = gm.sde, gm, []
+
+    def eps(self, x, t):
+        self.times.append(t.clone())
+        return self.gm.eps(x, t)
+
+
+def test_solve_flow_starts_and_ends_exactly_at_the_given_times():
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    rec = _Recorder(gm)
+    solve_flow(rec, x, 1e-5, 1.0, method="euler", steps=2)
+    first = rec.times[0].reshape(-1)[0]
+    assert first.dtype == torch.float64 and float(first) == 1e-5  # not a float32-rounded 1e-5
+    rec = _Recorder(gm)
+    solve_flow(rec, x, 1.0, 0.3, method="rk4", steps=1)
+    assert float(rec.times[0].reshape(-1)[0]) == 1.0 and float(rec.times[-1].reshape(-1)[0]) == 0.3
+
+
+def test_solve_flow_defaults_and_divergence_message():
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    default = solve_flow(gm, x, 1e-3, 1.0)
+    explicit = solve_flow(gm, x, 1e-3, 1.0, method="dopri5", rtol=1e-5, atol=1e-5)
+    assert torch.equal(default.x, explicit.x) and default.nfe == explicit.nfe and default.divergence is None
+    with pytest.raises(ValueError, match=r"^divergence='trace': expected one of exact$"):
+        solve_flow(gm, x, 1e-3, 1.0, divergence="trace")
+
+
+def test_u_of_t_takes_python_numbers_in_float64():
+    clock = flow_mod.Clock(VPSDE(CosineSchedule()))
+    want = clock.u_of_t(torch.tensor([0.3], dtype=torch.float64))
+    assert torch.equal(clock.u_of_t(0.3), want[0]) and torch.equal(clock.u_of_t([0.3]), want)
