@@ -354,3 +354,32 @@ def test_u_of_t_takes_python_numbers_in_float64():
     clock = flow_mod.Clock(VPSDE(CosineSchedule()))
     want = clock.u_of_t(torch.tensor([0.3], dtype=torch.float64))
     assert torch.equal(clock.u_of_t(0.3), want[0]) and torch.equal(clock.u_of_t([0.3]), want)
+
+
+def test_solve_flow_state_dtype_probes_and_progress_fractions():
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    # the state runs in the dtype asked for, whatever x's dtype
+    assert solve_flow(gm, x, 0.2, 1.0, method="euler", steps=2, dtype=torch.float32).x.dtype == torch.float32
+    # float64 probes are cast to the state's dtype before use
+    probes = torch.randn((2, 2, 2), generator=_gen(4), dtype=torch.float64)
+    a = solve_flow(gm, x, 0.2, 1.0, method="euler", steps=2, divergence=probes, dtype=torch.float32)
+    b = solve_flow(gm, x, 0.2, 1.0, method="euler", steps=2, divergence=probes.to(torch.float32),
+                   dtype=torch.float32)
+    assert torch.equal(a.divergence, b.divergence)
+    # on_eval gets the fraction of the clock's span reached: euler, 2 steps from 0.2 (u = t here)
+    seen = []
+    solve_flow(gm, x, 0.2, 1.0, method="euler", steps=2, on_eval=seen.append)
+    assert seen == pytest.approx([0.0, 0.5], abs=1e-12)
+
+
+def test_a_failed_solve_names_the_solver_and_the_time():
+    class NaNModel:
+        def __init__(self, sde):
+            self.sde = sde
+
+        def eps(self, x, t):
+            return torch.full_like(x, float("nan"))
+
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"^ODE solver 'dopri5' \(rtol=1e-05, atol=1e-05\) failed near t=0\.\d+: "):
+        solve_flow(NaNModel(VPSDE.linear()), x, 0.2, 1.0)
