@@ -333,3 +333,25 @@ def test_time_grid_messages():
     r = torch.exp(-0.5 * sde.log_snr(time_grid(sde, 4, 0.01, "karras", rho=0.5))) ** 2  # ρ = 0.5 allowed
     torch.testing.assert_close(r, r[0] + (r[-1] - r[0]) * torch.linspace(0, 1, 5, dtype=torch.float64),
                                rtol=0, atol=1e-9)
+
+
+def test_a_grid_that_collapses_is_refused_by_name():
+    """Karras spacing with a tiny ρ piles every point onto the ends: duplicates, refused."""
+    from scoresde.samplers.base import time_grid
+
+    with pytest.raises(ValueError, match=r"^spacing='karras' with steps=6: grid is not strictly increasing$"):
+        time_grid(VPSDE.linear(), 6, 1e-3, "karras", rho=1e-3)
+
+
+def test_a_non_finite_result_is_counted_in_the_message():
+    class NaNEps:
+        def __init__(self, sde):
+            self.sde = sde
+
+        def eps(self, x, t):
+            out = torch.zeros_like(x)
+            out[0, 0] = float("nan")  # one bad entry: DDIM is elementwise, so one value of the result
+            return out
+
+    with pytest.raises(ValueError, match=r"^ddim sampler: 1 of 8 values of the result are not finite \(NaN or inf\)"):
+        sample(NaNEps(VPSDE.linear()), "ddim", _x(), steps=3)
