@@ -383,3 +383,45 @@ def test_a_failed_solve_names_the_solver_and_the_time():
     x = torch.zeros(2, 2, dtype=torch.float64)
     with pytest.raises(RuntimeError, match=r"^ODE solver 'dopri5' \(rtol=1e-05, atol=1e-05\) failed near t=0\.\d+: "):
         solve_flow(NaNModel(VPSDE.linear()), x, 0.2, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
+def test_flow_drift_is_the_probability_flow_in_the_clock(kind):
+    """``flow_drift · clock_rate = f x - ½ g² s`` with ``s = -ε/σ`` (Song et al. 2021, eq. 13),
+    for VP and for the SDEs that take the general ``a x + b ε`` form (sub-VP, VE)."""
+    from scoresde.core.sde import VESDE, SubVPSDE
+
+    sde = {"vp": VPSDE.linear(), "subvp": SubVPSDE.linear(), "ve": VESDE.geometric(0.01, 50.0)}[kind]
+    gm = GaussianMixture.random(2, 2, seed=3, sde=sde)
+    x = gm.sample(3, generator=_gen(1))
+    t = torch.tensor(0.4, dtype=torch.float64)
+    v = flow_mod.flow_drift(gm, x, t) * float(sde.clock_rate(t))
+    want = sde.probability_flow_drift(x, t, -gm.eps(x, t) / sde.sigma(t))
+    torch.testing.assert_close(v, want, rtol=1e-12, atol=1e-12)
+
+
+def test_flow_drift_of_an_sde_that_does_not_say_is_the_vp_one():
+    class Unsaid:  # an SDE object without variance_preserving (taken as VP) nor flow_coefficients
+        def __init__(self, sde):
+            self._sde = sde
+
+        def __getattr__(self, name):
+            if name in ("variance_preserving", "flow_coefficients"):
+                raise AttributeError(name)
+            return getattr(self._sde, name)
+
+    gm = _gm()
+    model = _Recorder(gm)
+    model.sde = Unsaid(gm.sde)
+    x, t = gm.sample(2, generator=_gen(1)), torch.tensor(0.4, dtype=torch.float64)
+    assert torch.equal(flow_mod.flow_drift(model, x, t), flow_mod.flow_drift(gm, x, t))
+
+
+def test_solve_flow_tolerances_counts_and_divergence_dtype():
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    nfe = {(r, a): solve_flow(gm, x, 1e-3, 1.0, rtol=r, atol=a).nfe for r, a in
+           [(1e-2, 1e-10), (1e-8, 1e-10), (1e-10, 1e-2), (1e-10, 1e-8)]}
+    assert nfe[(1e-2, 1e-10)] < nfe[(1e-8, 1e-10)] and nfe[(1e-10, 1e-2)] < nfe[(1e-10, 1e-8)]  # each is used
+    assert solve_flow(gm, x, 0.2, 1.0, method="rk4", steps=2).nfe == 8
+    sol = solve_flow(gm, x, 0.2, 1.0, method="rk4", steps=2, divergence="exact", dtype=torch.float32)
+    assert sol.x.dtype == torch.float32 and sol.divergence.dtype == torch.float64 and sol.nfe == 8
