@@ -23,6 +23,7 @@ from scoresde.core.bpd import check_int_data, check_levels, dequantize, summariz
 from scoresde.core.flow import solve_flow
 from scoresde.likelihood import ode as ode_mod
 from scoresde.likelihood.ode import bits_per_dim, log_likelihood
+from tests.fakes import record_bars
 
 LEVELS = 16
 FIXED = dict(method="rk4", steps=2)  # 4 NFE per step, 8 per solve: cheap and exactly countable
@@ -40,32 +41,9 @@ def _gen(seed=11):
     return torch.Generator().manual_seed(seed)
 
 
-class _Bar:
-    """Stands in for the tqdm bar: records what the library asks it to show."""
-
-    made: list = []
-
-    def __init__(self, total, enabled, desc):
-        self.total, self.enabled, self.desc, self.n = total, enabled, desc, 0
-        self.updates, self.postfix, self.closed = [], [], False
-        _Bar.made.append(self)
-
-    def update(self, k):
-        self.updates.append(k)
-        self.n += k
-
-    def set_postfix(self, **kw):
-        self.postfix.append(kw)
-
-    def close(self):
-        self.closed = True
-
-
 @pytest.fixture
 def bars(monkeypatch):
-    _Bar.made = []
-    monkeypatch.setattr(ode_mod, "progress_bar", _Bar)
-    return _Bar.made
+    return record_bars(monkeypatch, ode_mod)
 
 
 # ---------------------------------------------------------------- log_likelihood

@@ -17,6 +17,7 @@ from scoresde.samplers import base, sample
 from scoresde.samplers.base import explicit_grid
 from scoresde.samplers.ode import encode, ode
 from scoresde.samplers.reverse_sde import ReverseSDE
+from tests.fakes import record_bars
 
 
 def _gm():
@@ -31,30 +32,10 @@ def _gen(seed=3):
     return torch.Generator().manual_seed(seed)
 
 
-class _Bar:
-    made: list = []
-
-    def __init__(self, total, enabled, desc):
-        self.total, self.enabled, self.desc, self.n = total, enabled, desc, 0
-        _Bar.made.append(self)
-
-    def update(self, k=1):
-        self.n += k
-
-    def set_postfix(self, **kw):
-        pass
-
-    def close(self):
-        pass
-
-
 @pytest.fixture
 def bars(monkeypatch):
-    ode_mod = sys.modules["scoresde.samplers.ode"]  # the package exports the function under that name
-    _Bar.made = []
-    monkeypatch.setattr(base, "progress_bar", _Bar)
-    monkeypatch.setattr(ode_mod, "progress_bar", _Bar)
-    return _Bar.made
+    # the package exports the function ode under the module's name: take the module itself
+    return record_bars(monkeypatch, base, sys.modules["scoresde.samplers.ode"])
 
 
 # Progress totals: one tick per ε evaluation ---------------------------------------------------

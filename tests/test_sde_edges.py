@@ -10,6 +10,7 @@ import torch
 from scoresde import VPSDE
 from scoresde.core.schedules import Schedule
 from scoresde.core.sde import append_dims, as_time
+from tests.fakes import Counting
 
 F64 = torch.float64
 
@@ -68,23 +69,9 @@ def test_prior_log_prob_is_float64_from_float32_input():
     assert float(lp) == float(-0.5 * (z64**2).sum() - 1.5 * math.log(2 * math.pi))
 
 
-class _Counting:
-    """Wraps a schedule and counts its integrated_beta calls (one per Newton/bisection step)."""
-
-    def __init__(self, schedule):
-        self.inner, self.calls = schedule, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def integrated_beta(self, t):
-        self.calls += 1
-        return self.inner.integrated_beta(t)
-
-
 def _counting_sde(schedule):
     sde = VPSDE(schedule)
-    sde.schedule = _Counting(schedule)
+    sde.schedule = Counting(schedule)
     return sde
 
 

@@ -14,6 +14,7 @@ import torch
 from scoresde import VESDE, VPSDE, SubVPSDE
 from scoresde.core.schedules import DiscreteSigmas
 from scoresde.core.sde import GaussianSDE
+from tests.fakes import Counting
 
 F64 = torch.float64
 T = torch.tensor([0.05, 0.3, 0.8, 1.0], dtype=F64)
@@ -69,20 +70,6 @@ def test_network_input_scale_is_one_over_the_marginal_scale():
         1 / math.sqrt(1 + 0.01**2 * 5000.0), rel=1e-13)
 
 
-class _Counting:
-    """Wraps a schedule and counts its integrated_beta calls (one per Newton/bisection step)."""
-
-    def __init__(self, schedule):
-        self.inner, self.calls = schedule, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def integrated_beta(self, t):
-        self.calls += 1
-        return self.inner.integrated_beta(t)
-
-
 @pytest.mark.parametrize("cls", [VPSDE, SubVPSDE])
 def test_beta_sde_clock_is_b_and_its_inverse_clamps_to_lo_hi(cls):
     """Clock ``B(t)``, rate ``β(t)``; ``time_for_clock`` inverts ``B`` on ``[0, 1]`` by default,
@@ -95,7 +82,7 @@ def test_beta_sde_clock_is_b_and_its_inverse_clamps_to_lo_hi(cls):
     assert float(sde.time_for_clock(_b(0.5), hi=0.4)) == pytest.approx(0.4, abs=1e-12)
     assert float(sde.time_for_clock(_b(0.5), lo=0.6)) == pytest.approx(0.6, abs=1e-12)
     assert float(sde.time_for_clock(_b(0.5), lo=0.2, hi=0.7)) == pytest.approx(0.5, abs=1e-14)
-    sde.schedule = _Counting(sde.schedule)
+    sde.schedule = Counting(sde.schedule)
     assert float(sde.time_for_clock(torch.tensor(_b(0.3), dtype=F64), t0=0.3)) == pytest.approx(0.3, abs=1e-15)
     assert sde.schedule.calls == 1
 

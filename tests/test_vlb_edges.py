@@ -19,6 +19,7 @@ from scoresde.core.sde import VESDE
 from scoresde.likelihood import vlb as vlb_mod
 from scoresde.likelihood.vlb import ddpm_tables, ddpm_vlb_bits_per_dim, vlb_prior_term, vlb_term
 from scoresde.likelihood.vlb_grid import GridChainModel, grid_vlb_bits_per_dim, t_of_sigma, vlb_grid
+from tests.fakes import record_bars
 
 LEVELS = 17
 
@@ -31,25 +32,9 @@ def _gen(seed=5):
     return torch.Generator().manual_seed(seed)
 
 
-class _Bar:
-    made: list = []
-
-    def __init__(self, total, enabled, desc):
-        self.total, self.enabled, self.desc, self.n = total, enabled, desc, 0
-        _Bar.made.append(self)
-
-    def update(self, k=1):
-        self.n += k
-
-    def close(self):
-        pass
-
-
 @pytest.fixture
 def bars(monkeypatch):
-    _Bar.made = []
-    monkeypatch.setattr(vlb_mod, "progress_bar", _Bar)
-    return _Bar.made
+    return record_bars(monkeypatch, vlb_mod)
 
 
 # ---------------------------------------------------------------- ddpm_vlb_bits_per_dim

@@ -1,0 +1,49 @@
+"""Stand-ins shared by the tests: a progress bar that records what the library asks it to show,
+and a schedule wrapper that counts the evaluations of ``B(t)``."""
+
+from __future__ import annotations
+
+
+class RecordingBar:
+    """Takes the place of :func:`scoresde.util.progress.progress_bar`'s tqdm bar."""
+
+    def __init__(self, made: list, total, enabled, desc):
+        self.total, self.enabled, self.desc, self.n = total, enabled, desc, 0
+        self.updates, self.postfix, self.closed = [], [], False
+        made.append(self)
+
+    def update(self, k=1):
+        self.updates.append(k)
+        self.n += k
+
+    def set_postfix(self, **kw):
+        self.postfix.append(kw)
+
+    def close(self):
+        self.closed = True
+
+
+def record_bars(monkeypatch, *modules) -> list:
+    """Replace ``progress_bar`` in each module by :class:`RecordingBar`; returns the list of bars made."""
+    made: list = []
+
+    def make(total, enabled, desc):
+        return RecordingBar(made, total, enabled, desc)
+
+    for module in modules:
+        monkeypatch.setattr(module, "progress_bar", make)
+    return made
+
+
+class Counting:
+    """Wraps a schedule and counts its integrated_beta calls (one per Newton/bisection step)."""
+
+    def __init__(self, schedule):
+        self.inner, self.calls = schedule, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def integrated_beta(self, t):
+        self.calls += 1
+        return self.inner.integrated_beta(t)
