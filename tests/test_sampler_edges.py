@@ -336,3 +336,20 @@ def test_a_non_finite_result_is_counted_in_the_message():
 
     with pytest.raises(ValueError, match=r"^ddim sampler: 1 of 8 values of the result are not finite \(NaN or inf\)"):
         sample(NaNEps(VPSDE.linear()), "ddim", _x(), steps=3)
+
+
+def test_x_T_and_run_option_messages():
+    gm1 = GaussianMixture.random(1, 2, seed=1, sde=VPSDE.linear())
+    flat = sample(gm1, "ddim", torch.randn(4, 1, generator=_gen(), dtype=torch.float64)[:, 0], steps=3)
+    assert flat.x.shape == (4,)  # a batch of scalars (B,) is a batch
+    with pytest.raises(TypeError, match=r"^x_T: the ddim sampler got a tensor of dtype torch\.int64; expected a "
+                                        r"floating-point torch\.Tensor$"):
+        sample(_gm(), "ddim", torch.zeros(4, 2, dtype=torch.long), steps=3)
+    with pytest.raises(TypeError, match=r"^x_T: the ddim sampler got list; expected"):
+        sample(_gm(), "ddim", [[0.0, 1.0]], steps=3)
+    with pytest.raises(ValueError, match=r"^x_T of shape \(\): expected \(B, \*dims\)$"):
+        sample(_gm(), "ddim", torch.tensor(0.5, dtype=torch.float64), steps=3)
+    with pytest.raises(ValueError, match=r"^option 'bogus': the ddim sampler accepts "):
+        sample(_gm(), "ddim", _x(), steps=3, bogus=1)
+    with pytest.raises(ValueError, match=r"^denoise=1: expected True or False$"):
+        sample(_gm(), "ddim", _x(), steps=3, denoise=1)
