@@ -207,11 +207,11 @@ def run_module(name: str, work: Path, budget: float, jobs: int, recheck: bool = 
         _write_config(work, files, tests)
     log = open(work / ("mutmut-recheck.log" if recheck else "mutmut.log"), "w")  # noqa: SIM115 - closed below
     start = time.perf_counter()
-    if recheck and not names:
-        proc = subprocess.Popen(["true"])
-    else:
-        proc = subprocess.Popen([*_mutmut(), "run", "--max-children", str(jobs), *names], cwd=work, env=_env(),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    command = [*_mutmut(), "run", "--max-children", str(jobs), *names]
+    if recheck and not names:  # nothing left open: nothing to run
+        command = [sys.executable, "-c", "pass"]
+    proc = subprocess.Popen(command, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         proc.wait(timeout=budget)
         stopped = False
