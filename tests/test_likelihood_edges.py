@@ -403,3 +403,103 @@ def test_solve_flow_tolerances_counts_and_divergence_dtype():
     assert solve_flow(gm, x, 0.2, 1.0, method="rk4", steps=2).nfe == 8
     sol = solve_flow(gm, x, 0.2, 1.0, method="rk4", steps=2, divergence="exact", dtype=torch.float32)
     assert sol.x.dtype == torch.float32 and sol.divergence.dtype == torch.float64 and sol.nfe == 8
+
+
+@pytest.mark.parametrize("method, rtol, atol, steps, message", [
+    ("dopri5", -1.0, 1e-5, None, "rtol=-1.0: expected a finite number > 0"),
+    ("dopri5", 1e-5, -1.0, None, "atol=-1.0: expected a finite number > 0"),
+    ("dopri5", 1e-5, 0.0, None, "atol=0.0: expected a finite number > 0"),
+    ("dopri5", 1e-5, float("nan"), None, "atol=nan: expected a finite number > 0"),
+    ("euler", 1e-5, 1e-5, None, "steps=None: expected an integer ≥ 1 for the fixed-step 'euler'"),
+    ("rk4", 1e-5, 1e-5, 0, "steps=0: expected an integer ≥ 1"),
+    ("midpoint", 1e-5, 1e-5, 2.0, "steps=2.0: expected an integer ≥ 1"),
+])
+def test_check_solver_names_each_bad_value_in_one_line(method, rtol, atol, steps, message):
+    with pytest.raises(ValueError) as err:
+        flow_mod.check_solver(method, rtol, atol, steps)
+    assert str(err.value) == message
+
+
+def test_check_solver_returns_floats_and_ignores_steps_of_adaptive_methods():
+    assert flow_mod.check_solver("dopri5", 1, 2, None) == (1.0, 2.0, None)
+    assert flow_mod.check_solver("rk4", 1e-3, 1e-4, 3) == (1e-3, 1e-4, 3)
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
+def test_flow_drift_keeps_x_dtype_whatever_the_model_and_sde_return(kind):
+    """A float32 state gets a float32 drift although ``σ(t)``, the SDE's coefficients and this
+    model's ε are float64; its values are the float64 drift rounded (float32 tolerance)."""
+    from scoresde.core.sde import VESDE, SubVPSDE
+
+    sde = {"vp": VPSDE.linear(), "subvp": SubVPSDE.linear(), "ve": VESDE.geometric(0.01, 50.0)}[kind]
+    gm = GaussianMixture.random(2, 2, seed=3, sde=sde)
+
+    class Float64Eps:  # a model whose ε comes back in float64 whatever x's dtype
+        def __init__(self):
+            self.sde = sde
+
+        def eps(self, x, t):
+            return gm.eps(x.to(torch.float64), t)
+
+    x = gm.sample(3, generator=_gen(1))
+    t = torch.tensor(0.4, dtype=torch.float64)
+    v = flow_mod.flow_drift(Float64Eps(), x.to(torch.float32), t)
+    assert v.dtype == torch.float32
+    torch.testing.assert_close(v, flow_mod.flow_drift(gm, x, t).to(torch.float32), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["subvp", "ve"])
+def test_flow_drift_follows_x_device_when_t_lives_elsewhere(kind):
+    """The coefficients ``a(t), b(t)`` come from ``t``'s device (here the CPU) and are moved to
+    ``x``'s (here 'meta', a second device every machine has)."""
+    from scoresde.core.sde import VESDE, SubVPSDE
+
+    sde = {"subvp": SubVPSDE.linear(), "ve": VESDE.geometric(0.01, 50.0)}[kind]
+
+    class Zeros:
+        def __init__(self):
+            self.sde = sde
+
+        def eps(self, x, t):
+            return torch.zeros_like(x)
+
+    x = torch.empty(3, 2, device="meta")
+    v = flow_mod.flow_drift(Zeros(), x, torch.tensor(0.4, dtype=torch.float64))
+    assert v.device.type == "meta" and v.shape == (3, 2) and v.dtype == torch.float32
+
+
+def test_an_adaptive_solve_stops_at_the_step_limit(monkeypatch):
+    """torchdiffeq is handed the step limit: past it the solve fails with a RuntimeError naming it."""
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    monkeypatch.setattr(flow_mod, "_MAX_NUM_STEPS", 3)
+    with pytest.raises(RuntimeError, match=r"^ODE solver 'dopri5' \(rtol=1e-05, atol=1e-05\) failed near t=.*"
+                                           r"max_num_steps exceeded"):
+        solve_flow(gm, x, 1e-3, 1.0)
+
+
+def test_clock_at_clamps_into_zero_one_by_default():
+    clock, sde = flow_mod.Clock(VPSDE.linear()), VPSDE.linear()
+    assert clock.at(1.5) == (1.0, float(sde.clock_rate(1.0)))
+    assert clock.at(-0.5) == (0.0, float(sde.clock_rate(0.0)))
+    assert clock.at(0.5, 0.6, 0.9) == (0.6, float(sde.clock_rate(0.6)))
+
+
+def test_clock_at_warm_starts_each_inversion_at_the_last_time(monkeypatch):
+    """:meth:`Clock.at` hands the SDE's inverse of the clock the midpoint of ``[lo, hi]`` as the
+    first start, then each previous answer (consecutive solver times are close)."""
+    sde = VPSDE(CosineSchedule())
+    clock, starts = flow_mod.Clock(sde), []
+    inverse = sde.time_for_clock
+
+    def recording(b, *, lo, hi, t0):
+        starts.append(t0)
+        return inverse(b, lo=lo, hi=hi, t0=t0)
+
+    monkeypatch.setattr(sde, "time_for_clock", recording)
+    first, _ = clock.at(0.5, 0.2, 1.0)
+    second, _ = clock.at(0.7, 0.2, 1.0)
+    assert starts == [0.6, first]
+    assert first == pytest.approx(float(inverse(clock._smooth(torch.tensor(0.5, dtype=torch.float64))[0])),
+                                  rel=1e-12)
+    assert second == float(inverse(clock._smooth(torch.tensor(0.7, dtype=torch.float64))[0], lo=0.2, hi=1.0,
+                                   t0=first))

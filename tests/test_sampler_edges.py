@@ -13,7 +13,7 @@ import torch
 
 from scoresde import VPSDE, GaussianMixture
 from scoresde.core.flow import solve_flow
-from scoresde.samplers import base, sample
+from scoresde.samplers import SAMPLERS, base, sample
 from scoresde.samplers.base import explicit_grid
 from scoresde.samplers.ode import encode, ode
 from scoresde.samplers.reverse_sde import ReverseSDE
@@ -348,3 +348,12 @@ def test_x_T_and_run_option_messages():
         sample(_gm(), "ddim", _x(), steps=3, bogus=1)
     with pytest.raises(ValueError, match=r"^denoise=1: expected True or False$"):
         sample(_gm(), "ddim", _x(), steps=3, denoise=1)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_a_missing_step_count_is_one_exact_message(name):
+    """Every sampler without ``steps`` says so in one sentence; the gridded ones also name the explicit grids."""
+    expected = "steps=None: expected an integer ≥ 1" + ("" if name == "ode" else " (or times= / timesteps=)")
+    with pytest.raises(ValueError) as err:
+        sample(_gm(), name, _x())
+    assert str(err.value) == expected
