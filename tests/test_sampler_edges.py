@@ -357,3 +357,29 @@ def test_a_missing_step_count_is_one_exact_message(name):
     with pytest.raises(ValueError) as err:
         sample(_gm(), name, _x())
     assert str(err.value) == expected
+
+
+@pytest.mark.parametrize("name, intervals", [("ancestral", 3), ("ddim", 3), ("pc", 4)])
+def test_karras_spacing_without_a_rho_option_uses_rho_7(name, intervals):
+    """Samplers that take ``spacing`` but no ``rho`` build a Karras grid with ρ = 7 (Karras et al. 2022)."""
+    got = sample(_gm(), name, _x(), steps=4, spacing="karras").info["grid"]
+    t_eps = float(got[-1])
+    assert torch.equal(got, base.time_grid(_gm().sde, intervals, t_eps, "karras", 7.0).flip(0))
+    assert not torch.equal(got, base.time_grid(_gm().sde, intervals, t_eps, "karras", 8.0).flip(0))
+
+
+def test_the_ode_samplers_grid_is_its_two_ends():
+    res = sample(_gm(), "ode", _x(), steps=4, t_eps=0.01)
+    assert torch.equal(res.info["grid"], torch.tensor([1.0, 0.01], dtype=torch.float64)) and res.t_end == 0.0
+
+
+def test_step_count_and_option_messages_in_full():
+    with pytest.raises(ValueError) as err:
+        sample(_gm(), "ddim", _x(), steps=0)
+    assert str(err.value) == "steps=0: expected an integer ≥ 1"
+    with pytest.raises(ValueError) as err:
+        base.check_options("bare", {"eta": 0.5}, {})
+    assert str(err.value) == "option 'eta': the bare sampler accepts no extra options"
+    with pytest.raises(ValueError) as err:
+        base.check_options("ddim", {"eta2": 0.5}, {"eta": 0.0, "spacing": "uniform"})
+    assert str(err.value) == "option 'eta2': the ddim sampler accepts eta, spacing"
