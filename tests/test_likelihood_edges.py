@@ -238,13 +238,14 @@ def test_bpd_module_offset_and_units():
 
 
 @pytest.mark.parametrize("sde", [VPSDE(CosineSchedule()), VPSDE.ddpm(1000), VPSDE.ddpm(50), VPSDE.linear(),
-                                 VPSDE(DiscreteSchedule(torch.full((20,), 0.05, dtype=torch.float64)))],
-                         ids=["cosine", "ddpm1000", "ddpm50", "linear", "constant-beta"])
+                                 VPSDE(DiscreteSchedule(torch.full((20,), 0.05, dtype=torch.float64))),
+                                 VPSDE(DiscreteSchedule(torch.linspace(0.05, 0.001, 20, dtype=torch.float64)))],
+                         ids=["cosine", "ddpm1000", "ddpm50", "linear", "constant-beta", "falling-beta"])
 def test_clock_fit_is_the_nonnegative_least_squares_fit(sde):
     """The quartic ``B̂(u) = Σ c_k u^k`` is the non-negative least-squares fit to ``B`` on the
     clock's grid (scipy's NNLS as the reference), rescaled so that ``B̂(1) = B(1)``. The optimal
-    sets differ by schedule (cosine {u, u⁴}, DDPM-50 {u², u³}, linear β {u, u²}), so every subset
-    of the exhaustive search is needed."""
+    sets differ by schedule (cosine {u, u⁴}, DDPM-50 {u², u³}, linear β {u, u²}, a falling β's
+    concave B {u} alone), so every subset of the exhaustive search is needed."""
     u = torch.linspace(0.0, 1.0, flow_mod._FIT_POINTS, dtype=torch.float64)
     b = sde.clock(u)
     powers = np.stack([u.numpy() ** k for k in range(1, flow_mod._DEGREE + 1)], 1)
@@ -338,10 +339,13 @@ def test_solve_flow_state_dtype_probes_and_progress_fractions():
     gm, x = _gm(), _gm().sample(2, generator=_gen(1))
     # the state runs in the dtype asked for, whatever x's dtype
     assert solve_flow(gm, x, 0.2, 1.0, method="euler", steps=2, dtype=torch.float32).x.dtype == torch.float32
-    # float64 probes are cast to the state's dtype before use
-    probes = torch.randn((2, 2, 2), generator=_gen(4), dtype=torch.float64)
-    a = solve_flow(gm, x, 0.2, 1.0, method="euler", steps=2, divergence=probes, dtype=torch.float32)
-    b = solve_flow(gm, x, 0.2, 1.0, method="euler", steps=2, divergence=probes.to(torch.float32),
+    # float64 probes are cast to the state's dtype before use (a batch of 64 in 4-d, 4 probes, so
+    # that computing vᵀJv in float64 instead would show in the last bits of some of the 256 sums)
+    gm4 = _gm(4)
+    x4 = gm4.sample(64, generator=_gen(2))
+    probes = torch.randn((4, 64, 4), generator=_gen(4), dtype=torch.float64)
+    a = solve_flow(gm4, x4, 0.2, 1.0, method="euler", steps=2, divergence=probes, dtype=torch.float32)
+    b = solve_flow(gm4, x4, 0.2, 1.0, method="euler", steps=2, divergence=probes.to(torch.float32),
                    dtype=torch.float32)
     assert torch.equal(a.divergence, b.divergence)
     # on_eval gets the fraction of the clock's span reached: euler, 2 steps from 0.2 (u = t here)
