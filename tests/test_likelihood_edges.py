@@ -21,6 +21,7 @@ from scoresde.core import bpd as bpd_mod
 from scoresde.core import flow as flow_mod
 from scoresde.core.bpd import check_int_data, check_levels, dequantize, summarize, to_model_space
 from scoresde.core.flow import solve_flow
+from scoresde.core.sde import VESDE, SubVPSDE
 from scoresde.likelihood import ode as ode_mod
 from scoresde.likelihood.ode import bits_per_dim, log_likelihood
 from tests.fakes import record_bars
@@ -31,6 +32,11 @@ FIXED = dict(method="rk4", steps=2)  # 4 NFE per step, 8 per solve: cheap and ex
 
 def _gm(dim=2):
     return GaussianMixture.random(dim, 2, seed=3, sde=VPSDE.linear())
+
+
+def _sde(kind):
+    """VP and the SDEs whose flow takes the general ``a x + b ε`` form."""
+    return {"vp": VPSDE.linear, "subvp": SubVPSDE.linear, "ve": lambda: VESDE.geometric(0.01, 50.0)}[kind]()
 
 
 def _x_int(n, dim=2, seed=0):
@@ -371,9 +377,7 @@ def test_a_failed_solve_names_the_solver_and_the_time():
 def test_flow_drift_is_the_probability_flow_in_the_clock(kind):
     """``flow_drift · clock_rate = f x - ½ g² s`` with ``s = -ε/σ`` (Song et al. 2021, eq. 13),
     for VP and for the SDEs that take the general ``a x + b ε`` form (sub-VP, VE)."""
-    from scoresde.core.sde import VESDE, SubVPSDE
-
-    sde = {"vp": VPSDE.linear(), "subvp": SubVPSDE.linear(), "ve": VESDE.geometric(0.01, 50.0)}[kind]
+    sde = _sde(kind)
     gm = GaussianMixture.random(2, 2, seed=3, sde=sde)
     x = gm.sample(3, generator=_gen(1))
     t = torch.tensor(0.4, dtype=torch.float64)
@@ -433,9 +437,7 @@ def test_check_solver_returns_floats_and_ignores_steps_of_adaptive_methods():
 def test_flow_drift_keeps_x_dtype_whatever_the_model_and_sde_return(kind):
     """A float32 state gets a float32 drift although ``σ(t)``, the SDE's coefficients and this
     model's ε are float64; its values are the float64 drift rounded (float32 tolerance)."""
-    from scoresde.core.sde import VESDE, SubVPSDE
-
-    sde = {"vp": VPSDE.linear(), "subvp": SubVPSDE.linear(), "ve": VESDE.geometric(0.01, 50.0)}[kind]
+    sde = _sde(kind)
     gm = GaussianMixture.random(2, 2, seed=3, sde=sde)
 
     class Float64Eps:  # a model whose ε comes back in float64 whatever x's dtype
@@ -456,9 +458,7 @@ def test_flow_drift_keeps_x_dtype_whatever_the_model_and_sde_return(kind):
 def test_flow_drift_follows_x_device_when_t_lives_elsewhere(kind):
     """The coefficients ``a(t), b(t)`` come from ``t``'s device (here the CPU) and are moved to
     ``x``'s (here 'meta', a second device every machine has)."""
-    from scoresde.core.sde import VESDE, SubVPSDE
-
-    sde = {"subvp": SubVPSDE.linear(), "ve": VESDE.geometric(0.01, 50.0)}[kind]
+    sde = _sde(kind)
 
     class Zeros:
         def __init__(self):
