@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from scoresde.training.trainer import TrainingStopped
+from scoresde.util.errors import TrainingStopped, WriteFailed, one_line
 
 __all__ = ["ArgumentParser", "TrainingStopped", "WriteFailed", "run_cli", "EXIT_IO", "EXIT_INPUT"]
 
@@ -22,22 +22,11 @@ EXIT_INPUT = 2   # bad input: nothing was written
 EXIT_IO = 74     # an I/O error after the input was accepted (sysexits.h EX_IOERR)
 
 
-class WriteFailed(RuntimeError):
-    """Writing the results failed after the input was accepted (disk full, ...); exit status 74."""
-
-
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse`` whose usage errors raise ``ValueError`` (one line) instead of printing usage."""
 
     def error(self, message):
         raise ValueError(f"{message} (see --help)")
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        text = f"{e.strerror}: {e.filename!r}"
-    return text or type(e).__name__
 
 
 def run_cli(main, argv, prog: str) -> int:
@@ -51,15 +40,15 @@ def run_cli(main, argv, prog: str) -> int:
         return int(main(argv) or 0)
     except (ValueError, TypeError, OSError) as e:
         if not quiet:
-            print(f"{prog}: error: {_one_line(e)}", file=sys.stderr, flush=True)
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_INPUT
     except TrainingStopped as e:
         if not quiet:
-            print(f"{prog}: stopped: {_one_line(e)}", file=sys.stderr, flush=True)
+            print(f"{prog}: stopped: {one_line(e)}", file=sys.stderr, flush=True)
         return 1
     except WriteFailed as e:
         if not quiet:
-            print(f"{prog}: I/O error: {_one_line(e)}", file=sys.stderr, flush=True)
+            print(f"{prog}: I/O error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_IO
     except KeyboardInterrupt:
         if not quiet:

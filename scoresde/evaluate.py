@@ -28,11 +28,10 @@ from scoresde.cli import ArgumentParser, run_cli
 from scoresde.data.loader import DATASET_NAMES, load_dataset, load_images
 from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
 from scoresde.evaluation.report import model_shape
-from scoresde.interop import load_model
-from scoresde.training.build import check_memory
-from scoresde.training.distributed import resolve_device
+from scoresde.training.checkpoint import load_model
 from scoresde.util.checks import check_choice, check_int, check_number
 from scoresde.util.choices import PROBES, SPLITS, TRACES, VARIANCES
+from scoresde.util.host import check_memory, resolve_device
 
 __all__ = ["main", "build_parser"]
 
@@ -161,18 +160,8 @@ def _main(argv) -> int:
         report = evaluate_likelihood(run.model, data, settings, progress=sys.stderr.isatty())
     except RuntimeError as e:  # e.g. an ODE solve that fails: one line, not a traceback
         raise ValueError(str(e)) from None
-    if report.ode is not None:
-        r = report.ode
-        how = "exact trace" if settings.trace == "exact" else f"Hutchinson, {settings.probes} probe(s)"
-        print(f"bits/dim (ODE, {how}): {r.bpd:.4f} ± {r.stderr:.4f}   NFE {r.nfe} "
-              f"({r.info['nfe_per_solve']:.0f} per solve), {report.ode_seconds:.1f} s")
-    if report.vlb is not None:
-        r, t = report.vlb, report.vlb.terms
-        print(f"bits/dim (DDPM VLB, N = {r.info['N']}, {r.info['n_terms']} terms): {r.bpd:.4f} ± "
-              f"{r.stderr:.4f}   [L_T {t['L_T']:.4f}, sum L_t-1 {t['L_sum']:.4f}, L_0 {t['L_0']:.4f}]"
-              f"   NFE {r.nfe}, {report.vlb_seconds:.1f} s")
-    figures = {k: v for k, v in report.figures().items() if not k.endswith("_seconds")}
-    print("figures: " + ", ".join(f"{k}={v!r}" for k, v in figures.items()))
+    for line in report.lines():
+        print(line)
     return 0
 
 

@@ -6,13 +6,12 @@
 Writes a PNG (image grid, or scatter plot for 2-D data) and an ``.npz`` with ``samples``
 (``(n, *shape)`` float32 in model space) next to it. ``--ckpt`` is a run folder, a
 checkpoint ``.pt``, an ``ema.safetensors`` file or a diffusers DDPM folder
-(:mod:`scoresde.interop`; default sampler ``dpmpp``, 19 steps).
+(:mod:`scoresde.interop`; its default sampler and steps are ``DiffusersModel.default_sampling``).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,11 +22,12 @@ from scoresde.cli import ArgumentParser, TrainingStopped, WriteFailed, run_cli
 from scoresde.data.loader import load_dataset
 from scoresde.data.table import dataset_info
 from scoresde.evaluation.report import draw_samples, model_shape, save_samples
-from scoresde.interop import load_model
-from scoresde.training.build import check_memory
-from scoresde.training.distributed import resolve_device
+from scoresde.training.checkpoint import load_model
+from scoresde.util.atomic import first_non_file, nearest_existing, writable_folder
 from scoresde.util.checks import check_choice, check_int
 from scoresde.util.choices import SAMPLERS
+from scoresde.util.errors import one_line
+from scoresde.util.host import check_memory, resolve_device
 
 __all__ = ["main", "build_parser"]
 
@@ -59,9 +59,10 @@ def _main(argv) -> int:
         raise ValueError(f"--out {args.out}: expected a file name ending in .png")
     device = resolve_device(args.device)
     run = load_model(args.ckpt, device=device)
-    cfg = run.config  # None for a diffusers folder: dpmpp with 19 steps (20 NFE)
-    sampler = args.sampler or (cfg.sample.sampler if cfg is not None else "dpmpp")
-    steps = args.steps or (cfg.sample.steps if cfg is not None else 19)
+    cfg = run.config  # None for a diffusers folder: its model says how it is sampled by default
+    default_sampler, default_steps = ((cfg.sample.sampler, cfg.sample.steps) if cfg is not None
+                                      else run.model.default_sampling)
+    sampler, steps = args.sampler or default_sampler, args.steps or default_steps
     dim = math.prod(model_shape(run.model))
     check_memory("--n", args.n, 8.0 * dim * args.n, "the samples (x_T and x, float32)")
     check_memory("--steps", steps, 8.0 * (steps + 1), "the sampler's time grid (float64)")
@@ -82,7 +83,7 @@ def _main(argv) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_samples(out, x, background, f"{sampler}, {nfe} NFE")
     except OSError as e:
-        raise WriteFailed(f"writing {out} failed: {e.strerror or e}: {e.filename!r}") from None
+        raise WriteFailed(f"writing {out} failed: {one_line(e)}") from None
     print(f"wrote {out} and {out.with_suffix('.npz')}: {args.n} samples, sampler {sampler}, "
           f"{nfe} NFE, {time.perf_counter() - start:.1f} s ("
           + (f"step {run.step} of {run.source})" if cfg is not None else f"{run.model.describe()})"))
@@ -91,14 +92,12 @@ def _main(argv) -> int:
 
 def _check_writable(out: Path) -> None:
     """The PNG and the .npz beside it can be written (checked before sampling)."""
-    probe = out.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    probe = nearest_existing(out.parent)
+    if not writable_folder(probe):
         raise ValueError(f"--out {out}: {probe} is not a writable folder; expected a PNG path in one")
-    for f in (out, out.with_suffix(".npz")):
-        if f.exists() and not f.is_file():
-            raise ValueError(f"--out {out}: {f} is a folder or special file; expected a file name")
+    bad = first_non_file((out, out.with_suffix(".npz")))
+    if bad is not None:
+        raise ValueError(f"--out {out}: {bad} is a folder or special file; expected a file name")
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,8 @@ LAYER = {
     "scoresde/util/atomic.py": "base",
     "scoresde/util/progress.py": "base",
     "scoresde/util/rng.py": "base",
+    "scoresde/util/host.py": "base",
+    "scoresde/util/errors.py": "base",
     # core: the SDE, models, oracles, networks, the probability flow, the bits/dim scaling, the loss
     "scoresde/core/__init__.py": "core",
     "scoresde/core/schedules.py": "core",
@@ -41,6 +43,7 @@ LAYER = {
     "scoresde/nets/embeddings.py": "core",
     "scoresde/nets/mlp.py": "core",
     "scoresde/nets/unet.py": "core",
+    "scoresde/interop/adapter.py": "core",
     # data: the data-set table, readers and the loader
     "scoresde/data/__init__.py": "data",
     "scoresde/data/toy.py": "data",
@@ -79,7 +82,11 @@ LAYER = {
     "scoresde/training/trainer.py": "training",
     "scoresde/training/distributed.py": "training",
     "scoresde/training/runlog.py": "training",
-    "scoresde/interop.py": "training",
+    "scoresde/interop/__init__.py": "training",
+    "scoresde/interop/loader.py": "training",
+    "scoresde/interop/export.py": "training",
+    # run: a training run from its folder to its report (joins training and evaluation)
+    "scoresde/training/run.py": "run",
     # programs: the command lines and the public API
     "scoresde/cli.py": "programs",
     "scoresde/train.py": "programs",
@@ -98,7 +105,8 @@ MAY_IMPORT = {
     "likelihood": {"base", "core", "likelihood"},
     "evaluation": {"base", "core", "data", "samplers", "likelihood", "evaluation"},
     "training": {"base", "core", "data", "training"},
-    "programs": {"base", "core", "data", "samplers", "likelihood", "evaluation", "training", "programs"},
+    "run": {"base", "core", "data", "samplers", "likelihood", "evaluation", "training", "run"},
+    "programs": {"base", "core", "data", "samplers", "likelihood", "evaluation", "training", "run", "programs"},
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import scoresde.train as train_module
+import scoresde.training.run as train_module
 from scoresde.sample import main as sample_main
 from scoresde.train import main as train_main
 

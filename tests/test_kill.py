@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-import scoresde.train as train_module
 import scoresde.training.checkpoint as checkpoint_module
+import scoresde.training.run as train_module
 from scoresde.train import main
 from scoresde.training.checkpoint import latest_checkpoint, load_checkpoint, load_run
 from scoresde.training.runlog import read_metrics

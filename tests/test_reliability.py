@@ -26,8 +26,9 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
+import scoresde.evaluation.report as report_module
 import scoresde.sample as sample_module
-import scoresde.train as train_module
+import scoresde.training.run as run_module
 from scoresde.evaluate import main as evaluate_main
 from scoresde.sample import main as sample_main
 from scoresde.train import main as train_main
@@ -316,25 +317,25 @@ CASES = [
     ("config-not-utf8", "train", "--config {root}/latin1.yaml --out {new}", ["latin1.yaml", "YAML"], 2, None),
     # interrupts (exit 130) and faults while writing (exit 74), non-finite samples (exit 1)
     ("ctrl-c-during-start-up", "train", N, ["interrupted"], 130,
-     _raise_in(train_module, "load_dataset", KeyboardInterrupt())),
+     _raise_in(run_module, "load_dataset", KeyboardInterrupt())),
     ("ctrl-c-loading-checkpoint", "train", "--out {root}/run --resume auto --set train.steps=4", ["interrupted"], 130,
-     _raise_in(train_module, "load_checkpoint", KeyboardInterrupt())),
+     _raise_in(run_module, "load_checkpoint", KeyboardInterrupt())),
     ("ctrl-c-during-final-sampling", "train", "--config {root}/tiny.yaml --out {tmp}/new --set sample.n=8",
-     ["interrupted"], 130, _raise_in(train_module, "draw_samples", KeyboardInterrupt())),
+     ["interrupted"], 130, _raise_in(report_module, "draw_samples", KeyboardInterrupt())),
     ("ctrl-c-during-sample", "sample", "--ckpt {root}/run --out {tmp}/s.png", ["interrupted"], 130,
      _raise_in(sample_module, "draw_samples", KeyboardInterrupt())),
     ("disk-full-at-checkpoint", "train", "--config {root}/tiny.yaml --out {tmp}/new", ["No space left", "new"], 74,
-     _raise_in(train_module, "save_checkpoint", DISK_FULL)),
+     _raise_in(run_module, "save_checkpoint", DISK_FULL)),
     ("disk-full-at-ema", "train", "--config {root}/tiny.yaml --out {tmp}/new", ["No space left"], 74,
-     _raise_in(train_module, "export_ema_safetensors", DISK_FULL)),
+     _raise_in(run_module, "export_ema_safetensors", DISK_FULL)),
     ("disk-full-at-summary", "train", "--config {root}/tiny.yaml --out {tmp}/new", ["No space left"], 74,
-     _raise_in(train_module, "atomic_write", DISK_FULL, when=lambda p, w: Path(p).name == "summary.json")),
+     _raise_in(report_module, "atomic_write", DISK_FULL, when=lambda p, w: Path(p).name == "summary.json")),
     ("disk-full-at-config", "train", "--config {root}/tiny.yaml --out {tmp}/new", ["No space left"], 74,
-     _raise_in(train_module, "atomic_write", DISK_FULL)),
+     _raise_in(run_module, "atomic_write", DISK_FULL)),
     ("sample-disk-full", "sample", "--ckpt {root}/run --out {tmp}/s.png", ["No space left"], 74,
      _raise_in(sample_module, "save_samples", DISK_FULL)),
     ("nan-final-samples", "train", "--config {root}/tiny.yaml --out {tmp}/new --set sample.n=8",
-     ["non-finite", "ddim"], 1, _nan_samples(train_module)),
+     ["non-finite", "ddim"], 1, _nan_samples(report_module)),
     ("sample-nan-samples", "sample", "--ckpt {root}/run --out {tmp}/s.png", ["non-finite"], 1,
      _nan_samples(sample_module)),
 ]
@@ -452,14 +453,15 @@ def test_ema_file_is_byte_identical_for_identical_runs(world, tmp_path):
 def test_ctrl_c_outside_training_exits_130_with_one_line(world, tmp_path, monkeypatch, where):
     """SIGINT delivered to the process while it loads data (start-up) or draws the final samples."""
     attr = "load_dataset" if where == "start-up" else "draw_samples"
-    real = getattr(train_module, attr)
+    module = run_module if where == "start-up" else report_module
+    real = getattr(module, attr)
 
     def interrupted(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # the signal arrives first
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, attr, interrupted)
+    monkeypatch.setattr(module, attr, interrupted)
     out, log = tmp_path / "run", tmp_path / "log.txt"
     pid = fork_main(["--config", world / "tiny.yaml", "--out", out, "--set", "sample.n=8"], log)
     assert wait_status(pid) == 130

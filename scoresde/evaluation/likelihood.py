@@ -149,6 +149,23 @@ class LikelihoodReport:
                             f"{key}_seconds": secs})
         return out
 
+    def lines(self) -> list[str]:
+        """The result lines ``python -m scoresde.evaluate`` prints: mean ± standard error, NFE, time."""
+        out, s = [], self.settings
+        if self.ode is not None:
+            r = self.ode
+            how = "exact trace" if s.trace == "exact" else f"Hutchinson, {s.probes} probe(s)"
+            out.append(f"bits/dim (ODE, {how}): {r.bpd:.4f} ± {r.stderr:.4f}   NFE {r.nfe} "
+                       f"({r.info['nfe_per_solve']:.0f} per solve), {self.ode_seconds:.1f} s")
+        if self.vlb is not None:
+            r, t = self.vlb, self.vlb.terms
+            out.append(f"bits/dim (DDPM VLB, N = {r.info['N']}, {r.info['n_terms']} terms): {r.bpd:.4f} ± "
+                       f"{r.stderr:.4f}   [L_T {t['L_T']:.4f}, sum L_t-1 {t['L_sum']:.4f}, L_0 {t['L_0']:.4f}]"
+                       f"   NFE {r.nfe}, {self.vlb_seconds:.1f} s")
+        figures = {k: v for k, v in self.figures().items() if not k.endswith("_seconds")}
+        out.append("figures: " + ", ".join(f"{k}={v!r}" for k, v in figures.items()))
+        return out
+
 
 def evaluate_likelihood(model, data, settings: EvalSettings | None = None, *,
                         progress: bool = False) -> LikelihoodReport:

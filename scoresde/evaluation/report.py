@@ -1,14 +1,16 @@
-"""The figures a finished run reports besides bits/dim: samples (PNG + ``.npz``) and a
-sample-quality metric. Test bits/dim come from :func:`scoresde.evaluation.likelihood.evaluate_likelihood`.
+"""The report of a finished run: samples (PNG + ``.npz``), a sample-quality metric, test
+bits/dim (:func:`scoresde.evaluation.likelihood.evaluate_likelihood`) and ``summary.json``.
 
-Used by ``python -m scoresde.train`` after training (on the unwrapped EMA model, rank 0
-only: an adaptive ODE solve through DDP would synchronise ranks at every step) and by
-``python -m scoresde.sample``.
+:func:`write_report` is what ``python -m scoresde.train`` does after training (on the unwrapped
+EMA model, rank 0 only: an adaptive ODE solve through DDP would synchronise ranks at every
+step); :func:`draw_samples` and :func:`save_samples` also serve ``python -m scoresde.sample``.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -18,10 +20,12 @@ import torch
 from scoresde.data.toy import toy_oracle
 from scoresde.evaluation import metrics
 from scoresde.evaluation.images import save_samples_png
+from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
 from scoresde.samplers import sample
 from scoresde.util.atomic import atomic_write
+from scoresde.util.errors import TrainingStopped
 
-__all__ = ["draw_samples", "save_samples", "sample_metrics", "model_shape"]
+__all__ = ["draw_samples", "save_samples", "sample_metrics", "model_shape", "write_report"]
 
 
 def draw_samples(model, sampler: str, n: int, *, steps: int, seed: int, device, progress: bool = False):
@@ -70,3 +74,36 @@ def sample_metrics(x: torch.Tensor, data_name: str, train, test, *, cache_dir, s
         fd = metrics.digits_frechet(x.clamp(-1, 1), cache_dir=cache_dir, seed=seed)
         out["fd"], out["fd_floor"] = float(fd["fd"]), float(fd["floor"])
     return out
+
+
+def write_report(model, cfg, run: Path, train_data, test_data, device, summary: dict, start: float) -> int:
+    """Samples, their metric and test bits/dim of ``model`` (the run's EMA model, eval mode) by the
+    run's ``sample.*``/``eval.*`` settings, added to ``summary`` and written to ``RUN/summary.json``
+    (``wall_seconds`` counted from ``start``); prints the summary line. Returns the exit status 0."""
+    summary.update(sampler=cfg.sample.sampler, sample_steps=cfg.sample.steps, notes=[])
+    progress = sys.stderr.isatty()
+    if cfg.sample.n > 0:
+        x, nfe, secs = draw_samples(model, cfg.sample.sampler, cfg.sample.n, steps=cfg.sample.steps,
+                                    seed=cfg.seed, device=device, progress=progress)
+        if not bool(torch.isfinite(x).all()):
+            raise TrainingStopped(f"the {cfg.sample.sampler} samples of the step-{summary['steps']} EMA model "
+                                  f"hold non-finite values: expected finite samples (the checkpoint is kept)")
+        png = save_samples(run / f"samples_{cfg.sample.sampler}.png", x,
+                           train_data.x[:5000] if x.ndim == 2 else None,
+                           f"{cfg.sample.sampler}, {nfe} NFE")
+        summary.update(n_samples=cfg.sample.n, nfe=nfe, sample_seconds=secs, samples_png=png.name)
+        m = sample_metrics(x, cfg.data.name, train_data, test_data, cache_dir=run, seed=cfg.seed)
+        summary["notes"] += m.pop("notes", [])
+        summary.update(m)
+    lk = evaluate_likelihood(model, test_data, EvalSettings.from_config(cfg), progress=progress)
+    summary["notes"] += lk.notes
+    summary.update(lk.figures())
+    summary["wall_seconds"] = time.perf_counter() - start
+    atomic_write(run / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    figures = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
+               if k not in ("notes", "samples_png", "rank_param_sha256")]
+    print("summary: " + ", ".join(figures))
+    print(f"wrote {run / 'summary.json'}")
+    return 0

@@ -7,7 +7,6 @@ explicit keyword arguments only (docs/architecture.md, "Layers").
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,9 +17,9 @@ from scoresde.core.sde import VESDE, VPSDE, SubVPSDE
 from scoresde.data.table import dataset_info
 from scoresde.nets import MLP, UNet
 from scoresde.training.config import Config
+from scoresde.util.host import available_memory, check_memory
 
-__all__ = ["build_sde", "build_net", "build_model", "available_memory", "check_memory", "check_sizes",
-           "count_parameters"]
+__all__ = ["build_sde", "build_net", "build_model", "check_sizes", "count_parameters"]
 
 
 def build_sde(config: Config):
@@ -91,35 +90,6 @@ def build_model(config: Config, data=None) -> ScoreModel:
 # Sizes against memory ---------------------------------------------------------------------
 # Lower bounds of the bytes each size needs, checked from the config before anything is built,
 # so that a size that cannot be allocated is one clear error instead of a crash mid-run.
-
-def available_memory() -> int | None:
-    """Bytes of host memory available now (Linux ``MemAvailable``, capped by a cgroup limit);
-    ``None`` where that cannot be read."""
-    try:
-        info = Path("/proc/meminfo").read_text()
-        avail = next(int(line.split()[1]) * 1024 for line in info.splitlines()
-                     if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            avail = min(avail, int(text))
-    return avail
-
-
-def check_memory(name: str, value, nbytes: float, what: str, available: int | None = None) -> None:
-    """``ValueError`` naming ``name`` (a config key or flag) and ``value`` when ``nbytes`` (a lower
-    bound of what it needs) exceeds the available memory (``value=None``: ``name`` says both)."""
-    available = available_memory() if available is None else available
-    if available is not None and nbytes > available:
-        what_was = name if value is None else f"{name}={value}"
-        raise ValueError(f"{what_was}: needs at least {nbytes / 2**30:.3g} GiB for {what}, more than "
-                         f"the {available / 2**30:.3g} GiB of memory available: expected a smaller value")
-
 
 def count_parameters(config: Config) -> int:
     """Parameters of the network ``config`` describes, counted on the ``meta`` device (no memory)."""

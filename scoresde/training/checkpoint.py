@@ -1,4 +1,5 @@
-"""Crash-safe checkpoints of the full training state, EMA weight export, and loading a run.
+"""Crash-safe checkpoints of the full training state, EMA weight export, and loading a run
+(:func:`load_run`) or whatever a program's ``--ckpt`` names (:func:`load_model`).
 
 Layout of a run folder's ``checkpoints/``::
 
@@ -28,13 +29,14 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from scoresde.core.model import ScoreModel
+from scoresde.interop.loader import is_diffusers_folder, load_diffusers
 from scoresde.training.build import build_model
 from scoresde.training.config import Config, config_from_dict, config_to_yaml
 from scoresde.util.atomic import atomic_write, remove_temp_files
 
 __all__ = ["FORMAT", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "check_checkpoint",
            "check_weights", "TRAINING_ENTRIES", "capture_rng", "restore_rng", "export_ema_safetensors",
-           "load_run", "LoadedRun"]
+           "load_run", "load_model", "LoadedRun"]
 
 FORMAT = "scoresde-checkpoint-1"
 EMA_FORMAT = "scoresde-ema-1"
@@ -222,7 +224,8 @@ def _config_of(data: dict, path: Path) -> Config:
 
 @dataclass
 class LoadedRun:
-    """A trained score model (eval mode) with its config, step and the file it came from."""
+    """A trained score model (eval mode) with its config, step and the file it came from (``config``
+    and ``step`` are ``None`` for a diffusers folder)."""
 
     model: ScoreModel
     config: Config
@@ -265,3 +268,15 @@ def load_run(run_dir, *, device="cpu", ema: bool = True) -> LoadedRun:
                          f"({detail})") from None
     return LoadedRun(model.to(device).eval().requires_grad_(False), cfg, step, path)
 
+
+def load_model(path, *, device="cpu"):
+    """What a program's ``--ckpt`` names, loaded for sampling or evaluation: a :class:`LoadedRun`
+    whose ``model`` is a scoresde run's EMA model, or a
+    :class:`~scoresde.interop.adapter.DiffusersModel` for a diffusers folder (then ``config`` and
+    ``step`` are ``None``)."""
+    if is_diffusers_folder(path):
+        return LoadedRun(load_diffusers(path, device=device), None, None, Path(path))
+    if (Path(path) / "config.json").is_file() or (Path(path) / "scheduler_config.json").is_file():
+        raise ValueError(f"{str(path)!r} is one part of a diffusers folder: expected the folder holding "
+                         f"unet/ and scheduler/ (or model_index.json)")
+    return load_run(path, device=device, ema=True)

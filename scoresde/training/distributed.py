@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "resolve_device", "init_distributed", "barrier", "all_reduce_sum", "all_gather_objects",
+__all__ = ["DistInfo", "init_distributed", "barrier", "all_reduce_sum", "all_gather_objects",
            "broadcast_module", "average_gradients", "shutdown"]
 
 
@@ -38,21 +38,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine; "
-                             f"expected cpu or auto")
-        index = int(name[5:]) if name.startswith("cuda:") else local_rank
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: expected a GPU index below {torch.cuda.device_count()}")
-        return torch.device("cuda", index)
-    return torch.device("cpu")
 
 
 def init_distributed(device: torch.device) -> DistInfo:

@@ -26,12 +26,9 @@ from scoresde.training.checkpoint import FORMAT, restore_rng
 from scoresde.training.config import Config, config_to_dict
 from scoresde.training.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_module
 from scoresde.training.ema import EMA
+from scoresde.util.errors import TrainingStopped
 
 __all__ = ["Trainer", "TrainingStopped", "seed_for", "check_batch"]
-
-
-class TrainingStopped(RuntimeError):
-    """Training cannot go on (non-finite loss or gradient); the programs exit with status 1."""
 
 
 def seed_for(*keys: int) -> int:

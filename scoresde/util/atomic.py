@@ -14,7 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir", "remove_temp_files"]
+__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir", "remove_temp_files", "nearest_existing",
+           "writable_folder", "first_non_file"]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -108,3 +109,24 @@ def remove_temp_files(folder) -> list[Path]:
 def atomic_write_bytes(path, data: bytes) -> Path:
     """:func:`atomic_write` of a bytes object."""
     return atomic_write(path, lambda f: f.write(data))
+
+
+# Checks before the first byte: can these paths be written? ---------------------------------------
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent (where it would be created)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def writable_folder(path: Path) -> bool:
+    """True for a folder in which entries can be created and replaced."""
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def first_non_file(paths) -> Path | None:
+    """The first of ``paths`` that exists and is not a plain file (a folder, a socket, ...): an
+    atomic write could not replace it. ``None`` when every one is a file or absent."""
+    return next((Path(p) for p in paths if Path(p).exists() and not Path(p).is_file()), None)

@@ -1,0 +1,415 @@
+"""A training run from its folder to its report: the home of ``python -m scoresde.train``'s work.
+
+:func:`train_run` chooses the run folder (:func:`choose_folder`), claims it (:func:`claim_folder`,
+the one place a run folder is taken), resolves the config against the folder and the checkpoint
+it resumes (:func:`resolve_config`), checks every file can be written, trains with signal
+handling (:func:`train_loop`, checkpoints through :func:`save`, every rank) and hands the EMA
+model to the report (:func:`scoresde.evaluation.report.write_report`, rank 0).
+
+Run folder: ``config.yaml``, ``checkpoints/``, ``ema.safetensors``, ``metrics.jsonl``,
+``samples_<sampler>.png`` (+ ``.npz``), ``summary.json`` (docs/training.md). This module joins
+training and evaluation, so it sits in its own layer, ``run`` (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from scoresde.data.loader import load_dataset
+from scoresde.evaluation.report import write_report
+from scoresde.training import distributed
+from scoresde.training.build import build_model, check_sizes
+from scoresde.training.checkpoint import (
+    TRAINING_ENTRIES,
+    capture_rng,
+    check_checkpoint,
+    export_ema_safetensors,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from scoresde.training.config import (
+    DEFAULT_CONFIG,
+    config_from_dict,
+    config_to_yaml,
+    load_config,
+    model_keys,
+    read_yaml_text,
+)
+from scoresde.training.config_rules import RESUMABLE_KEYS, run_identity_diff
+from scoresde.training.runlog import MetricsLog
+from scoresde.training.trainer import Trainer, check_batch
+from scoresde.util.atomic import atomic_write, first_non_file, nearest_existing, remove_temp_files, writable_folder
+from scoresde.util.errors import WriteFailed, one_line
+from scoresde.util.host import resolve_device
+
+__all__ = ["RunRequest", "train_run", "choose_folder", "claim_folder", "resolve_config",
+           "check_writable", "train_loop", "save"]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What ``python -m scoresde.train`` asks for: ``config`` (a YAML path, ``None``: the default
+    or the resumed run's own), ``out`` (the run folder, ``None``: chosen), ``resume`` (``None``,
+    ``"auto"`` or a checkpoint / run folder) and config ``overrides`` (``KEY=VALUE``, applied in order)."""
+
+    config: str | None = None
+    out: str | None = None
+    resume: str | None = None
+    overrides: tuple = field(default_factory=tuple)
+
+    @property
+    def stem(self) -> str:
+        return Path(self.config).stem if self.config else DEFAULT_CONFIG.stem
+
+
+# The run folder ---------------------------------------------------------------------------------
+
+def _holds_run(folder: Path) -> bool:
+    """A folder holds a run once its ``config.yaml`` or a checkpoint exists."""
+    return (folder / "config.yaml").is_file() or latest_checkpoint(folder / "checkpoints") is not None
+
+
+def choose_folder(request: RunRequest) -> tuple[Path, Path | None]:
+    """The run folder and the checkpoint to resume from (``None``: a fresh run). Reads only.
+
+    ``--resume PATH``: that checkpoint (or run folder's latest). Otherwise the folder is ``--out``,
+    or the one this config creates: ``runs/<stem>``, or ``runs/<stem>-K`` when that holds a run.
+    ``--resume auto`` without ``--out`` continues the one folder ``runs/<stem>`` or
+    ``runs/<stem>-K`` holding a run, and refuses when there are several.
+    """
+    if request.resume not in (None, "auto"):
+        src = Path(request.resume)
+        ckpt = latest_checkpoint(src / "checkpoints") if src.is_dir() else src
+        if ckpt is None:
+            raise ValueError(f"--resume {request.resume}: no checkpoint in this folder; expected a run "
+                             f"folder with checkpoints/ or a checkpoint file")
+        default = src if src.is_dir() else src.resolve().parent.parent
+        return Path(request.out) if request.out else default, ckpt
+    if request.out:
+        run = Path(request.out)
+    else:
+        stem = request.stem
+        pattern = re.compile(re.escape(stem) + r"(-[0-9]+)?")
+        runs = Path("runs")
+        taken = sorted(p for p in (runs.iterdir() if runs.is_dir() else ())
+                       if pattern.fullmatch(p.name) and p.is_dir() and _holds_run(p))
+        if request.resume == "auto" and len(taken) > 1:
+            raise ValueError(f"--resume auto: {len(taken)} run folders of config {stem!r} "
+                             f"({', '.join(str(p) for p in taken)}): expected one; pass --out to choose")
+        if request.resume == "auto" and taken:
+            run = taken[0]
+        else:
+            run, k = runs / stem, 1
+            while _holds_run(run):
+                k += 1
+                run = runs / f"{stem}-{k}"
+    ckpt = latest_checkpoint(run / "checkpoints") if run.is_dir() else None
+    if request.resume is None and run.is_dir() and _holds_run(run):
+        raise ValueError(f"run folder {str(run)!r} already holds a training run: pass --resume auto "
+                         f"to continue it, or --out for a new folder")
+    return run, ckpt
+
+
+@contextlib.contextmanager
+def claim_folder(run: Path):
+    """The one place a run folder is taken for this process, for the whole run: everything that
+    reads the folder's state (config, checkpoint) and writes it happens inside. A run-folder lock
+    belongs here."""
+    yield run
+
+
+def _folder_config(run: Path) -> dict | None:
+    """The config a run folder was started with (its ``config.yaml``), ``None`` if it has none."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        data = read_yaml_text(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"run folder {str(run)!r}: its config.yaml cannot be read "
+                         f"({' '.join(str(e).split())[:120]}): expected the config the run was started with") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"run folder {str(run)!r}: its config.yaml holds a {type(data).__name__}, "
+                         f"expected a mapping of config sections")
+    return data
+
+
+def resolve_config(request: RunRequest, state, ckpt, run: Path, folder: dict | None):
+    """The run's config: the request's file (else the checkpoint's or the folder's own) with its
+    overrides, refused when it contradicts the model or the run identity it resumes."""
+    overrides = list(request.overrides)
+    if request.config is None and state is not None:
+        cfg = config_from_dict(state["config"], overrides, origin=str(ckpt))
+    elif request.config is None and folder is not None:  # a run that died before its first checkpoint
+        cfg = config_from_dict(folder, overrides, origin=str(run / "config.yaml"))
+    else:
+        cfg = load_config(request.config, overrides)
+    if state is not None:
+        old, new = model_keys(config_from_dict(state["config"], origin=str(ckpt))), model_keys(cfg)
+        diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if diff:
+            raise ValueError(f"checkpoint {str(ckpt)!r} holds a different model: "
+                             + "; ".join(f"{k}={new.get(k)!r} but the checkpoint has {old.get(k)!r}"
+                                         for k in diff) + " (expected the checkpoint's values)")
+    for source, data in ((f"checkpoint {str(ckpt)!r}", state and state["config"]),
+                         (f"run folder {str(run)!r}", folder)):
+        if data:
+            diff = run_identity_diff(config_from_dict(data, origin=source), cfg)
+            if diff:
+                raise ValueError(f"{source} was trained with another config: "
+                                 + "; ".join(f"{k}={b!r} but the run has {a!r}" for k, a, b in diff)
+                                 + f" (only {', '.join(RESUMABLE_KEYS)} may change on resume)")
+    if state is not None and state["step"] > cfg.train.steps:
+        raise ValueError(f"train.steps={cfg.train.steps}: checkpoint {str(ckpt)!r} is already at step "
+                         f"{state['step']}; expected train.steps ≥ {state['step']} (a run is never shortened)")
+    return cfg
+
+
+def check_writable(run: Path, cfg) -> None:
+    """Every file and folder the run will write can be written: checked before the first byte."""
+    probe = nearest_existing(run)
+    if not probe.is_dir():
+        raise ValueError(f"--out {run}: cannot create the run folder ({probe} is not a folder)")
+    if not writable_folder(probe):
+        what = "the run folder" if probe == run else f"the run folder in {probe}"
+        raise ValueError(f"--out {run}: {what} is not writable (permission denied)")
+    ckpts = run / "checkpoints"
+    if ckpts.exists() and not writable_folder(ckpts):
+        why = "not writable" if ckpts.is_dir() else "not a folder"
+        raise ValueError(f"{ckpts}: {why}; expected a writable folder of checkpoints")
+    bad = first_non_file([run / "config.yaml", run / "metrics.jsonl", run / "ema.safetensors",
+                          run / "summary.json", ckpts / "latest", run / f"samples_{cfg.sample.sampler}.png",
+                          run / f"samples_{cfg.sample.sampler}.npz"])
+    if bad is not None:
+        raise ValueError(f"{bad}: is a folder or special file; expected a file that can be replaced")
+    log = run / "metrics.jsonl"
+    if log.is_file() and not os.access(log, os.R_OK | os.W_OK):
+        raise ValueError(f"{log}: not writable; expected the run's metric log, readable and writable")
+    tb = run / "tensorboard"
+    if cfg.train.tensorboard and tb.exists() and not tb.is_dir():
+        raise ValueError(f"{tb}: not a folder; expected TensorBoard's log folder (or train.tensorboard=false)")
+
+
+# Training ---------------------------------------------------------------------------------------
+
+class _Interrupt:
+    """SIGINT/SIGTERM only set a flag; the loop saves and exits at the next step boundary."""
+
+    def __enter__(self):
+        self.signum, self.previous = 0, {}
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
+
+
+def save(trainer: Trainer, run: Path, dist) -> Path | None:
+    """Every rank hands over its RNG state; rank 0 writes; all wait (barrier)."""
+    rngs = distributed.all_gather_objects(capture_rng(), dist)
+    path = None
+    if dist.is_main:
+        cfg = trainer.cfg
+        path = save_checkpoint(run / "checkpoints", trainer.state_dict(rngs), trainer.step,
+                               cfg.train.keep_last)
+        export_ema_safetensors(run / "ema.safetensors", trainer.ema.shadow, cfg, trainer.step)
+    distributed.barrier(dist)
+    return path
+
+
+def train_loop(trainer: Trainer, run: Path, log: MetricsLog, dist, say, interrupt) -> int | None:
+    """Train to ``train.steps``; returns the exit status if a signal stopped it, else ``None``."""
+    tc = trainer.cfg.train
+    bar = tqdm(total=tc.steps, initial=trainer.step, desc="train", dynamic_ncols=True,
+               disable=not (dist.is_main and sys.stderr.isatty()))
+    start, tick, tick_step = time.perf_counter(), time.perf_counter(), trainer.step
+    while trainer.step < tc.steps:
+        out = trainer.train_step(stop_requested=interrupt.signum != 0)
+        step = trainer.step
+        bar.update(1)
+        bar.set_postfix(loss=f"{out['loss']:.4f}")
+        if step % tc.log_every == 0 or step == tc.steps:
+            now = time.perf_counter()
+            rate = (step - tick_step) / max(now - tick, 1e-9)
+            rec = {"step": step, "loss": trainer.pop_window(keep=step % tc.log_every != 0), "lr": out["lr"],
+                   "grad_norm": out["grad_norm"],
+                   "bad_steps": trainer.bad_steps, "steps_per_s": rate, "time": now - start}
+            log.write(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.1f}")
+            if bar.disable:  # no terminal: plain log lines instead of the bar
+                say(f"step {step}/{tc.steps} loss {rec['loss']:.4f} lr {out['lr']:.2e} "
+                    f"grad {out['grad_norm']:.3f} {rate:.1f} steps/s", flush=True)
+            tick, tick_step = now, step
+        if step % tc.ckpt_every == 0 or step == tc.steps or out["stop"]:
+            path = save(trainer, run, dist)
+        if out["stop"]:
+            bar.close()
+            say(f"interrupted: saved {path} at step {step}; resume with: python -m scoresde.train "
+                f"--out {run} --resume auto", file=sys.stderr, flush=True)
+            return 128 + (interrupt.signum or signal.SIGTERM)
+    bar.close()
+    return None
+
+
+def _digest(model) -> str:
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# The run, start to end ------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """A run whose input is checked: its folder, config, process group, data and trainer."""
+
+    folder: Path
+    ckpt: Path | None
+    state: dict | None
+    cfg: object
+    device: torch.device
+    dist: distributed.DistInfo
+    trainer: Trainer
+    train_data: object
+    test_data: object
+    start: float
+
+    def say(self, *args, **kwargs) -> None:
+        if self.dist.is_main:
+            print(*args, **kwargs)
+
+
+def train_run(request: RunRequest) -> int:
+    """Train (or resume) the run ``request`` names, then write its report; returns the exit status.
+
+    Bad input is a ``ValueError`` raised before anything is written; an I/O error while writing
+    is :class:`~scoresde.util.errors.WriteFailed` (a new folder without a checkpoint is removed)."""
+    start = time.perf_counter()
+    folder, ckpt = choose_folder(request)
+    with claim_folder(folder):
+        run = _open(request, folder, ckpt, start)
+        # Everything is checked: now the run folder may be written (rank 0 only). An I/O error from
+        # here on is not bad input: exit status 74, every file whole (atomic writes).
+        top = folder  # the outermost folder this attempt creates (None: the run folder exists)
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        top = None if folder.exists() else top
+        try:
+            return _write_run(run)
+        except OSError as e:
+            if top is not None and run.dist.is_main and latest_checkpoint(folder / "checkpoints") is None:
+                shutil.rmtree(top, ignore_errors=True)  # a new folder without a checkpoint: as before
+                raise WriteFailed(f"writing run folder {str(folder)!r} failed: {one_line(e)}; the new folder "
+                                  f"was removed") from None
+            raise WriteFailed(f"writing run folder {str(folder)!r} failed: {one_line(e)}; every file is whole "
+                              f"and the last checkpoint is kept (resume with --out {folder} --resume auto)") from None
+
+
+def _open(request: RunRequest, folder: Path, ckpt: Path | None, start: float) -> _Run:
+    """Read and check everything the run needs (config, checkpoint, data, model); writes nothing."""
+    config_file = _folder_config(folder) if request.resume is not None else None
+    state = load_checkpoint(ckpt) if ckpt is not None else None
+    if state is not None:
+        check_checkpoint(state, ckpt, required=TRAINING_ENTRIES)
+    cfg = resolve_config(request, state, ckpt, folder, config_file)
+    check_sizes(cfg)
+    device = resolve_device(cfg.device, distributed.DistInfo().local_rank)
+    dist = distributed.init_distributed(device)
+    device = resolve_device(cfg.device, dist.local_rank)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    # Data (B, *shape) in [-1, 1]; the model, identical on every rank.
+    train_data = load_dataset(cfg.data.name, "train", root=cfg.data.root, n=cfg.data.n, seed=cfg.seed)
+    test_data = load_dataset(cfg.data.name, "test", root=cfg.data.root, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, train_data).to(device)
+    trainer = Trainer(cfg, model, train_data, device, dist)
+    check_batch(trainer.first_batch(), cfg.data.shape, cfg.data.name,
+                bounded=train_data.levels is not None)
+    run = _Run(folder, ckpt, state, cfg, device, dist, trainer, train_data, test_data, start)
+    if state is not None:
+        try:
+            note = trainer.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            detail = " ".join(str(e).split())[:160]
+            raise ValueError(f"checkpoint {str(ckpt)!r}: its training state does not fit the model and "
+                             f"optimizer its config describes ({type(e).__name__}: {detail}): expected a "
+                             f"checkpoint written by scoresde.train for this config") from None
+        run.say(f"resumed {ckpt} at step {trainer.step}" + (f" ({note})" if note else ""))
+    else:
+        torch.manual_seed(cfg.seed + dist.rank)  # dropout streams differ per rank
+        np.random.seed(cfg.seed + dist.rank)
+        random.seed(cfg.seed + dist.rank)
+    check_writable(folder, cfg)  # on every rank (it only reads), so all ranks stop together
+    return run
+
+
+def _write_run(run: _Run) -> int:
+    cfg, folder, trainer, dist, state = run.cfg, run.folder, run.trainer, run.dist, run.state
+    if dist.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        for sub in (folder, folder / "checkpoints", folder / "samples"):
+            remove_temp_files(sub)  # left by a writer killed before its rename
+        text = config_to_yaml(cfg)
+        path = folder / "config.yaml"
+        if not path.is_file() or path.read_text() != text:
+            atomic_write(path, lambda f: f.write(text.encode()))
+    # The log keeps each step once: cut back to the checkpoint's step (0: a fresh start drops the
+    # lines of an attempt that died before its first checkpoint).
+    log = MetricsLog(folder / "metrics.jsonl", enabled=dist.is_main, resume_step=trainer.step,
+                     # a line at a checkpoint between log steps only closed that run: the window goes on
+                     drop_resume_line=state is not None and state["step"] % state["config"]["train"]["log_every"] != 0,
+                     tensorboard_dir=folder / "tensorboard" if cfg.train.tensorboard else None)
+    nparams = sum(p.numel() for p in trainer.model.parameters())
+    run.say(f"run folder {folder} | {cfg.data.name} {tuple(cfg.data.shape)} | {cfg.model.kind} {nparams:,} "
+            f"parameters | {run.device} x{dist.world_size} | steps {trainer.step}->{cfg.train.steps}")
+
+    # Training: one step per global batch; log, checkpoint, stop on a signal.
+    train_start = time.perf_counter()
+    with _Interrupt() as interrupt:
+        status = train_loop(trainer, folder, log, dist, run.say, interrupt)
+    log.close()
+    if status is not None:
+        distributed.shutdown(dist)
+        return status
+    if state is not None and trainer.step == state["step"] and dist.is_main:
+        # nothing left to train: leave ema.safetensors (same bytes), the checkpoint untouched
+        export_ema_safetensors(folder / "ema.safetensors", trainer.ema.shadow, cfg, trainer.step)
+    train_seconds = time.perf_counter() - train_start
+    digests = distributed.all_gather_objects(_digest(trainer.model), dist)  # every rank must hold the same weights
+    if len(set(digests)) > 1:
+        run.say(f"warning: the ranks' parameters differ after training: {digests}", file=sys.stderr)
+    distributed.shutdown(dist)  # evaluation runs on rank 0 alone, on the unwrapped EMA model
+    if not dist.is_main:
+        return 0
+    summary = {"data": cfg.data.name, "steps": trainer.step, "world_size": dist.world_size,
+               "rank_param_sha256": digests, "train_seconds": train_seconds}
+    model = build_model(cfg).to(run.device)
+    trainer.ema.copy_to(model)
+    model.eval().requires_grad_(False)  # inference only: no graphs through the weights
+    return write_report(model, cfg, folder, run.train_data, run.test_data, run.device, summary, run.start)
