@@ -35,6 +35,7 @@ LAYER = {
     "scoresde/core/sde.py": "core",
     "scoresde/core/model.py": "core",
     "scoresde/core/analytic.py": "core",
+    "scoresde/core/conditional.py": "core",
     "scoresde/core/lattice.py": "core",
     "scoresde/core/flow.py": "core",
     "scoresde/core/bpd.py": "core",

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from scoresde.core.model import EpsModel, batch_time
+from scoresde.core.model import EpsModel, batch_time, check_labels
 from scoresde.core.sde import VPSDE, GaussianSDE
 from scoresde.util.rng import draw_device, randn
 
@@ -147,13 +147,56 @@ class GaussianMixture(EpsModel):
         s = -torch.einsum("kde,bke->bd", self.evecs.to(scaled.device), r[..., None] * scaled)
         return s.reshape(x.shape).to(x.dtype)
 
-    def eps(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Exact optimal noise prediction ``ε*(x, t) = -σ(t) ∇ log p_t(x)``, in x's dtype."""
+    def eps(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        """Exact optimal noise prediction ``ε*(x, t) = -σ(t) ∇ log p_t(x)``, in x's dtype.
+
+        With labels ``y`` (the components as classes, :mod:`scoresde.core.conditional`): row ``b``
+        gets component ``y_b``'s exact ``ε*`` (its Gaussian alone), or the mixture's where
+        ``y_b = K`` (the null label); ``y=None`` is the mixture for every row."""
         log_joint, scaled = self._terms(x, t)
-        r = torch.softmax(log_joint, dim=1)
+        r = self._class_weights(log_joint, y)
         sigma = self.sde.sigma(batch_time(t, x)).to(scaled.device)[:, None]
         e = sigma * torch.einsum("kde,bke->bd", self.evecs.to(scaled.device), r[..., None] * scaled)
         return e.reshape(x.shape).to(x.dtype)
+
+    # Components as classes ------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """``K``: the components are the classes of the conditional oracle (label ``K``: null)."""
+        return self.n_components
+
+    def class_log_prior(self) -> torch.Tensor:
+        """``log p(y) = log w_y``, float64 ``(K,)`` on the CPU."""
+        return torch.log(self.weights)
+
+    def component(self, k: int) -> GaussianMixture:
+        """Component ``k`` alone (``p(x | y = k)``) as a one-component mixture on the same SDE."""
+        k = int(check_labels(k, self.n_components, name="k"))
+        return GaussianMixture(torch.ones(1, dtype=torch.float64, device="cpu"), self.means[k:k + 1],
+                               self.covs[k:k + 1], sde=self.sde, event_shape=self.event_shape)
+
+    def _class_weights(self, log_joint: torch.Tensor, y) -> torch.Tensor:
+        """``p(k | x_t)`` for null rows, one-hot ``y_b`` for labelled rows: ``(B, K)``."""
+        r = torch.softmax(log_joint, dim=1)
+        if y is None:
+            return r
+        k = self.n_components
+        y = check_labels(y, k, allow_null=True).to(r.device)
+        y = y.expand(r.shape[0]) if y.ndim == 0 else y
+        if y.shape[0] != r.shape[0]:
+            raise ValueError(f"y has {y.shape[0]} labels but x has batch size {r.shape[0]}")
+        onehot = torch.nn.functional.one_hot(y.clamp(max=k - 1), k).to(r.dtype)
+        return torch.where((y < k)[:, None], onehot, r)
+
+    def class_log_prob(self, x: torch.Tensor, y, t=0.0) -> torch.Tensor:
+        """Exact ``log p_t(x | y)`` (component ``y``'s Gaussian; ``log p_t(x)`` where ``y = K``), ``(B,)``."""
+        log_joint, _ = self._terms(x, t)
+        k = self.n_components
+        y = check_labels(y, k, allow_null=True).to(log_joint.device)
+        y = y.expand(log_joint.shape[0]) if y.ndim == 0 else y
+        log_w = torch.log(self.weights.to(log_joint.device))
+        cond = (log_joint - log_w[None]).gather(1, y.clamp(max=k - 1)[:, None])[:, 0]
+        return torch.where(y < k, cond, torch.logsumexp(log_joint, dim=1))
 
     # Sampling ------------------------------------------------------------------------
     def sample(self, n: int, *, generator: torch.Generator | None = None,

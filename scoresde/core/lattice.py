@@ -115,6 +115,6 @@ class LatticeResidualModel(ScoreModel):
             raise ValueError(f"base={base!r}: expected a FactorizedLattice")
         self.base = base
 
-    def eps(self, x: torch.Tensor, t) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
         t = batch_time(t, x)
-        return super().eps(x, t) + self.base.eps(x, t)
+        return super().eps(x, t, y) + self.base.eps(x, t)

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from scoresde.util.checks import check_choice, check_int, check_t_eps
+from scoresde.core.model import check_labels
+from scoresde.util.checks import check_choice, check_int, check_number, check_t_eps
 from scoresde.util.choices import TIME_SAMPLINGS, WEIGHTINGS
 from scoresde.util.rng import draw_device, rand, randint, randn
 
@@ -103,7 +104,8 @@ def sample_time(sde, n: int, *, weighting: str = "simple", time_sampling: str = 
 
 def dsm_loss(model, x0: torch.Tensor, *, weighting: str = "simple", time_sampling: str = "continuous",
              t_eps: float | None = None, n_steps: int | None = None, importance_sampling: bool = True,
-             generator: torch.Generator | None = None) -> LossOutput:
+             generator: torch.Generator | None = None, y: torch.Tensor | None = None,
+             label_dropout: float = 0.0) -> LossOutput:
     """Denoising score-matching loss of an ε-model on a batch ``x0`` of shape ``(B, *dims)``.
 
     Args:
@@ -115,6 +117,12 @@ def dsm_loss(model, x0: torch.Tensor, *, weighting: str = "simple", time_samplin
         importance_sampling: for ``likelihood``: sample ``t ∝ λ`` (default) or uniformly with weight λ.
         generator: for ``t`` and ``ε``: a CPU generator or one on ``x0``'s device (draws are made
             on its device and moved to ``x0``'s, :mod:`scoresde.util.rng`).
+        y: class labels ``(B,)`` of ``x0`` for a class-conditional model (``.num_classes ≥ 1``,
+            ``.eps(x, t, y)``); ``None`` (default): the model is called as ``eps(x, t)`` and no
+            further random draw is made.
+        label_dropout: with ``y``, the probability of replacing each label by the null label
+            ``num_classes`` (classifier-free guidance trains ``ε(x, t, ∅)`` this way); drawn
+            after ``t`` and ``ε``, from the same generator.
     """
     if x0.ndim < 2:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}: expected (B, *dims)")
@@ -124,6 +132,18 @@ def dsm_loss(model, x0: torch.Tensor, *, weighting: str = "simple", time_samplin
     noise = randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x_t, _ = model.sde.marginal_sample(x0, t, noise=noise)  # α(t) x0 + σ(t) ε
     acc = torch.promote_types(x0.dtype, torch.float32)  # never reduce in bf16
-    err = (model.eps(x_t, t).to(acc) - noise.to(acc)) ** 2  # (B, *dims)
+    if y is None:
+        eps = model.eps(x_t, t)
+    else:
+        k = getattr(model, "num_classes", 0)
+        y = check_labels(y, k, allow_null=True).to(x0.device)
+        if y.shape != (x0.shape[0],):
+            raise ValueError(f"y has shape {tuple(y.shape)}: expected ({x0.shape[0]},) labels of x0's rows")
+        p = check_number("label_dropout", label_dropout, low=0, high=1, low_closed=True)
+        if p > 0:
+            drop = rand((x0.shape[0],), generator=generator, dtype=torch.float64, device=x0.device) < p
+            y = torch.where(drop, torch.full_like(y, k), y)
+        eps = model.eps(x_t, t, y)
+    err = (eps.to(acc) - noise.to(acc)) ** 2  # (B, *dims)
     per_sample = weight.to(acc) * err.flatten(1).mean(1)  # (B,)
     return LossOutput(per_sample.mean(), per_sample, t)

@@ -12,12 +12,14 @@ Both are derived here, once, by :func:`score_of` and :func:`x0_of` from ``model.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
 from scoresde.core.sde import GaussianSDE, append_dims, as_time
 
-__all__ = ["EpsModel", "ScoreModel", "batch_time", "eps_of", "score_of", "x0_of"]
+__all__ = ["EpsModel", "ScoreModel", "batch_time", "check_labels", "eps_of", "score_of", "x0_of"]
 
 
 def batch_time(t, x: torch.Tensor) -> torch.Tensor:
@@ -28,6 +30,28 @@ def batch_time(t, x: torch.Tensor) -> torch.Tensor:
     if t.shape[0] != x.shape[0]:
         raise ValueError(f"t has {t.shape[0]} entries but x has batch size {x.shape[0]}")
     return t
+
+
+def check_labels(y, num_classes: int, *, name: str = "y", allow_null: bool = False) -> torch.Tensor:
+    """``y`` (a Python int, a 0-d or ``(B,)`` integer tensor) as an int64 tensor of shape ``()`` or
+    ``(B,)`` with entries in ``0..num_classes-1`` (``..num_classes`` with ``allow_null``: the null
+    label). One ``ValueError``/``TypeError`` naming ``name``, the value and what was expected."""
+    top = num_classes if allow_null else num_classes - 1
+    expected = f"class labels in 0..{top}" + (f" ({num_classes} = the null label)" if allow_null else "")
+    if isinstance(y, bool) or isinstance(y, torch.Tensor) and y.dtype == torch.bool:
+        raise TypeError(f"{name}={y!r}: expected integer {expected}, not booleans")
+    if isinstance(y, numbers.Integral):
+        y = torch.tensor(int(y), dtype=torch.int64, device="cpu")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name}={y!r}: expected an int or an integer tensor of {expected}")
+    if y.dtype.is_floating_point or y.dtype.is_complex:
+        raise TypeError(f"{name} has dtype {y.dtype}: expected an integer tensor (int64) of {expected}")
+    if y.ndim > 1:
+        raise ValueError(f"{name} has shape {tuple(y.shape)}: expected () or (B,) {expected}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) > top):
+        bad = y[(y < 0) | (y > top)].flatten()[0]
+        raise ValueError(f"{name} holds {int(bad)}: expected {expected}")
+    return y.to(torch.int64)
 
 
 def eps_of(model, x: torch.Tensor, t) -> torch.Tensor:
@@ -105,8 +129,20 @@ class ScoreModel(nn.Module, EpsModel):
         self.net = net
         self.sde = sde
 
-    def eps(self, x: torch.Tensor, t) -> torch.Tensor:
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional network (``net.num_classes``); 0: unconditional."""
+        k = getattr(self.net, "num_classes", 0)
+        return int(k) if isinstance(k, int) and not isinstance(k, bool) else 0
+
+    def eps(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        """``ε(x, t)``; for a class-conditional network ``ε(x, t, y)`` with ``y`` ``None`` (the null
+        label) or ``(B,)`` int64 labels in ``0..num_classes`` (``num_classes``: the null label;
+        :mod:`scoresde.core.conditional`)."""
         t = batch_time(t, x)
+        k = self.num_classes
+        if y is not None and k == 0:
+            raise ValueError("y: this model is unconditional (num_classes=0): expected y=None")
         param = next(self.net.parameters(), None)
         net_dtype = x.dtype if param is None else param.dtype
         t_dtype = torch.promote_types(net_dtype, torch.float32)
@@ -115,7 +151,14 @@ class ScoreModel(nn.Module, EpsModel):
         scale = None if scale is None else scale(t)
         if scale is not None:
             x = x * append_dims(scale, x.ndim).to(device=x.device, dtype=x.dtype)
-        return self.net(x.to(net_dtype), t.to(t_dtype)).to(out_dtype)
+        if k == 0:
+            return self.net(x.to(net_dtype), t.to(t_dtype)).to(out_dtype)
+        if y is not None:
+            y = check_labels(y, k, allow_null=True).to(x.device)
+            y = y.expand(x.shape[0]) if y.ndim == 0 else y
+            if y.shape[0] != x.shape[0]:
+                raise ValueError(f"y has {y.shape[0]} labels but x has batch size {x.shape[0]}")
+        return self.net(x.to(net_dtype), t.to(t_dtype), y).to(out_dtype)
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        return self.eps(x, t)
+    def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        return self.eps(x, t, y) if y is not None else self.eps(x, t)

@@ -30,6 +30,7 @@ class DatasetInfo:
     levels: int | None  # integer levels per dimension; None: continuous (toy) data
     reader: Callable
     splits: tuple = SPLITS
+    classes: int | None = None  # number of class labels the reader yields; None: no labels
 
     @property
     def is_toy(self) -> bool:
@@ -37,10 +38,10 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    **{name: DatasetInfo(name, (2,), None, draw) for name, draw in toy.TOY_SETS.items()},
-    "digits": DatasetInfo("digits", (1, 8, 8), 17, data_files.read_digits),
-    "mnist": DatasetInfo("mnist", (1, 28, 28), 256, data_files.read_mnist),
-    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 256, data_files.read_cifar10),
+    **{name: DatasetInfo(name, (2,), None, draw, classes=toy.TOY_CLASSES[name]) for name, draw in toy.TOY_SETS.items()},
+    "digits": DatasetInfo("digits", (1, 8, 8), 17, data_files.read_digits, classes=10),
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 256, data_files.read_mnist, classes=10),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 256, data_files.read_cifar10, classes=10),
 }
 DATASET_NAMES = tuple(DATASETS)
 TOY_NAMES = tuple(name for name, info in DATASETS.items() if info.is_toy)

@@ -16,7 +16,7 @@ import torch
 
 from scoresde.core.analytic import GaussianMixture
 
-__all__ = ["TOY_SETS", "toy_oracle", "ring", "moons", "swissroll", "checkerboard"]
+__all__ = ["TOY_SETS", "TOY_CLASSES", "toy_oracle", "ring", "moons", "swissroll", "checkerboard"]
 
 
 def toy_oracle(name: str = "ring") -> GaussianMixture:
@@ -57,13 +57,17 @@ def swissroll(n: int, generator: torch.Generator, noise: float = 0.25):
 
 def checkerboard(n: int, generator: torch.Generator, cells: int = 4):
     """Uniform on the "black" squares of a ``cells × cells`` board on ``[-1, 1]²`` (cell
-    ``(i, j)`` black when ``i + j`` is even); labels are the cell index ``i·cells + j``."""
+    ``(i, j)`` black when ``i + j`` is even); labels are the black cells' ranks ``0..cells²/2-1``
+    (the mixture component, in row-major order of ``i·cells + j``)."""
     black = torch.tensor([i * cells + j for i in range(cells) for j in range(cells) if (i + j) % 2 == 0],
                          device="cpu")
-    labels = black[torch.randint(0, len(black), (n,), generator=generator, device="cpu")]
-    corner = torch.stack([labels // cells, labels % cells], 1).double()  # (n, 2): (i, j)
+    labels = torch.randint(0, len(black), (n,), generator=generator, device="cpu")
+    cell = black[labels]
+    corner = torch.stack([cell // cells, cell % cells], 1).double()  # (n, 2): (i, j)
     u = torch.rand(n, 2, generator=generator, dtype=torch.float64, device="cpu")
     return ((corner + u) * (2 / cells) - 1).float(), labels
 
 
 TOY_SETS = {"ring": ring, "moons": moons, "swissroll": swissroll, "checkerboard": checkerboard}
+# Class labels each toy set yields (its mixture components; the swiss roll has none).
+TOY_CLASSES = {"ring": 8, "moons": 2, "swissroll": None, "checkerboard": 8}

@@ -20,7 +20,7 @@ from torch import nn
 from scoresde.util.checks import check_choice
 from scoresde.util.choices import TIME_EMBEDDINGS
 
-__all__ = ["TIME_SCALE", "sinusoidal_embedding", "GaussianFourierFeatures", "TimeEmbedding"]
+__all__ = ["TIME_SCALE", "sinusoidal_embedding", "GaussianFourierFeatures", "TimeEmbedding", "LabelEmbedding"]
 
 TIME_SCALE = 1000.0  # the sinusoidal embedding sees 1000·t (DDPM's integer steps for N = 1000)
 
@@ -91,3 +91,27 @@ class TimeEmbedding(nn.Module):
         if w.dtype != torch.float32:  # e.g. a float64 network in tests
             emb = emb.to(w.dtype)
         return self.mlp(emb)
+
+
+class LabelEmbedding(nn.Module):
+    """Class labels ``y`` (B,) in ``0..num_classes`` → features (B, dim), added to the time embedding.
+
+    A table of ``num_classes + 1`` learned vectors: row ``num_classes`` is the learned null label
+    (classifier-free guidance, Ho & Salimans 2022); ``y=None`` means the null label for the whole
+    batch. The table starts at zero (no random draw, and a fresh conditional network starts as
+    its unconditional one) and is learned like any weight.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes={num_classes!r}: expected an integer ≥ 1")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim, _weight=torch.zeros(num_classes + 1, dim))  # on the default device, as nn's own parameters
+
+    def forward(self, y: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.int64, device=device)
+        if y.shape != (batch,) or y.dtype != torch.int64:
+            raise ValueError(f"y has shape {tuple(y.shape)} and dtype {y.dtype}: expected ({batch},) int64")
+        return self.table(y)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from scoresde.nets.embeddings import TimeEmbedding
+from scoresde.nets.embeddings import LabelEmbedding, TimeEmbedding
 from scoresde.util.checks import check_int, check_number, check_shape
 
 __all__ = ["MLP"]
@@ -42,10 +42,13 @@ class MLP(nn.Module):
         time_dim: size of the fixed time embedding (its MLP maps to ``hidden``).
         dropout: dropout rate inside the blocks.
         time_embedding: ``"sinusoidal"`` or ``"fourier"``.
+        num_classes: ``K ≥ 1``: class-conditional, ``forward(x, t, y)`` with labels ``y`` (B,) in
+            ``0..K`` (``K``: the learned null label; ``None``: null for all) embedded and added to
+            the time embedding. 0 (default): unconditional, no label module at all.
     """
 
     def __init__(self, data_shape: tuple, *, hidden: int = 256, depth: int = 3, time_dim: int = 128,
-                 dropout: float = 0.0, time_embedding: str = "sinusoidal"):
+                 dropout: float = 0.0, time_embedding: str = "sinusoidal", num_classes: int = 0):
         super().__init__()
         self.data_shape = check_shape("data_shape", data_shape)
         for name, v, lo in (("hidden", hidden, 1), ("depth", depth, 0), ("time_dim", time_dim, 4)):
@@ -57,11 +60,18 @@ class MLP(nn.Module):
         self.blocks = nn.ModuleList(_Block(hidden, hidden, dropout) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, d)
+        self.num_classes = check_int("num_classes", num_classes, 0)
+        if self.num_classes:  # created last and zero-initialised: no draw from torch's RNG
+            self.label = LabelEmbedding(self.num_classes, hidden)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"x has shape {tuple(x.shape)}: expected (B, *{self.data_shape})")
         temb = self.time(t)  # (B, hidden)
+        if self.num_classes:
+            temb = temb + self.label(y, x.shape[0], x.device).to(temb.dtype)
+        elif y is not None:
+            raise ValueError("y: this network is unconditional (num_classes=0): expected y=None")
         h = self.inp(x.flatten(1)) + temb  # (B, hidden)
         for block in self.blocks:
             h = block(h, temb)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scoresde.nets.embeddings import TimeEmbedding
+from scoresde.nets.embeddings import LabelEmbedding, TimeEmbedding
 from scoresde.util.checks import check_int, check_number, check_shape
 
 __all__ = ["UNet", "group_norm", "count_parameters"]
@@ -103,11 +103,15 @@ class UNet(nn.Module):
         dropout: dropout rate in the residual blocks.
         num_heads: attention heads; must divide every attended width.
         time_embedding: ``"sinusoidal"`` (of ``1000·t``) or ``"fourier"``.
+        num_classes: ``K ≥ 1``: class-conditional, ``forward(x, t, y)`` with labels ``y`` (B,) in
+            ``0..K`` (``K``: the learned null label; ``None``: null for all) embedded and added to
+            the time embedding after its MLP (as diffusers' ``num_class_embeds``). 0 (default):
+            unconditional, no label module at all.
     """
 
     def __init__(self, data_shape: tuple, *, channels: int = 128, channel_mult=(1, 2, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.1,
-                 num_heads: int = 1, time_embedding: str = "sinusoidal"):
+                 num_heads: int = 1, time_embedding: str = "sinusoidal", num_classes: int = 0):
         super().__init__()
         self.data_shape = check_shape("data_shape", data_shape)
         if len(self.data_shape) != 3:
@@ -169,6 +173,9 @@ class UNet(nn.Module):
 
         self.norm_out = group_norm(ch)
         self.conv_out = _zero(nn.Conv2d(ch, c_img, 3, padding=1))
+        self.num_classes = check_int("num_classes", num_classes, 0)
+        if self.num_classes:  # created last and zero-initialised: no draw from torch's RNG
+            self.label = LabelEmbedding(self.num_classes, temb_dim)
 
     @staticmethod
     def _run(layer: nn.ModuleList, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -176,10 +183,14 @@ class UNet(nn.Module):
             h = module(h, temb) if isinstance(module, ResBlock) else module(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"x has shape {tuple(x.shape)}: expected (B, *{self.data_shape})")
         temb = self.time(t)  # (B, 4·channels)
+        if self.num_classes:
+            temb = temb + self.label(y, x.shape[0], x.device).to(temb.dtype)
+        elif y is not None:
+            raise ValueError("y: this network is unconditional (num_classes=0): expected y=None")
         hs = [self.conv_in(x)]  # (B, channels, H, W)
         for layer in self.down:
             hs.append(self._run(layer, hs[-1], temb))

@@ -52,11 +52,12 @@ def build_net(config: Config) -> nn.Module:
     """The ε-network of ``config.model`` for examples of shape ``config.data.shape``."""
     m, shape = config.model, tuple(config.data.shape)
     if m.kind == "mlp":
-        return MLP(shape, hidden=m.hidden, depth=m.depth, time_dim=m.time_dim, dropout=m.dropout)
+        return MLP(shape, hidden=m.hidden, depth=m.depth, time_dim=m.time_dim, dropout=m.dropout,
+                   num_classes=m.num_classes)
     if m.kind == "unet":
         return UNet(shape, channels=m.channels, channel_mult=tuple(m.channel_mult),
                     num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
-                    dropout=m.dropout, num_heads=m.num_heads)
+                    dropout=m.dropout, num_heads=m.num_heads, num_classes=m.num_classes)
     raise ValueError(f"model.kind={m.kind!r}: expected mlp or unet")
 
 

@@ -65,6 +65,7 @@ class ModelConfig:
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
     num_heads: int = 1
     base: str = "none"                   # none | lattice: ε = exact ε* of per-pixel levels + net
+    num_classes: int = 0                 # 0: unconditional; K: class-conditional on the data set's K labels
 
 
 @dataclass
@@ -93,6 +94,7 @@ class TrainConfig:
     compile: bool = False                # torch.compile the network
     tensorboard: bool = True             # also log to TensorBoard when it is installed
     threads: int | None = None        # torch CPU threads; None = torch's default
+    label_dropout: float | None = None  # P(label → null label) when conditional; None: 0.1
 
 
 @dataclass

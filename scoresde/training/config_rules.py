@@ -47,6 +47,8 @@ _RANGES = [
     ("model.num_res_blocks", lambda v: v >= 1, "an integer ≥ 1"),
     ("model.attn_resolutions", lambda v: all(r >= 1 for r in v), "a list of integers ≥ 1"),
     ("model.num_heads", lambda v: v >= 1, "an integer ≥ 1"),
+    ("model.num_classes", lambda v: v >= 0, "an integer ≥ 0 (0: unconditional)"),
+    ("train.label_dropout", lambda v: 0 <= v < 1, "a number in [0, 1) or null"),
     ("loss.t_eps", lambda v: 0 < v < 1, "a number in (0, 1) or null"),
     ("train.steps", lambda v: v >= 1, "an integer ≥ 1"),
     ("train.batch_size", lambda v: v >= 1, "an integer ≥ 1"),
@@ -147,6 +149,16 @@ def validate(cfg) -> None:
             raise ValueError(f"config key 'model.channel_mult': {len(cfg.model.channel_mult)} levels "
                              f"downsample by {factor}, expected a factor dividing the image size "
                              f"{cfg.data.shape[1]}x{cfg.data.shape[2]}")
+    classes = dataset_info(cfg.data.name).classes
+    if cfg.model.num_classes and classes is None:
+        raise ValueError(f"config key 'model.num_classes': data set {cfg.data.name!r} has no class labels, "
+                         f"expected 0 (unconditional), got {cfg.model.num_classes}")
+    if cfg.model.num_classes and cfg.model.num_classes != classes:
+        raise ValueError(f"config key 'model.num_classes': data set {cfg.data.name!r} has {classes} classes, "
+                         f"expected 0 (unconditional) or {classes}, got {cfg.model.num_classes}")
+    if cfg.train.label_dropout is not None and not cfg.model.num_classes:
+        raise ValueError(f"config key 'train.label_dropout': expected null for an unconditional model "
+                         f"(model.num_classes=0), got {cfg.train.label_dropout!r}")
     if len(cfg.data.shape) == 1 and cfg.model.kind != "mlp":
         raise ValueError(f"config key 'model.kind': expected mlp for vector data "
                          f"{cfg.data.name!r}, got {cfg.model.kind!r}")
@@ -165,9 +177,12 @@ _RELEVANT = {
 
 
 def model_keys(cfg) -> dict:
-    """The flattened keys that change the network or the SDE (``model.*``, ``sde.*``, ``data.shape``)."""
+    """The flattened keys that change the network or the SDE (``model.*``, ``sde.*``, ``data.shape``;
+    ``model.num_classes`` when it is not 0)."""
     d = dataclasses.asdict(cfg)
     flat = {f"model.{k}": d["model"][k] for k in _RELEVANT[cfg.model.kind]}
+    if cfg.model.num_classes:
+        flat["model.num_classes"] = cfg.model.num_classes
     sde_key = f"ve {cfg.sde.schedule}" if cfg.sde.kind == "ve" else cfg.sde.schedule
     flat.update({f"sde.{k}": d["sde"][k] for k in ("kind",) + _RELEVANT[sde_key]})
     flat["data.shape"] = d["data"]["shape"]

@@ -54,11 +54,11 @@ def check_batch(x: torch.Tensor, shape, data_name: str, bounded: bool = True) ->
 class _Forward(EpsModel):
     """Routes ``eps`` through a wrapper's ``forward`` (torch.compile)."""
 
-    def __init__(self, module: nn.Module, sde):
-        self.module, self.sde = module, sde
+    def __init__(self, module: nn.Module, sde, num_classes: int = 0):
+        self.module, self.sde, self.num_classes = module, sde, num_classes
 
-    def eps(self, x, t):
-        return self.module(x, t)
+    def eps(self, x, t, y=None):
+        return self.module(x, t) if y is None else self.module(x, t, y)
 
 
 class Trainer:
@@ -88,7 +88,12 @@ class Trainer:
         self.window = [0.0, 0]  # loss sum and count since the last log line
         self._perm_epoch, self._perm = -1, None
         broadcast_module(model, dist)  # rank 0's weights on every rank
-        self.forward = _Forward(torch.compile(model) if tc.compile else model, model.sde)
+        self.num_classes = cfg.model.num_classes
+        if self.num_classes and data.labels is None:
+            raise ValueError(f"model.num_classes={self.num_classes}: data set {data.name!r} has no class "
+                             f"labels, expected model.num_classes=0")
+        self.label_dropout = (0.1 if tc.label_dropout is None else tc.label_dropout) if self.num_classes else 0.0
+        self.forward = _Forward(torch.compile(model) if tc.compile else model, model.sde, self.num_classes)
         self.amp = tc.amp and device.type == "cuda"
 
     # Data order ---------------------------------------------------------------------
@@ -131,9 +136,10 @@ class Trainer:
             g = torch.Generator(device=self.device).manual_seed(seed_for(self.cfg.seed, self.step, chunk))
             g_cpu = g if self.device.type == "cpu" else torch.Generator().manual_seed(g.initial_seed())
             x0 = self._examples(idx, g_cpu)  # (micro, *shape)
+            labels = self.data.labels[idx].to(self.device) if self.num_classes else None  # none: no draw
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 out = dsm_loss(self.forward, x0, weighting=lc.weighting, time_sampling=lc.time_sampling,
-                               t_eps=lc.t_eps, generator=g)
+                               t_eps=lc.t_eps, generator=g, y=labels, label_dropout=self.label_dropout)
             (out.loss / tc.grad_accum).backward()
             loss_sum += out.loss.item()
             t_lo, t_hi = min(t_lo, out.t.min().item()), max(t_hi, out.t.max().item())
