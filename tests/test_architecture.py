@@ -70,6 +70,7 @@ LAYER = {
     # evaluation: figures of a trained model
     "scoresde/evaluation/__init__.py": "evaluation",
     "scoresde/evaluation/likelihood.py": "evaluation",
+    "scoresde/evaluation/conditional.py": "evaluation",
     "scoresde/evaluation/metrics.py": "evaluation",
     "scoresde/evaluation/images.py": "evaluation",
     "scoresde/evaluation/report.py": "evaluation",

@@ -63,6 +63,16 @@ class Conditioned(EpsModel):
         y = "∅" if self.y is None else (int(self.y) if self.y.ndim == 0 else f"({self.y.numel()} labels)")
         return f"Conditioned({type(self.model).__name__}, y={y}, guidance={self.guidance:g})"
 
+    def parameters(self):
+        """The conditional model's parameters (none for an oracle): where it runs, for
+        :func:`scoresde.util.rng.model_device`."""
+        params = getattr(self.model, "parameters", None)
+        return params() if callable(params) else iter(())
+
+    def buffers(self):
+        buffers = getattr(self.model, "buffers", None)
+        return buffers() if callable(buffers) else iter(())
+
     @property
     def net(self):
         """The conditional model's network (for code that reads its ``data_shape``)."""

@@ -107,7 +107,8 @@ class LabelEmbedding(nn.Module):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes={num_classes!r}: expected an integer ≥ 1")
         self.num_classes = num_classes
-        self.table = nn.Embedding(num_classes + 1, dim, _weight=torch.zeros(num_classes + 1, dim))  # on the default device, as nn's own parameters
+        # zeros on the default device, as nn's own parameters are made
+        self.table = nn.Embedding(num_classes + 1, dim, _weight=torch.zeros(num_classes + 1, dim))
 
     def forward(self, y: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         if y is None:
