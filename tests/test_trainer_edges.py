@@ -234,10 +234,11 @@ def test_options_reach_the_optimizer_ema_and_autocast(monkeypatch):
     assert tr.model.training  # a step trains in training mode
     assert tr.train_step()["stop"] is False
     assert tr.forward.module is tr.model and tr.forward.sde is tr.model.sde  # train.compile=false
-    wrapped = torch.nn.Identity()
-    monkeypatch.setattr(torch, "compile", lambda module: setattr(wrapped, "orig", module) or wrapped)
-    compiled = _trainer(compile=True)
-    assert compiled.forward.module is wrapped and wrapped.orig is compiled.model
+    wrapped, seen = torch.nn.Identity(), []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: seen.append((fn, mode)) or wrapped)
+    compiled = _trainer(compile=True, compile_mode="max-autotune")
+    assert compiled.forward.module is wrapped and compiled._update is wrapped  # the network, the update
+    assert seen == [(compiled.model, "max-autotune"), (compiled._apply_update, "max-autotune")]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the skipped step

@@ -28,6 +28,7 @@ and, for VP and sub-VP, the schedule's ``integrated_beta``/``beta``/``time_for_i
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -44,7 +45,8 @@ from scoresde.core.schedules import (
 from scoresde.util.choices import SDE_KINDS
 from scoresde.util.rng import draw_device, randn
 
-__all__ = ["GaussianSDE", "VPSDE", "SubVPSDE", "VESDE", "SDE_KINDS", "append_dims", "as_time"]
+__all__ = ["GaussianSDE", "VPSDE", "SubVPSDE", "VESDE", "SDE_KINDS", "append_dims", "as_time",
+           "trusted_times"]
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -54,8 +56,24 @@ def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
+_CHECK_TIMES = [True]  # False inside trusted_times()
+
+
+@contextlib.contextmanager
+def trusted_times():
+    """Inside, :func:`as_time` does not range-check ``(B,)`` tensors: for times the caller drew in
+    ``[0, 1]`` itself (the training step's loss), where reading the check's result back would
+    synchronise a GPU with the host at every step (and break a compiled graph in two)."""
+    before, _CHECK_TIMES[0] = _CHECK_TIMES[0], False
+    try:
+        yield
+    finally:
+        _CHECK_TIMES[0] = before
+
+
 def as_time(t, *, device=None) -> torch.Tensor:
-    """``t`` as a float64 tensor; ``ValueError`` unless finite, in ``[0, 1]``, of shape ``()`` or ``(B,)``."""
+    """``t`` as a float64 tensor; ``ValueError`` unless finite, in ``[0, 1]``, of shape ``()`` or ``(B,)``
+    (``(B,)`` tensors are not range-checked inside :func:`trusted_times`)."""
     if isinstance(t, torch.Tensor):
         t = t.to(dtype=torch.float64, device=device if device is not None else t.device)
     else:
@@ -66,6 +84,8 @@ def as_time(t, *, device=None) -> torch.Tensor:
         v = t.item()
         if not 0 <= v <= 1:
             raise ValueError(f"t={v!r}: expected times in [0, 1]")
+        return t
+    if not _CHECK_TIMES[0]:
         return t
     bad = ~((t >= 0) & (t <= 1))
     if bad.any():

@@ -91,7 +91,11 @@ class TrainConfig:
     keep_last: int = 2                   # checkpoints kept on disk
     max_bad_steps: int = 0               # non-finite steps skipped before the run stops
     amp: bool = True                     # bf16 autocast, on CUDA only
-    compile: bool = False                # torch.compile the network
+    compile: bool = False                # torch.compile the network and the AdamW + EMA update
+    compile_mode: str = "default"        # torch.compile mode: default | reduce-overhead | max-autotune |
+                                         # max-autotune-no-cudagraphs
+    fused: bool = True                   # fused AdamW kernel on CUDA (eager step); ignored on the CPU
+    channels_last: bool = False          # U-Net weights and batches in channels_last memory format
     tensorboard: bool = True             # also log to TensorBoard when it is installed
     threads: int | None = None        # torch CPU threads; None = torch's default
     label_dropout: float | None = None  # P(label → null label) when conditional; None: 0.1

@@ -24,6 +24,7 @@ _CHOICES = {
     "loss.time_sampling": choices.TIME_SAMPLINGS,
     "eval.bpd_trace": choices.TRACES,
     "sample.sampler": choices.SAMPLERS,
+    "train.compile_mode": choices.COMPILE_MODES,
 }
 
 # (key, test, what was expected); a None value passes (Optional keys).
@@ -195,7 +196,8 @@ def model_keys(cfg) -> dict:
 # from the run folder's on one of them is refused.
 RESUMABLE_KEYS = ("device", "data.root", "train.steps", "train.batch_size", "train.grad_accum",
                   "train.log_every", "train.ckpt_every", "train.keep_last", "train.max_bad_steps",
-                  "train.amp", "train.compile", "train.tensorboard", "train.threads", "sample.*", "eval.*")
+                  "train.amp", "train.compile", "train.compile_mode", "train.fused",
+                  "train.channels_last", "train.tensorboard", "train.threads", "sample.*", "eval.*")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -30,8 +30,9 @@ class EMA:
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        d = self.current_decay()
+    def floating(self, module: nn.Module) -> tuple[list, list]:
+        """The floating shadow tensors and ``module``'s matching tensors, as two lists (the
+        lerp's operands); every other entry (integer buffers) is copied into its shadow here."""
         shadow, live = [], []
         for k, v in module.state_dict().items():
             s = self.shadow[k]
@@ -40,6 +41,12 @@ class EMA:
                 live.append(v)
             else:
                 s.copy_(v)
+        return shadow, live
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        d = self.current_decay()
+        shadow, live = self.floating(module)
         # s + (1-d)(v - s) = d s + (1-d) v; one fused call, bitwise equal to per-tensor lerp_
         if shadow:  # _foreach_lerp_ refuses empty lists
             torch._foreach_lerp_(shadow, live, 1.0 - d)

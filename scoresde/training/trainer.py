@@ -9,6 +9,17 @@ Determinism (for exact resume and for torchrun ≡ one process):
   a generator seeded by ``(seed, step, c)``. So ``torchrun --nproc_per_node=K`` equals one
   process with ``train.grad_accum=K`` up to float rounding;
 - dropout uses the global torch RNG (seeded ``seed + rank``), saved and restored.
+
+Speed (docs/training.md, "GPU speed"): on a GPU the step reads nothing back to the host (no
+``.item()``) unless asked to (``sync=True``: the logging and checkpoint steps); a non-finite
+loss or gradient is then found on the device and reported at the next such step (with
+``train.max_bad_steps = 0`` a bad step ends the run, so nothing it touched is ever saved;
+``max_bad_steps > 0`` and torchrun check every step on the host, to skip bad steps).
+In-memory data sets sit on the GPU. ``train.compile`` compiles the network (forward and
+backward) and the AdamW + EMA update; ``train.fused`` uses torch's fused AdamW on CUDA when
+the update is not compiled; ``train.channels_last`` puts the U-Net in channels_last format.
+On the CPU the eager step computes the same figures in the same order as before these options
+existed (bitwise, tests/test_scale_training.py).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from torch import nn
 from scoresde.core.bpd import dequantize
 from scoresde.core.losses import dsm_loss
 from scoresde.core.model import EpsModel
+from scoresde.core.sde import trusted_times
 from scoresde.training.checkpoint import FORMAT, restore_rng
 from scoresde.training.config import Config, config_to_dict
 from scoresde.training.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_module
@@ -51,6 +63,24 @@ def check_batch(x: torch.Tensor, shape, data_name: str, bounded: bool = True) ->
                          f"expected values in [-1, 1]")
 
 
+def _bad_step_message(step: int, loss: float, grad_norm: float, t_lo: float, t_hi: float, bad_steps: int,
+                      max_bad_steps: int) -> str:
+    what = "loss" if not math.isfinite(loss) else "gradient"
+    return (f"non-finite {what} at step {step}: loss={loss}, grad_norm={grad_norm}, "
+            f"batch t in [{t_lo:.4g}, {t_hi:.4g}] ({bad_steps} bad steps, "
+            f"train.max_bad_steps={max_bad_steps}); the last good checkpoint is kept")
+
+
+def _fits_on(device: torch.device, data) -> bool:
+    """Whether the data set's tensors take under a quarter of the GPU's free memory."""
+    nbytes = sum(t.numel() * t.element_size() for t in (data.x, data.x_int) if t is not None)
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except (RuntimeError, AssertionError):  # no CUDA here (a trainer built for tests)
+        return False
+    return nbytes < free / 4
+
+
 class _Forward(EpsModel):
     """Routes ``eps`` through a wrapper's ``forward`` (torch.compile)."""
 
@@ -64,7 +94,8 @@ class _Forward(EpsModel):
 class Trainer:
     """The training state of one process; rank 0 saves it (:meth:`state_dict`)."""
 
-    def __init__(self, cfg: Config, model: nn.Module, data, device: torch.device, dist: DistInfo):
+    def __init__(self, cfg: Config, model: nn.Module, data, device: torch.device, dist: DistInfo, *,
+                 sync_free: bool | None = None):
         tc = cfg.train
         self.cfg, self.model, self.data, self.device, self.dist = cfg, model, data, device, dist
         self.n = data.x.shape[0]
@@ -79,29 +110,50 @@ class Trainer:
             raise ValueError(f"data.dequantize=true: data set {data.name!r} has no integer levels")
         self.micro = tc.batch_size // chunks
         self.steps_per_epoch = self.n // tc.batch_size
+        self.channels_last = tc.channels_last and len(cfg.data.shape) == 3
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.ema = EMA(model, tc.ema_decay, tc.ema_warmup)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        if tc.compile:  # a tensor lr: the scheduler's new value each step does not recompile
+            self.opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(tc.lr, dtype=torch.float64),
+                                         weight_decay=tc.weight_decay)
+        elif device.type == "cuda" and tc.fused:
+            self.opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
+        else:  # torch's default implementation: the CPU figures of docs/benchmarks.md
+            self.opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         warm = tc.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda i: min(1.0, (i + 1) / warm) if warm > 0 else 1.0)
         self.step, self.epoch, self.position, self.bad_steps = 0, 0, 0, 0
-        self.window = [0.0, 0]  # loss sum and count since the last log line
+        self.window = [0.0, 0]  # loss sum (a float, or a device tensor between syncs) and count
         self._perm_epoch, self._perm = -1, None
+        self._ema_weight = None  # the EMA's lerp weight as a CPU tensor (train.compile)
+        self._first_bad = None  # (5,) float64 on the device: step, loss, grad_norm, t_lo, t_hi
         broadcast_module(model, dist)  # rank 0's weights on every rank
         self.num_classes = cfg.model.num_classes
         if self.num_classes and data.labels is None:
             raise ValueError(f"model.num_classes={self.num_classes}: data set {data.name!r} has no class "
                              f"labels, expected model.num_classes=0")
         self.label_dropout = (0.1 if tc.label_dropout is None else tc.label_dropout) if self.num_classes else 0.0
-        self.forward = _Forward(torch.compile(model) if tc.compile else model, model.sde, self.num_classes)
+        mode = None if tc.compile_mode == "default" else tc.compile_mode
+        self.forward = _Forward(torch.compile(model, mode=mode) if tc.compile else model, model.sde, self.num_classes)
+        self._update = torch.compile(self._apply_update, mode=mode) if tc.compile else self._apply_update
         self.amp = tc.amp and device.type == "cuda"
+        self.sync_free = (device.type != "cpu" and tc.max_bad_steps == 0 and dist.world_size == 1
+                          if sync_free is None else bool(sync_free))
+        self._x, self._x_int, self._labels = data.x, data.x_int, data.labels
+        if device.type == "cuda" and _fits_on(device, data):  # in-memory sets on the GPU: no copy per step
+            self._x, self._x_int, self._labels = (None if v is None else v.to(device)
+                                                  for v in (data.x, data.x_int, data.labels))
 
     # Data order ---------------------------------------------------------------------
     def _indices(self) -> torch.Tensor:
-        """This rank's example indices for the current step, one row per micro-batch."""
+        """This rank's example indices for the current step, one row per micro-batch (on the
+        data's device: the epoch's permutation is drawn on the CPU and moved once)."""
         if self._perm_epoch != self.epoch:
             g = torch.Generator(device="cpu").manual_seed(seed_for(self.cfg.seed, self.epoch))
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g, device="cpu"), self.epoch
+            perm = torch.randperm(self.n, generator=g, device="cpu")
+            self._perm, self._perm_epoch = perm.to(self._x.device), self.epoch
         b = self.cfg.train.batch_size
         batch = self._perm[self.position * b:(self.position + 1) * b]  # (B,) global batch
         chunks = batch.view(-1, self.micro)  # (world·accum, micro)
@@ -110,82 +162,149 @@ class Trainer:
 
     def _examples(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.cfg.data.dequantize:
-            x = dequantize(self.data.x_int[idx], self.data.levels, generator=g, dtype=torch.float32)
+            x = dequantize(self._x_int[idx], self.data.levels, generator=g, dtype=torch.float32)
         else:
-            x = self.data.x[idx]
-        return x.to(self.device)
+            x = self._x[idx]
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def first_batch(self) -> torch.Tensor:
         idx = self._indices()[0]
         return self._examples(idx, torch.Generator().manual_seed(0))
 
     # One step -------------------------------------------------------------------------
-    def train_step(self, stop_requested: bool = False) -> dict:
-        """One optimizer step on the global batch; returns the (all-reduced) figures.
+    def _apply_update(self, shadow: list, live: list, weight: float) -> None:
+        """AdamW's step, then the EMA lerp ``s ← s + weight (v - s)`` (compiled together)."""
+        self.opt.step()
+        if shadow:  # _foreach_lerp_ refuses empty lists
+            torch._foreach_lerp_(shadow, live, weight)
+
+    def train_step(self, stop_requested: bool = False, *, sync: bool = True) -> dict:
+        """One optimizer step on the global batch; returns the (all-reduced) figures: floats,
+        or (``sync=False`` on a sync-free trainer) ``loss``, ``grad_norm``, ``bad`` as 0-d tensors
+        on the device, not read back.
 
         Raises :class:`TrainingStopped` on a non-finite loss or gradient once more than
-        ``train.max_bad_steps`` steps were skipped.
+        ``train.max_bad_steps`` steps were skipped (a sync-free trainer: at the first step with
+        ``sync`` or ``stop_requested`` after it, naming the first bad step).
         """
         tc, lc = self.cfg.train, self.cfg.loss
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        loss_sum, t_lo, t_hi = 0.0, 1.0, 0.0
+        loss_sum, t_lo, t_hi = None, None, None
         micro_idx = self._indices()
         for m, idx in enumerate(micro_idx):
             chunk = self.dist.rank * tc.grad_accum + m
             g = torch.Generator(device=self.device).manual_seed(seed_for(self.cfg.seed, self.step, chunk))
             g_cpu = g if self.device.type == "cpu" else torch.Generator().manual_seed(g.initial_seed())
             x0 = self._examples(idx, g_cpu)  # (micro, *shape)
-            labels = self.data.labels[idx].to(self.device) if self.num_classes else None  # none: no draw
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            labels = self._labels[idx].to(self.device) if self.num_classes else None  # none: no draw
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp), trusted_times():  # t drawn in range
                 out = dsm_loss(self.forward, x0, weighting=lc.weighting, time_sampling=lc.time_sampling,
                                t_eps=lc.t_eps, generator=g, y=labels, label_dropout=self.label_dropout)
             (out.loss / tc.grad_accum).backward()
-            loss_sum += out.loss.item()
-            t_lo, t_hi = min(t_lo, out.t.min().item()), max(t_hi, out.t.max().item())
+            # float64 sums of the float32 losses: the same figures as Python floats, without a read-back
+            loss = out.loss.detach().to(torch.float64)
+            t = out.t.detach()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            t_lo = t.min() if t_lo is None else torch.minimum(t_lo, t.min())
+            t_hi = t.max() if t_hi is None else torch.maximum(t_hi, t.max())
         average_gradients(self.model.parameters(), self.dist)  # the global batch's mean gradient
         chunks = self.dist.world_size * tc.grad_accum
-        flags = torch.tensor([loss_sum, float(not math.isfinite(loss_sum)), float(stop_requested)],
-                             dtype=torch.float64, device=self.device)
-        all_reduce_sum(flags, self.dist)
-        loss, bad, stop = flags[0].item() / chunks, flags[1].item() > 0, flags[2].item() > 0
+        bad_t = ~torch.isfinite(loss_sum)
+        stop = bool(stop_requested)
+        if self.dist.world_size > 1:
+            flags = torch.stack([loss_sum, bad_t.to(torch.float64),
+                                 torch.tensor(float(stop), dtype=torch.float64, device=self.device)])
+            all_reduce_sum(flags, self.dist)
+            loss_sum, bad_t, stop = flags[0], flags[1] > 0, flags[2].item() > 0
+        loss_t = loss_sum / chunks
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip)) if params else 0.0
-        bad = bad or not math.isfinite(grad_norm)
-        lr = self.opt.param_groups[0]["lr"]
-        if bad:
-            self.opt.zero_grad(set_to_none=True)
-            self.bad_steps += 1
-            if self.bad_steps > tc.max_bad_steps:
-                what = "loss" if not math.isfinite(loss) else "gradient"
-                raise TrainingStopped(
-                    f"non-finite {what} at step {self.step + 1}: loss={loss}, grad_norm={grad_norm}, "
-                    f"batch t in [{t_lo:.4g}, {t_hi:.4g}] ({self.bad_steps} bad steps, "
-                    f"train.max_bad_steps={tc.max_bad_steps}); the last good checkpoint is kept")
+        norm_t = (torch.nn.utils.clip_grad_norm_(params, clip) if params
+                  else torch.zeros((), dtype=torch.float64, device=self.device))
+        bad_t = bad_t | ~torch.isfinite(norm_t)
+        lr = float(self.opt.param_groups[0]["lr"])  # a Python float or a CPU tensor: no device read
+        if self.sync_free:
+            self._step_on_device(loss_t, norm_t, bad_t, t_lo, t_hi)
         else:
-            self.opt.step()
-            self.ema.update(self.model)
-            self.window[0] += loss
-            self.window[1] += 1
+            self._step_on_host(float(loss_t), float(norm_t), bool(bad_t), float(t_lo), float(t_hi))
         self.sched.step()
         self.step += 1
         self.position += 1
         if self.position >= self.steps_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "bad": bad, "stop": stop}
+        if self.sync_free and (sync or stop):
+            self.check()
+        if self.sync_free and not sync:
+            return {"loss": loss_t, "grad_norm": norm_t, "lr": lr, "bad": bad_t, "stop": stop}
+        return {"loss": float(loss_t), "grad_norm": float(norm_t), "lr": lr, "bad": bool(bad_t), "stop": stop}
+
+    def _update_all(self) -> None:
+        shadow, live = self.ema.floating(self.model)
+        weight = 1.0 - self.ema.current_decay()
+        if self.cfg.train.compile:  # a tensor: a new decay each warm-up step does not recompile
+            if self._ema_weight is None:
+                self._ema_weight = torch.zeros((), dtype=shadow[0].dtype if shadow else torch.float32)
+            weight = self._ema_weight.fill_(weight)  # float32 like the eager kernel's scalar
+        self._update(shadow, live, weight)
+        self.ema.updates += 1
+
+    def _step_on_host(self, loss: float, grad_norm: float, bad: bool, t_lo: float, t_hi: float) -> None:
+        """Skip a bad step (counted; the run stops past ``train.max_bad_steps``), else update."""
+        tc = self.cfg.train
+        if bad:
+            self.opt.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            if self.bad_steps > tc.max_bad_steps:
+                raise TrainingStopped(_bad_step_message(self.step + 1, loss, grad_norm, t_lo, t_hi,
+                                                        self.bad_steps, tc.max_bad_steps))
+        else:
+            if self.cfg.train.compile:
+                self._update_all()
+            else:  # as before train.compile touched the update: AdamW, then EMA.update
+                self.opt.step()
+                self.ema.update(self.model)
+            self.window[0] += loss
+            self.window[1] += 1
+
+    def _step_on_device(self, loss_t, norm_t, bad_t, t_lo, t_hi) -> None:
+        """Update unconditionally and remember the first bad step on the device (``check``)."""
+        self._update_all()
+        figures = torch.stack([torch.full((), float(self.step + 1), dtype=torch.float64, device=self.device),
+                               loss_t.to(torch.float64), norm_t.to(torch.float64), t_lo, t_hi])
+        if self._first_bad is None:
+            self._first_bad = torch.full((5,), math.nan, dtype=torch.float64, device=self.device)
+        first = torch.isnan(self._first_bad[0]) & bad_t
+        self._first_bad = torch.where(first, figures, self._first_bad)
+        self.window[0] = self.window[0] + loss_t
+        self.window[1] += 1
+
+    def check(self) -> None:
+        """A sync-free trainer: raise :class:`TrainingStopped` if a step since the start (or the last
+        restore) had a non-finite loss or gradient (reads one flag back from the device)."""
+        if self._first_bad is None:
+            return
+        step, loss, grad_norm, t_lo, t_hi = self._first_bad.tolist()
+        if not math.isnan(step):
+            self.bad_steps = 1
+            raise TrainingStopped(_bad_step_message(int(step), loss, grad_norm, t_lo, t_hi, 1,
+                                                    self.cfg.train.max_bad_steps))
 
     def pop_window(self, keep: bool = False) -> float:
         """Mean loss of the good steps since the last log line (NaN if none); the window starts
         afresh unless ``keep`` (a line that only closes a run: its resumption continues the window)."""
-        total, count = self.window
+        total, count = float(self.window[0]), self.window[1]
         if not keep:
             self.window = [0.0, 0]
         return total / count if count else math.nan
 
     # State ----------------------------------------------------------------------------
     def state_dict(self, rng_per_rank: list) -> dict:
-        """The full training state as tensors and plain types (``torch.load(weights_only=True)``)."""
+        """The full training state as tensors and plain types (``torch.load(weights_only=True)``);
+        a sync-free trainer first checks (:meth:`check`) that no bad step is in it."""
+        if self.sync_free:
+            self.check()
         return {
             "format": FORMAT, "step": self.step, "config": config_to_dict(self.cfg),
             "model": self.model.state_dict(), "ema": self.ema.shadow, "ema_updates": self.ema.updates,
@@ -193,14 +312,21 @@ class Trainer:
             "data": {"seed": self.cfg.seed, "epoch": self.epoch, "position": self.position,
                      "batch_size": self.cfg.train.batch_size, "n_examples": self.n},
             "rng": rng_per_rank, "world_size": self.dist.world_size,
-            "bad_steps": self.bad_steps, "log_window": list(self.window),
+            "bad_steps": self.bad_steps, "log_window": [float(self.window[0]), int(self.window[1])],
         }
 
     def load_state_dict(self, state: dict) -> str | None:
         """Restore a checkpoint; returns a note when the RNG streams could not be restored exactly."""
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict({"shadow": state["ema"], "updates": state["ema_updates"]})
+        own = {k: self.opt.param_groups[0][k] for k in ("foreach", "fused") if k in self.opt.param_groups[0]}
         self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:  # this trainer's implementation, whatever wrote the checkpoint
+            group.update(own)
+            for key in ("lr", "initial_lr"):  # a tensor when compiled (no recompilation), else a float
+                if key in group and self.cfg.train.compile != isinstance(group[key], torch.Tensor):
+                    v = group[key]
+                    group[key] = torch.tensor(v, dtype=torch.float64) if self.cfg.train.compile else float(v)
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.bad_steps = int(state["step"]), int(state["bad_steps"])
         self.window = [float(state["log_window"][0]), int(state["log_window"][1])]

@@ -9,7 +9,8 @@ from __future__ import annotations
 __all__ = ["SAMPLERS", "SPACINGS", "VLB_SPACINGS", "ADAPTIVE_METHODS", "FIXED_METHODS", "ODE_METHODS",
            "SDE_METHODS", "TRACES", "PROBES", "VARIANCES",
            "SDE_KINDS", "VP_SCHEDULES", "VE_SCHEDULES", "SCHEDULES", "MODEL_KINDS", "MODEL_BASES",
-           "WEIGHTINGS", "TIME_SAMPLINGS", "SPLITS", "TIME_EMBEDDINGS"]
+           "WEIGHTINGS", "TIME_SAMPLINGS", "SPLITS", "TIME_EMBEDDINGS",
+           "COMPILE_MODES"]
 
 # Samplers (scoresde.samplers.SAMPLERS maps each name to its function; a test keeps them equal).
 SAMPLERS = ("ancestral", "ddim", "dpmpp", "heun", "ode", "pc", "sde")
@@ -34,6 +35,8 @@ MODEL_KINDS = ("mlp", "unet")
 MODEL_BASES = ("none", "lattice")
 WEIGHTINGS = ("simple", "likelihood")
 TIME_SAMPLINGS = ("continuous", "discrete")
+# torch.compile modes of train.compile_mode.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 # Data splits (scoresde.data.table).
 SPLITS = ("train", "test")
