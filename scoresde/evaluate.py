@@ -88,6 +88,8 @@ def _check_args(args) -> None:
             check_int(flag, value, low)
     if args.seed is not None and not args.seed < 2**63:
         raise ValueError(f"--seed {args.seed}: expected an integer in [0, 2**63)")
+    if args.levels is not None and not 2 <= check_int("--levels", args.levels, 2) <= 256:
+        raise ValueError(f"--levels {args.levels}: expected an integer in [2, 256] (the images are uint8)")
     for flag, value in (("--rtol", args.rtol), ("--atol", args.atol), ("--ode-sigma", args.ode_sigma),
                         ("--vlb-sigma", args.vlb_sigma)):
         if value is not None:

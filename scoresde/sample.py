@@ -79,11 +79,17 @@ def _main(argv) -> int:
     background = None
     if x.ndim == 2 and cfg is not None and dataset_info(cfg.data.name).is_toy:  # generated in milliseconds
         background = load_dataset(run.config.data.name, "test", seed=run.config.seed).x
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # folders this run creates
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_samples(out, x, background, f"{sampler}, {nfe} NFE")
     except OSError as e:
-        raise WriteFailed(f"writing {out} failed: {one_line(e)}") from None
+        for folder in made:  # innermost first; a folder another process filled meanwhile stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise WriteFailed(f"writing {out} failed: {one_line(e)}; no new PNG was written") from None
     print(f"wrote {out} and {out.with_suffix('.npz')}: {args.n} samples, sampler {sampler}, "
           f"{nfe} NFE, {time.perf_counter() - start:.1f} s ("
           + (f"step {run.step} of {run.source})" if cfg is not None else f"{run.model.describe()})"))

@@ -29,6 +29,7 @@ LAYER = {
     "scoresde/util/rng.py": "base",
     "scoresde/util/host.py": "base",
     "scoresde/util/errors.py": "base",
+    "scoresde/util/lock.py": "base",
     # core: the SDE, models, oracles, networks, the probability flow, the bits/dim scaling, the loss
     "scoresde/core/__init__.py": "core",
     "scoresde/core/schedules.py": "core",
@@ -88,6 +89,7 @@ LAYER = {
     "scoresde/interop/__init__.py": "training",
     "scoresde/interop/loader.py": "training",
     "scoresde/interop/export.py": "training",
+    "scoresde/training/bounds.py": "training",
     # run: a training run from its folder to its report (joins training and evaluation)
     "scoresde/training/run.py": "run",
     # programs: the command lines and the public API

@@ -24,11 +24,15 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import math
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from scoresde.util.host import check_memory
 
 __all__ = ["MNIST_FILES", "CIFAR10_FILES", "IMAGE_SUFFIXES", "read_idx", "read_digits", "read_mnist", "read_cifar10",
            "read_images"]
@@ -133,9 +137,16 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: not a CIFAR-10 python pickle ({type(err).__name__}: {err})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels'")
-    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: b'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
+    # Types and shapes are checked on what the pickle built, before any conversion: np.asarray of
+    # nested lists that share one another would build every element of the expanded tree.
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"{path}: b'data' must be a uint8 array of shape (N, 3072), got {got}")
+    if isinstance(labels, list) and all(type(v) is int for v in labels):
+        labels = np.asarray(labels, dtype=np.int64)
+    elif not (isinstance(labels, np.ndarray) and labels.dtype.kind in "iu"):
+        raise ValueError(f"{path}: b'labels' must be a list or array of integers, got {type(labels).__name__}")
     if labels.shape != (data.shape[0],):
         raise ValueError(f"{path}: expected {data.shape[0]} labels, got shape {labels.shape}")
     return data, labels
@@ -175,6 +186,36 @@ def _channels_first(x: np.ndarray, channels: int | None, where: str) -> np.ndarr
     return x.transpose(0, 3, 1, 2) if x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4) else x
 
 
+_DEFLATE_RATIO = 1032  # the most bytes deflate can expand one compressed byte to
+
+
+def _check_npz_member(archive: zipfile.ZipFile, key: str, path: Path) -> None:
+    """The ``.npy`` header of ``key`` in an ``.npz``, read before its data: a uint8 array whose size
+    (shape × 1 byte) is what the archive holds — the member's stated size, which a stored member
+    cannot exceed and a deflated one can exceed at most 1032-fold — and what memory holds (the
+    loader keeps int64 and float32 copies: 12 bytes a value). ``ValueError`` otherwise."""
+    try:
+        info = archive.getinfo(key + ".npy")
+    except KeyError:
+        return  # np.load names members without .npy too; it reads those itself
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"{path}: array {key!r} has .npy format {version}: expected 1.0, 2.0 or 3.0")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+        header = member.tell()
+    if dtype != np.uint8:
+        raise ValueError(f"{path}: array {key!r} is {dtype}: expected uint8 images")
+    nbytes = math.prod(shape)
+    limit = info.compress_size * (_DEFLATE_RATIO if info.compress_type != zipfile.ZIP_STORED else 1)
+    if info.file_size != header + nbytes or nbytes > limit or info.compress_size > path.stat().st_size:
+        raise ValueError(f"{path}: array {key!r} claims shape {tuple(shape)} ({nbytes} bytes) but the file "
+                         f"holds {info.compress_size} bytes of it: expected a header that matches its data")
+    check_memory(f"{path}: array {key!r} of shape", tuple(shape), 12.0 * nbytes,
+                 "the images as int64 and float32")
+
+
 def read_images(path: Path, channels: int | None = None) -> torch.Tensor:
     """uint8 images from an ``.npz`` file or a folder of image files as int64 ``(N, C, H, W)``.
 
@@ -189,8 +230,9 @@ def read_images(path: Path, channels: int | None = None) -> torch.Tensor:
                 if key is None:
                     raise ValueError(f"{path}: holds arrays {', '.join(keys) or 'none'}: expected one array "
                                      f"or one named 'images' or 'x'")
+                _check_npz_member(f.zip, key, path)  # before the array is read
                 x = f[key]
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path}: not a readable .npz file ({err})") from None
         if x.dtype != np.uint8:
             raise ValueError(f"{path}: array {key!r} is {x.dtype}: expected uint8 images")

@@ -104,6 +104,8 @@ def load_dataset(name: str, split: str = "train", *, root=None, n: int | None = 
 def load_images(path, levels: int = 256, *, channels: int | None = None) -> Dataset:
     """Your own integer images as a :class:`Dataset`: an ``.npz`` of uint8 images or a folder of
     image files (:func:`scoresde.data.files.read_images`), each value a level ``0..levels-1``."""
+    if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 256:
+        raise ValueError(f"levels={levels!r}: expected an integer in [2, 256] (the images are uint8)")
     x_int = data_files.read_images(Path(path), channels)
     return Dataset(str(path), to_model_space(x_int, levels), x_int, levels, tuple(x_int.shape[1:]), None)
 

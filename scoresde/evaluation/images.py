@@ -33,10 +33,18 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: in
     return grid
 
 
+def _put(path, data: bytes):
+    """``data`` written to a path (atomically) or to a binary file object (``path.write``)."""
+    if hasattr(path, "write"):
+        path.write(data)
+        return path
+    return atomic_write(path, lambda f: f.write(data))
+
+
 def _write_png(path, pil: Image.Image) -> Path:
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return _put(path, buf.getvalue())
 
 
 def save_grid(path, x: torch.Tensor, max_images: int = 64) -> Path:
@@ -73,12 +81,13 @@ def save_scatter(path, samples: torch.Tensor, data: torch.Tensor | None = None,
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return _put(path, buf.getvalue())
 
 
 def save_samples_png(path, samples: torch.Tensor, data: torch.Tensor | None = None,
                      title: str = "") -> Path:
-    """A grid for images ``(B, C, H, W)``, a scatter plot for 2-D vectors ``(B, 2)``."""
+    """A grid for images ``(B, C, H, W)``, a scatter plot for 2-D vectors ``(B, 2)``; ``path`` a file
+    name (written atomically) or a binary file object."""
     if samples.ndim == 4:
         return save_grid(path, samples)
     if samples.ndim == 2 and samples.shape[1] == 2:

@@ -22,7 +22,7 @@ from scoresde.evaluation import metrics
 from scoresde.evaluation.images import save_samples_png
 from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
 from scoresde.samplers import sample
-from scoresde.util.atomic import atomic_write
+from scoresde.util.atomic import atomic_write, atomic_write_together
 from scoresde.util.errors import TrainingStopped
 
 __all__ = ["draw_samples", "save_samples", "sample_metrics", "model_shape", "write_report"]
@@ -47,10 +47,13 @@ def save_samples(png_path, x: torch.Tensor, data: torch.Tensor | None = None, ti
     """The PNG (grid or scatter over ``data``) and a ``.npz`` with ``samples`` beside it."""
     png_path = Path(png_path)
     shown = x.clamp(-1, 1) if x.ndim == 4 else x
-    save_samples_png(png_path, shown, data, title)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, samples=x.numpy())
-    atomic_write(png_path.with_suffix(".npz"), lambda f: f.write(buf.getvalue()))
+    png = io.BytesIO()
+    save_samples_png(png, shown, data, title)
+    npz = io.BytesIO()
+    np.savez_compressed(npz, samples=x.numpy())
+    # one unit: the .npz, then the PNG as its mark (a kill never leaves a PNG beside another draw's .npz)
+    atomic_write_together([(png_path.with_suffix(".npz"), lambda f: f.write(npz.getvalue())),
+                           (png_path, lambda f: f.write(png.getvalue()))])
     return png_path
 
 

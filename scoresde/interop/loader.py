@@ -21,6 +21,7 @@ from torch import nn
 from scoresde.core.schedules import DiscreteSchedule
 from scoresde.core.sde import VPSDE
 from scoresde.interop.adapter import PREDICTION_TYPES, DiffusersModel
+from scoresde.training.bounds import check_scheduler_config, check_unet_config
 
 __all__ = ["load_diffusers", "is_diffusers_folder", "diffusers_module"]
 
@@ -102,7 +103,7 @@ def _check_channels(unet, learned: bool, where: str) -> None:
 def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
         raise ValueError(f"{str(path)!r} cannot be read as JSON ({type(e).__name__}): expected a "
                          f"diffusers config file") from None
     if not isinstance(value, dict):
@@ -141,6 +142,7 @@ def _load_folder(folder: Path, device, dtype) -> DiffusersModel:
             raise ValueError(f"{str(unet_dir)!r}: found a conditional UNet (UNet2DConditionModel, "
                              f"cross-attention on text or other embeddings): expected an unconditional UNet2DModel")
         raise ValueError(f"{str(unet_dir)!r}: found _class_name={unet_class!r}: expected UNet2DModel")
+    check_unet_config(unet_cfg, str(unet_dir / "config.json"))
     files = [p.name for p in unet_dir.iterdir()]
     variant, safe = None, _WEIGHTS[0] in files
     if not any(f in files for f in _WEIGHTS):
@@ -152,6 +154,7 @@ def _load_folder(folder: Path, device, dtype) -> DiffusersModel:
         variant = variants[0]
         safe = f"diffusion_pytorch_model.{variant}.safetensors" in files
     sched_cfg = _read_json(sched_dir / "scheduler_config.json")
+    check_scheduler_config(sched_cfg, str(sched_dir / "scheduler_config.json"))
     sched_class = sched_cfg.get("_class_name", "?")
     cls = getattr(d, sched_class, None)
     if not (isinstance(cls, type) and hasattr(cls, "from_config")):

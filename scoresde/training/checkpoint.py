@@ -31,7 +31,7 @@ from torch import nn
 from scoresde.core.model import ScoreModel
 from scoresde.interop.loader import is_diffusers_folder, load_diffusers
 from scoresde.training.build import build_model
-from scoresde.training.config import Config, config_from_dict, config_to_yaml
+from scoresde.training.config import Config, config_from_dict, config_to_yaml, read_yaml_text
 from scoresde.util.atomic import atomic_write, remove_temp_files
 
 __all__ = ["FORMAT", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "check_checkpoint",
@@ -98,7 +98,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 # The entries of a checkpoint and their types (docs/training.md, "The run folder").
 _ENTRIES = {"model": dict, "ema": dict, "ema_updates": int, "optimizer": dict, "scheduler": dict,
             "step": int, "data": dict, "rng": (list, dict), "bad_steps": int, "log_window": (list, tuple),
-            "config": dict}
+            "config": dict, "world_size": int}
 
 
 def check_weights(weights, what: str) -> None:
@@ -114,7 +114,7 @@ def check_weights(weights, what: str) -> None:
                              f"expected finite weights")
 
 
-TRAINING_ENTRIES = tuple(_ENTRIES)
+TRAINING_ENTRIES = tuple(k for k in _ENTRIES if k != "world_size")  # world_size: optional
 
 
 def check_checkpoint(state: dict, path, required=("step",)) -> None:
@@ -124,7 +124,7 @@ def check_checkpoint(state: dict, path, required=("step",)) -> None:
     for key in required:
         if key not in state:
             raise ValueError(f"{where} has no {key!r} entry: expected a complete scoresde checkpoint "
-                             f"(entries {', '.join(_ENTRIES)})")
+                             f"(entries {', '.join(TRAINING_ENTRIES)})")
     for key, kind in _ENTRIES.items():
         value = state.get(key)
         if key in state and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
@@ -133,6 +133,15 @@ def check_checkpoint(state: dict, path, required=("step",)) -> None:
             raise ValueError(f"{where}: entry {key!r} is a {type(value).__name__}, expected {names}")
     if state.get("step", 0) < 0:
         raise ValueError(f"{where}: step {state['step']}, expected an integer ≥ 0")
+    counters = {key: state[key] for key in ("ema_updates", "bad_steps") if key in state}
+    data = state.get("data") if isinstance(state.get("data"), dict) else {}
+    counters.update({f"data.{key}": data[key] for key in ("epoch", "position") if key in data})
+    for key, value in counters.items():  # a negative counter would replay or skip steps silently
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{where}: entry {key!r} is {value!r}, expected an integer ≥ 0")
+    if state.get("world_size", 1) < 1:
+        raise ValueError(f"{where}: entry 'world_size' is {state['world_size']}, expected an integer ≥ 1 "
+                         f"(the processes that wrote it)")
     for key in ("model", "ema"):
         if key in state:
             check_weights(state[key], f"{where}, entry {key!r}")
@@ -198,7 +207,7 @@ def _read_safetensors(path: Path) -> tuple[dict, Config, int | None]:
     if not isinstance(meta, dict) or meta.get("format") != EMA_FORMAT or "config" not in meta:
         raise ValueError(f"weights file {str(path)!r}: expected scoresde EMA weights with config metadata")
     try:
-        config = yaml.safe_load(meta["config"])
+        config = read_yaml_text(meta["config"], origin=f"weights file {str(path)!r}: its config metadata")
     except yaml.YAMLError as e:
         raise ValueError(f"weights file {str(path)!r}: its config metadata is not valid YAML "
                          f"({str(e).splitlines()[0]}): expected the run's config") from None

@@ -26,7 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 from scoresde.training.config_rules import model_keys, validate
 
 __all__ = ["Config", "load_config", "config_from_dict", "config_to_dict",
-           "config_to_yaml", "validate", "model_keys", "DEFAULT_CONFIG"]
+           "config_to_yaml", "validate", "model_keys", "DEFAULT_CONFIG", "read_yaml_text", "read_yaml_file",
+           "check_config_data", "MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits.yaml"
 
@@ -224,14 +225,19 @@ def _merge(base: DictConfig, other: dict, origin: str) -> DictConfig:
 
 
 def parse_overrides(items) -> dict:
-    """``["a.b=1", "c=[1,2]"]`` → nested dict; values parsed as YAML scalars/lists."""
+    """``["a.b=1", "c=[1,2]"]`` → nested dict; values parsed as YAML scalars/lists (bounded like a
+    config file). A key given twice is refused, as a duplicate key of a YAML file is."""
     out: dict = {}
+    seen: set = set()
     for item in items or []:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=2000")
         key, text = (s.strip() for s in item.split("=", 1))
+        if key in seen:
+            raise ValueError(f"--set {item!r}: duplicate key {key!r}: expected each key once")
+        seen.add(key)
         try:
-            value = yaml.safe_load(text) if text else None
+            value = read_yaml_text(text, origin=f"--set {item!r}") if text else None
         except yaml.YAMLError:
             raise ValueError(f"--set {item!r}: value {text!r} is not valid YAML") from None
         node = out
@@ -244,8 +250,15 @@ def parse_overrides(items) -> dict:
     return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (instead of last-wins)."""
+# Configs are data (docs/training.md, "Configs are data"): bounded before they are parsed or merged.
+MAX_CONFIG_BYTES = 64 * 1024   # characters; the largest config of configs/ has < 2 000
+MAX_CONFIG_DEPTH = 32          # nested sections and lists
+MAX_CONFIG_NODES = 100_000     # values of a config given as Python objects (shared ones each time)
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML has it
+
+
+class _UniqueKeyLoader(_BaseLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (instead of last-wins)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -259,9 +272,133 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_yaml_text(text: str):
-    """YAML → Python objects, refusing duplicate keys."""
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` outside quotes and comments (an upper bound of the flow
+    nesting): pure-Python PyYAML takes quadratic time on deep flow nesting, so it is checked first."""
+    depth = deepest = 0
+    quote, comment, prev = None, False, "\n"
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"" and prev in " \t\n[{,:":
+            quote = ch
+        elif ch == "#" and prev in " \t\n":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+        prev = ch
+    return deepest
+
+
+def _deep(origin: str) -> ValueError:
+    return ValueError(f"{origin}: nested more than {MAX_CONFIG_DEPTH} levels deep: expected a config of "
+                      f"sections and values")
+
+
+def _check_yaml_events(text: str, origin: str) -> None:
+    """Nesting depth ≤ ``MAX_CONFIG_DEPTH`` and aliases that expand to no more values than the
+    text has characters, read from the parser's events (nothing is built)."""
+    try:
+        _count_events(text, origin)
+    except yaml.YAMLError as e:
+        if "nesting depth" in str(e):  # libyaml's own limit (1 000 levels) came first
+            raise _deep(origin) from None
+        raise
+
+
+def _count_events(text: str, origin: str) -> None:
+    """Counts the values of the document with every alias expanded (a section or list is one value
+    plus its contents), and stops at the first level too deep or the first count too large."""
+    size: dict = {}     # anchor → values its node expands to
+    stack: list = []    # [anchor, values so far] of the open sections and lists
+    total = 0           # values of the expanded document so far
+    for ev in yaml.parse(text, Loader=_BaseLoader):
+        if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([ev.anchor, 1])
+            if len(stack) > MAX_CONFIG_DEPTH:
+                raise _deep(origin)
+            n = 1
+        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, inner = stack.pop()
+            if anchor is not None:
+                size[anchor] = inner
+            if stack:
+                stack[-1][1] += inner
+            continue
+        elif isinstance(ev, yaml.AliasEvent):
+            n = size.get(ev.anchor, 1)
+        elif isinstance(ev, yaml.ScalarEvent):
+            n = 1
+            if ev.anchor is not None:
+                size[ev.anchor] = 1
+        else:
+            continue
+        if stack and not isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack[-1][1] += n
+        total += n
+        if total > max(len(text), 1):
+            raise ValueError(f"{origin}: YAML aliases expand to more values than the text's {len(text)} "
+                             f"characters: expected a config without alias bombs")
+
+
+def read_yaml_text(text: str, origin: str = "config"):
+    """YAML → Python objects, bounded before anything is built: at most ``MAX_CONFIG_BYTES``
+    characters and ``MAX_CONFIG_DEPTH`` levels, aliases expanding to no more values than the text
+    has characters (``ValueError`` naming ``origin`` otherwise). Duplicate keys are refused
+    (``yaml.YAMLError``, like invalid YAML)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{origin}: expected YAML text, got {type(text).__name__}")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{origin}: {len(text)} characters, expected a config of at most "
+                         f"{MAX_CONFIG_BYTES} characters")
+    if _BaseLoader is yaml.SafeLoader and _flow_depth(text) > MAX_CONFIG_DEPTH:  # PyYAML without libyaml
+        raise _deep(origin)
+    _check_yaml_events(text, origin)
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml_file(path, origin: str):
+    """:func:`read_yaml_text` of a file, reading no more than the bound allows (a huge file is
+    refused without being read)."""
+    with Path(path).open("rb") as f:  # UTF-8: at most 4 bytes a character
+        raw = f.read(4 * MAX_CONFIG_BYTES + 1)
+    if len(raw) > 4 * MAX_CONFIG_BYTES:
+        raise ValueError(f"{origin}: more than {4 * MAX_CONFIG_BYTES} bytes, expected a config of at most "
+                         f"{MAX_CONFIG_BYTES} characters")
+    return read_yaml_text(raw.decode(), origin)
+
+
+def check_config_data(data, origin: str) -> None:
+    """A config given as Python objects (a checkpoint's, a parsed file's) is data: at most
+    ``MAX_CONFIG_DEPTH`` levels and ``MAX_CONFIG_NODES`` values (shared ones counted each time),
+    and no ``${`` in any key or value — OmegaConf would resolve it as an interpolation (an
+    environment variable, another key). ``ValueError`` naming ``origin`` and the key otherwise."""
+    stack = [(data, "", 0)]
+    count = 0
+    while stack:  # iterative: a 5 000-deep list is refused, not a RecursionError
+        value, key, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES:
+            raise ValueError(f"{origin}: more than {MAX_CONFIG_NODES} values: expected a config of "
+                             f"sections and values")
+        if depth > MAX_CONFIG_DEPTH:
+            raise _deep(origin)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str) and "${" in k:
+                    raise ValueError(f"{origin}: config key {k[:80]!r} holds '${{': expected plain keys "
+                                     f"(configs are data; interpolation is not resolved)")
+                stack.append((v, f"{key}.{k}" if key else str(k), depth + 1))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, str) and "${" in value:
+            raise ValueError(f"{origin}: config key {key!r}: value {value[:80]!r} holds '${{': expected a "
+                             f"plain value (configs are data; interpolation is not resolved)")
 
 
 def _read_yaml(path) -> dict:
@@ -269,7 +406,7 @@ def _read_yaml(path) -> dict:
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} not found: expected a YAML file")
     try:
-        data = read_yaml_text(path.read_text())
+        data = read_yaml_file(path, f"config file {str(path)!r}")
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         first = " ".join(str(getattr(e, "problem", None) or e).split())
         raise ValueError(f"config file {str(path)!r} is not valid YAML ({first})") from None
@@ -283,10 +420,14 @@ def _read_yaml(path) -> dict:
 
 
 def config_from_dict(data: dict, overrides=None, origin: str = "config") -> Config:
-    """Schema defaults ← ``data`` ← ``overrides`` (``--set`` items), validated."""
+    """Schema defaults ← ``data`` ← ``overrides`` (``--set`` items), validated. Both are bounded
+    and free of ``${`` (:func:`check_config_data`) before anything is merged."""
+    check_config_data(data, origin)
     cfg = _merge(OmegaConf.structured(Config), data, origin)
     if overrides:
-        cfg = _merge(cfg, parse_overrides(overrides), "--set")
+        sets = parse_overrides(overrides)
+        check_config_data(sets, "--set")
+        cfg = _merge(cfg, sets, "--set")
     cfg = OmegaConf.to_object(cfg)
     validate(cfg)
     return cfg

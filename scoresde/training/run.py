@@ -50,7 +50,7 @@ from scoresde.training.config import (
     config_to_yaml,
     load_config,
     model_keys,
-    read_yaml_text,
+    read_yaml_file,
 )
 from scoresde.training.config_rules import RESUMABLE_KEYS, run_identity_diff
 from scoresde.training.runlog import MetricsLog
@@ -141,7 +141,7 @@ def _folder_config(run: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        data = read_yaml_text(path.read_text())
+        data = read_yaml_file(path, f"run folder {str(run)!r}: its config.yaml")
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
         raise ValueError(f"run folder {str(run)!r}: its config.yaml cannot be read "
                          f"({' '.join(str(e).split())[:120]}): expected the config the run was started with") from None

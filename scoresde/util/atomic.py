@@ -10,11 +10,13 @@ all written through it.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir", "remove_temp_files", "nearest_existing",
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_together", "fsync_dir", "remove_temp_files",
+           "nearest_existing",
            "writable_folder", "first_non_file"]
 
 
@@ -92,6 +94,57 @@ def atomic_write(path, write) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def _temp(path: Path, write) -> Path:
+    """``write(f)`` into a durable temp file beside ``path`` (mode ``0o666`` less the umask)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            sink = _Sink(f)
+            try:
+                write(sink)
+            except Exception:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_write_together(parts) -> list[Path]:
+    """Write several files as one unit: ``parts`` is a list of ``(path, write)``; the last path is
+    the unit's mark (a sample's PNG beside its ``.npz``).
+
+    Every part is first written to its temp file: a failure there (disk full) leaves every old
+    file as it was and no temp file. Then the old mark is removed, the other parts are renamed
+    into place, and the mark last. A process killed at any moment therefore never leaves a mark
+    beside parts of another write: it leaves the old unit, or parts without a mark (old or new,
+    never mixed with a mark), or the new unit; the next write of the unit removes the temp files
+    such a kill left. Returns the paths."""
+    paths = [Path(p) for p, _ in parts]
+    temps: list[Path] = []
+    try:
+        for path, write in zip(paths, (w for _, w in parts)):
+            temps.append(_temp(path, write))
+        paths[-1].unlink(missing_ok=True)  # the old mark goes first: no mark beside new parts
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    for folder in {p.parent for p in paths}:
+        fsync_dir(folder)
+    for path in paths:  # temp files of these names left by a writer killed earlier
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    return paths
 
 
 def remove_temp_files(folder) -> list[Path]:
