@@ -5,6 +5,15 @@ from __future__ import annotations
 import torch
 
 from scoresde import GaussianMixture
+from scoresde.core.sde import append_dims, as_time
+
+
+def pf_drift(sde, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
+    """The probability-flow drift ``dx/dt = f(t) x - ½ g(t)² s`` (Song et al. 2021, eq. 13) from
+    the SDE's coefficients ``f`` and ``g²``: the reference for the library's one flow drift."""
+    t = as_time(t)
+    f, g2 = (append_dims(c, x.ndim).to(x.dtype) for c in (sde.drift_coef(t), sde.g2(t)))
+    return f * x - 0.5 * g2 * score
 
 
 def gaussian_flow_map(gm: GaussianMixture, x: torch.Tensor, t: float, s: float) -> torch.Tensor:

@@ -22,8 +22,10 @@ from scoresde.core import flow as flow_mod
 from scoresde.core.bpd import check_int_data, check_levels, dequantize, summarize, to_model_space
 from scoresde.core.flow import solve_flow
 from scoresde.core.sde import VESDE, SubVPSDE
+from scoresde.core.sde import flow_drift as sde_flow_drift
 from scoresde.likelihood import ode as ode_mod
 from scoresde.likelihood.ode import bits_per_dim, log_likelihood
+from tests.closed_forms import pf_drift
 from tests.fakes import record_bars
 
 LEVELS = 16
@@ -382,7 +384,7 @@ def test_flow_drift_is_the_probability_flow_in_the_clock(kind):
     x = gm.sample(3, generator=_gen(1))
     t = torch.tensor(0.4, dtype=torch.float64)
     v = flow_mod.flow_drift(gm, x, t) * float(sde.clock_rate(t))
-    want = sde.probability_flow_drift(x, t, -gm.eps(x, t) / sde.sigma(t))
+    want = pf_drift(sde, x, t, -gm.eps(x, t) / sde.sigma(t))
     torch.testing.assert_close(v, want, rtol=1e-12, atol=1e-12)
 
 
@@ -454,21 +456,13 @@ def test_flow_drift_keeps_x_dtype_whatever_the_model_and_sde_return(kind):
     torch.testing.assert_close(v, flow_mod.flow_drift(gm, x, t).to(torch.float32), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["subvp", "ve"])
-def test_flow_drift_follows_x_device_when_t_lives_elsewhere(kind):
-    """The coefficients ``a(t), b(t)`` come from ``t``'s device (here the CPU) and are moved to
-    ``x``'s (here 'meta', a second device every machine has)."""
-    sde = _sde(kind)
-
-    class Zeros:
-        def __init__(self):
-            self.sde = sde
-
-        def eps(self, x, t):
-            return torch.zeros_like(x)
-
+@pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
+def test_the_sde_flow_drift_follows_x_device_when_t_lives_elsewhere(kind):
+    """The coefficients (``σ(t)``; ``a(t), b(t)``) come from ``t``'s device (here the CPU) and are
+    moved to ``x``'s (here 'meta', a second device every machine has). The flow's own
+    ``flow_drift`` first moves ``t`` to ``x``'s device to check it, which 'meta' cannot."""
     x = torch.empty(3, 2, device="meta")
-    v = flow_mod.flow_drift(Zeros(), x, torch.tensor(0.4, dtype=torch.float64))
+    v = sde_flow_drift(_sde(kind), x, torch.tensor(0.4, dtype=torch.float64), torch.zeros_like(x))
     assert v.device.type == "meta" and v.shape == (3, 2) and v.dtype == torch.float32
 
 

@@ -37,8 +37,9 @@ def test_drifts_match_their_formulas(sde, t):
     beta = float(sde.beta(t))
     torch.testing.assert_close(sde.drift(x, t), -0.5 * beta * x)
     torch.testing.assert_close(sde.reverse_drift(x, t, score), -0.5 * beta * x - beta * score)
-    torch.testing.assert_close(sde.probability_flow_drift(x, t, score),
-                               -0.5 * beta * x - 0.5 * beta * score)
+    if t > 0:  # the flow drift in the clock B, given ε = -σ s: dx/dB = -½ x - ½ s
+        eps = -float(sde.sigma(t)) * score
+        torch.testing.assert_close(sde.flow_drift(x, t, eps), -0.5 * x - 0.5 * score)
     assert math.isclose(float(sde.diffusion(t)), math.sqrt(beta), rel_tol=1e-14)
 
 

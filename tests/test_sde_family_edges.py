@@ -142,11 +142,14 @@ class _OnlyTheInterface(GaussianSDE):
     def drift_coef(self, t):
         return self.vp.drift_coef(t)
 
+    def clock_rate(self, t):
+        return self.vp.clock_rate(t)
+
 
 def test_gaussian_sde_derives_drift_diffusion_and_weight_from_the_interface():
     """For a subclass giving only ``α, σ, f, g²``: ``drift = f(t) x`` per batch entry in ``x``'s
     dtype, ``g = √β``, ``g²/σ² = β/(1 - e^{-B})``, reverse and flow drifts ``f x - g² s`` and
-    ``f x - ½ g² s`` (VP closed forms, linear schedule)."""
+    ``f x - ½ g² s`` (the latter from ``a x + b ε`` in the clock ``B``; VP closed forms, linear schedule)."""
     sde = _OnlyTheInterface(VPSDE.linear())
     t = torch.tensor([0.2, 0.9], dtype=F64)
     x = torch.arange(12, dtype=torch.float32).reshape(2, 2, 3) - 5.0
@@ -158,7 +161,8 @@ def test_gaussian_sde_derives_drift_diffusion_and_weight_from_the_interface():
     g2 = _beta(t).reshape(2, 1, 1)
     torch.testing.assert_close(sde.reverse_drift(x, t, score), (f * x.double() - g2 * score.double()).float(),
                                rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(sde.probability_flow_drift(x, t, score),
+    eps = -sde.sigma(t).reshape(2, 1, 1) * score.double()  # the flow drift takes ε = -σ s, gives dx/dB
+    torch.testing.assert_close(sde.flow_drift(x, t, eps.float()) * g2.float(),
                                (f * x.double() - 0.5 * g2 * score.double()).float(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(sde.diffusion(t), torch.sqrt(_beta(t)), rtol=1e-14, atol=0)
     torch.testing.assert_close(sde.likelihood_weight(t), _beta(t) / (1 - torch.exp(-_b(t))), rtol=1e-12, atol=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -87,16 +88,19 @@ def test_samplers_from_the_prior_itself(sde):
 
 @pytest.mark.parametrize("sde", NON_VP, ids=repr)
 def test_ddpm_only_steps_are_refused_off_vp(sde):
+    """One message, the same from every caller (scoresde.core.sde.not_vp_reason)."""
     gm = GaussianMixture.ring(sde=sde)
     x_T = sde.prior_sample((4, 2), dtype=torch.float64)
-    with pytest.raises(ValueError, match="sampler 'ancestral': DDPM's ancestral step needs a VP-SDE"):
-        sample(gm, "ancestral", x_T, steps=5)
-    with pytest.raises(ValueError, match="predictor='ancestral'.*needs a VP-SDE"):
-        sample(gm, "pc", x_T, steps=5, predictor="ancestral")
-    with pytest.raises(ValueError, match="the DDPM variational bound needs a VP-SDE"):
-        ddpm_vlb_bits_per_dim(gm, torch.zeros((2, 2), dtype=torch.long), 4)
-    with pytest.raises(ValueError, match="the DDPM variational bound needs a VP-SDE"):
-        grid_vlb_bits_per_dim(gm, torch.zeros((2, 2), dtype=torch.long), 4, t_eps=0.01, N=10)
+    message = (f"DDPM's chain (its ancestral step and its variational bound) needs a VP-SDE (σ² = 1 - α²), got "
+               f"{type(sde).__name__} (sde.kind={sde.kind}): sample with 'ddim' (eta=1) or pc's reverse_diffusion "
+               f"predictor, and take bits/dim from the probability-flow ODE")
+    refusals = [lambda: sample(gm, "ancestral", x_T, steps=5),
+                lambda: sample(gm, "pc", x_T, steps=5, predictor="ancestral"),
+                lambda: ddpm_vlb_bits_per_dim(gm, torch.zeros((2, 2), dtype=torch.long), 4),
+                lambda: grid_vlb_bits_per_dim(gm, torch.zeros((2, 2), dtype=torch.long), 4, t_eps=0.01, N=10)]
+    for refused in refusals:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            refused()
 
 
 def test_ddim_eta_one_is_the_exact_posterior_step_on_ve():

@@ -100,7 +100,8 @@ def test_vlb_defaults(bars, capsys):
 
 def test_vlb_refuses_a_non_vp_sde_by_name():
     gm = GaussianMixture.random(1, 1, seed=0, sde=VESDE.geometric(0.01, 50.0))
-    with pytest.raises(ValueError, match=r"^the DDPM variational bound needs a VP-SDE, got VESDE \(sde\.kind="):
+    with pytest.raises(ValueError, match=r"^DDPM's chain \(its ancestral step and its variational bound\) needs "
+                                         r"a VP-SDE \(σ² = 1 - α²\), got VESDE \(sde\.kind=ve\): "):
         ddpm_vlb_bits_per_dim(gm, _x_int(2, 1), LEVELS)
 
 
@@ -173,25 +174,26 @@ def test_grid_bound_is_the_bound_of_the_grid_chain():
                         "spacing": "time"}
     default = grid_vlb_bits_per_dim(gm, x_int[:1], LEVELS, t_eps=0.02, n_terms=1, generator=_gen())
     assert default.info["N"] == 1000 and default.info["spacing"] == "logsnr"
-    with pytest.raises(ValueError, match=r"^the DDPM variational bound needs a VP-SDE"):
+    with pytest.raises(ValueError, match=r"^DDPM's chain \(its ancestral step and its variational bound\) needs"):
         ve = GaussianMixture.random(2, 1, seed=0, sde=VESDE.geometric(0.01, 50.0))
         grid_vlb_bits_per_dim(ve, x_int, LEVELS, t_eps=0.02)
 
 
-def test_check_vp_names_the_sde_and_its_kind():
+def test_require_variance_preserving_names_the_sde_and_its_kind():
     from types import SimpleNamespace
 
-    from scoresde.likelihood.vlb import check_vp
+    from scoresde.core.sde import require_variance_preserving
 
-    check_vp(SimpleNamespace())  # a user's SDE object that does not say: taken as VP (the DDPM family)
-    check_vp(VPSDE.linear())
-    with pytest.raises(ValueError, match=r"^the DDPM variational bound needs a VP-SDE, got SimpleNamespace "
-                                         r"\(sde\.kind=\?\): use the probability-flow ODE bits/dim$"):
-        check_vp(SimpleNamespace(variance_preserving=False))
+    require_variance_preserving(SimpleNamespace())  # a user's SDE object that does not say: taken as VP
+    require_variance_preserving(VPSDE.linear())
+    with pytest.raises(ValueError, match=r"^DDPM's chain \(its ancestral step and its variational bound\) needs a "
+                                         r"VP-SDE \(σ² = 1 - α²\), got SimpleNamespace \(sde\.kind=\?\): sample "
+                                         r"with 'ddim' \(eta=1\) or pc's reverse_diffusion predictor, and take "
+                                         r"bits/dim from the probability-flow ODE$"):
+        require_variance_preserving(SimpleNamespace(variance_preserving=False))
     ve = VESDE.geometric(0.01, 50.0)
-    with pytest.raises(ValueError, match=rf"^the DDPM variational bound needs a VP-SDE, got VESDE "
-                                         rf"\(sde\.kind={ve.kind}\): use"):
-        check_vp(ve)
+    with pytest.raises(ValueError, match=rf"VP-SDE \(σ² = 1 - α²\), got VESDE \(sde\.kind={ve.kind}\): sample"):
+        require_variance_preserving(ve)
 
 
 def test_grid_chain_edges():

@@ -1,37 +1,37 @@
-"""The probability-flow ODE of a VP-SDE, solved once for everyone: sampling, encoding, likelihood.
+"""The probability-flow ODE of any SDE here, solved once for everyone: sampling, encoding, likelihood.
 
-The probability flow (Song et al. 2021, eq. 13) ``dx/dt = f - ½ g² ∇log p_t`` of the VP-SDE is,
-with the score written through the ε-model (``∇log p_t = -ε/σ``) and ``B(t) = ∫₀ᵗ β``,
+The probability flow (Song et al. 2021, eq. 13) ``dx/dt = f x - ½ g² ∇log p_t``, with the score
+written through the ε-model (``∇log p_t = -ε/σ``), is solved in the SDE's own clock ``c(t)``
+(``clock``, ``clock_rate = dc/dt``, ``time_for_clock``; docs/sdes.md): ``B(t) = ∫₀ᵗ β`` for VP
+and sub-VP, ``t`` for the continuous VE, ``σ²`` for SMLD's levels. There the drift is
 
-    dx/dt = β(t) · v(x, t),      v(x, t) = dx/dB = -½ [x - ε(x, t)/σ(t)].
+    dx/dc = v(x, t) = a(t) x + b(t) ε(x, t),     (a, b) = sde.flow_coefficients(t),
+
+VP's being ``v = -½ [x - ε/σ]``: :meth:`scoresde.core.sde.GaussianSDE.flow_drift`, the one home of
+the drift, reached through :func:`flow_drift` with the checked ``ε`` of
+:func:`scoresde.core.model.eps_of`.
 
 **One clock** (docs/math.md, "The solver's clock"). Every solve runs in the time ``u`` of a
-*smooth* schedule ``B̂`` with the same integrated rate, ``B̂(u) = B(t)``:
+*smooth* clock ``ĉ`` with the same range, ``ĉ(u) = c(t)``:
 
-    dx/du = β̂(u) · v(x, t(u)),    β̂ = dB̂/du.
+    dx/du = ĉ'(u) · v(x, t(u)).
 
-``B̂(u) = Σ_{k≤4} c_k u^k`` with every ``c_k ≥ 0`` (increasing, ``B̂(0) = 0``) is the least-squares
-fit to ``B`` on 1001 equally spaced times, rescaled so that ``B̂(1) = B(1)``; ``t(u)`` comes from
-:meth:`scoresde.core.sde.VPSDE.time_for_integrated_beta`. Where ``B`` is itself such a polynomial (the
-linear schedule) ``B̂ = B`` and ``u = t``. A discrete (DDPM) schedule's ``β(t)`` is a staircase,
-the cosine schedule's clipped ``β(t)`` has a kink: in ``t`` an adaptive solver crawls over the
-jumps or misses its tolerance there, while in ``u`` the oracle's right-hand side is smooth
-(DDPM's linear β: ``|u - t| < 1e-7`` on the grid ``i/N``).
-Adaptive methods choose their own steps in ``u``; fixed-step methods take ``steps`` equal
-steps in ``u``.
+``ĉ(u) = Σ_{k≤4} c_k u^k`` with every ``c_k ≥ 0`` (increasing, ``ĉ(0) = 0``) is the least-squares
+fit to ``c`` on 1001 equally spaced times, rescaled so that ``ĉ(1) = c(1)``; ``t(u)`` comes from
+``sde.time_for_clock``. Where ``c`` is itself such a polynomial (the linear schedule's ``B``)
+``ĉ = c`` and ``u = t``. A discrete (DDPM) schedule's ``β(t)`` is a staircase, the cosine
+schedule's clipped ``β(t)`` has a kink: in ``t`` an adaptive solver crawls over the jumps or
+misses its tolerance there, while in ``u`` the oracle's right-hand side is smooth (DDPM's linear
+β: ``|u - t| < 1e-7`` on the grid ``i/N``). Adaptive methods choose their own steps in ``u``;
+fixed-step methods take ``steps`` equal steps in ``u``.
 
 **Divergence.** For the likelihood the solve carries ``∫ ∇·(dx/du) du = ∫ ∇·(dx/dt) dt``,
 exactly (``D`` vector–Jacobian products per evaluation) or by Hutchinson's estimate
 ``vᵀ (∂f/∂x) v`` with probes ``v`` held fixed for the whole solve.
 
-The drift uses only ``model.eps`` and the SDE's ``sigma`` and clock (``clock``, ``clock_rate``,
-``time_for_clock``: ``B``, ``β`` and ``time_for_integrated_beta`` for VP), so any object with
-``.sde`` and ``.eps(x, t)`` works. **Other SDEs** (docs/sdes.md): the same solve runs in each
-SDE's own clock (``B`` for sub-VP, ``t`` for the continuous VE, ``σ²`` for SMLD's levels) with
-``v = dx/d(clock) = a(t) x + b(t) ε`` from ``sde.flow_coefficients(t)``.
-torchdiffeq reports failures ("underflow in dt", "max_num_steps exceeded")
-as bare ``AssertionError``s that vanish under ``python -O``; here they become a ``RuntimeError``
-naming the solver, its tolerances and the last time reached.
+Any object with ``.sde`` and ``.eps(x, t)`` works. torchdiffeq reports failures ("underflow in
+dt", "max_num_steps exceeded") as bare ``AssertionError``s that vanish under ``python -O``; here
+they become a ``RuntimeError`` naming the solver, its tolerances and the last time reached.
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ from dataclasses import dataclass
 import torch
 import torchdiffeq
 
-from scoresde.core.model import eps_of
-from scoresde.core.sde import append_dims
+from scoresde.core.model import batch_time, eps_of
+from scoresde.core.sde import flow_drift as sde_flow_drift
 from scoresde.util.checks import check_choice, check_int, check_number
 from scoresde.util.choices import ADAPTIVE_METHODS, FIXED_METHODS, ODE_METHODS
 
-__all__ = ["FlowSolution", "STAGES", "Clock", "flow_drift", "drift_and_divergence", "check_solver", "solve_flow"]
+__all__ = ["FlowSolution", "STAGES", "Clock", "flow_drift", "drift_and_divergence", "check_solver", "solve_flow",
+           "integrate_flow"]
 
 STAGES = {"euler": 1, "midpoint": 2, "rk4": 4}  # ε evaluations per fixed step
 _MAX_NUM_STEPS = 100_000
@@ -67,8 +68,8 @@ class FlowSolution:
 
 
 def _fit_increasing(u: torch.Tensor, b: torch.Tensor) -> list[float]:
-    """Least-squares ``B̂(u) = Σ_{k=1}^{K} c_k u^k`` to the points ``(u, b)`` with every ``c_k ≥ 0``
-    (so ``B̂`` is increasing and ``B̂(0) = 0``), scaled so that ``B̂(1) = b[-1]``: exact
+    """Least-squares ``ĉ(u) = Σ_{k=1}^{K} c_k u^k`` to the points ``(u, b)`` with every ``c_k ≥ 0``
+    (so ``ĉ`` is increasing and ``ĉ(0) = 0``), scaled so that ``ĉ(1) = b[-1]``: exact
     non-negative least squares by trying every set of free coefficients (``2^K`` small solves)."""
     powers = torch.stack([u**k for k in range(1, _DEGREE + 1)], 1)
     best, best_err = None, math.inf
@@ -87,10 +88,10 @@ def _fit_increasing(u: torch.Tensor, b: torch.Tensor) -> list[float]:
 
 
 class Clock:
-    """The solver's clock ``u`` of an SDE: the time of the smooth ``B̂`` fitted to ``B``; ``u = t``
-    where ``B`` is itself a polynomial of degree ≤ 4 (``fitted`` is then False; module docstring).
+    """The solver's clock ``u`` of an SDE: the time of the smooth ``ĉ`` fitted to its clock ``c``;
+    ``u = t`` where ``c`` is itself a polynomial of degree ≤ 4 (``fitted`` is then False; module docstring).
 
-    :meth:`at` maps ``u`` to ``(t, β̂(u))``; :meth:`u_of_t` is its inverse, for the ends of a solve.
+    :meth:`at` maps ``u`` to ``(t, ĉ'(u))``; :meth:`u_of_t` is its inverse, for the ends of a solve.
     """
 
     def __init__(self, sde):
@@ -99,22 +100,22 @@ class Clock:
         t = torch.linspace(0.0, 1.0, _FIT_POINTS, dtype=torch.float64, device="cpu")
         b = sde.clock(t)
         self.coef = _fit_increasing(t, b)
-        # B itself a polynomial of degree ≤ 4 (the linear schedule): the clock is t.
+        # c itself a polynomial of degree ≤ 4 (the linear schedule): the clock is t.
         self.fitted = float((self._smooth(t)[0] - b).abs().max()) > 1e-9 * float(b[-1])
 
     def _smooth(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B̂(u), β̂(u))``, float64, ``u``'s shape."""
+        """``(ĉ(u), ĉ'(u))``, float64, ``u``'s shape."""
         b = sum(c * u**k for k, c in zip(range(1, _DEGREE + 1), self.coef))
         rate = sum(k * c * u ** (k - 1) for k, c in zip(range(1, _DEGREE + 1), self.coef))
         return b, rate
 
     def u_of_t(self, t) -> torch.Tensor:
-        """The ``u`` with ``B̂(u) = B(t)`` (float64, ``t``'s shape): ``t`` itself when not fitted."""
+        """The ``u`` with ``ĉ(u) = c(t)`` (float64, ``t``'s shape): ``t`` itself when not fitted."""
         t = torch.as_tensor(t, dtype=torch.float64, device=t.device if isinstance(t, torch.Tensor) else "cpu")
         if not self.fitted:
             return t
         target, lo, hi = self.sde.clock(t), torch.zeros_like(t), torch.ones_like(t)
-        for _ in range(64):  # bisection: B̂ is increasing
+        for _ in range(64):  # bisection: ĉ is increasing
             mid = 0.5 * (lo + hi)
             below = self._smooth(mid)[0] < target
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
@@ -122,7 +123,7 @@ class Clock:
         return torch.where((t == 0) | (t == 1), t, u)  # the ends exactly
 
     def at(self, u: float, lo: float = 0.0, hi: float = 1.0) -> tuple[float, float]:
-        """``(t(u), β̂(u))`` with ``t`` in ``[lo, hi]``."""
+        """``(t(u), ĉ'(u))`` with ``t`` in ``[lo, hi]``."""
         if not self.fitted:
             t = min(max(u, lo), hi)
             return t, float(self.sde.clock_rate(t))
@@ -133,14 +134,11 @@ class Clock:
 
 
 def flow_drift(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``v = dx/dB = -½ (x - ε(x, t)/σ(t))`` at the scalar time ``t``; shape and dtype of ``x``.
-    The probability-flow drift in any clock is ``v`` times that clock's rate (``β(t)`` for ``t``)."""
-    if not getattr(model.sde, "variance_preserving", True):  # sub-VP, VE: v = a x + b ε
-        a, b = (append_dims(c, x.ndim).to(device=x.device, dtype=x.dtype)
-                for c in model.sde.flow_coefficients(t))
-        return a * x + b * model.eps(x, t).to(x.dtype)
-    sigma = append_dims(model.sde.sigma(t), x.ndim).to(device=x.device, dtype=x.dtype)
-    return -0.5 * (x - eps_of(model, x, t).to(x.dtype) / sigma)
+    """The probability-flow drift ``v = dx/d(clock)`` at the scalar time ``t`` (shape and dtype of
+    ``x``): the SDE's one drift (:func:`scoresde.core.sde.flow_drift`) of the checked
+    ``ε = eps_of(model, x, t)``. Times the clock's rate it is ``dx/dt``."""
+    t = batch_time(t, x)  # converted once for the model and the SDE's coefficients
+    return sde_flow_drift(model.sde, x, t, eps_of(model, x, t).to(x.dtype))
 
 
 def drift_and_divergence(model, x: torch.Tensor, t: torch.Tensor, probes: torch.Tensor | None,
@@ -185,7 +183,7 @@ def solve_flow(model, x: torch.Tensor, t_from: float, t_to: float, *, method: st
     """Carry ``x`` (``(B, *dims)``, the state at ``t_from``) along the probability flow to ``t_to``.
 
     Args:
-        model: anything with ``.sde`` (a VP-SDE) and ``.eps(x, t)``.
+        model: anything with ``.sde`` and ``.eps(x, t)``.
         t_from, t_to: start and end times in ``[0, 1]`` (either order: sampling runs 1 → t_eps,
             encoding and the likelihood t_eps → 1).
         method, rtol, atol, steps: see :func:`check_solver`.
@@ -193,10 +191,20 @@ def solve_flow(model, x: torch.Tensor, t_from: float, t_to: float, *, method: st
         dtype: dtype of the ODE state (float64 by default).
         on_eval: called with the fraction of the clock's span reached, once per drift evaluation
             (progress bars).
+
+    Checks the solver's arguments, then :func:`integrate_flow`.
     """
     rtol, atol, steps = check_solver(method, rtol, atol, steps)
     if isinstance(divergence, str):
         check_choice("divergence", divergence, ("exact",))
+    return integrate_flow(model, x, t_from, t_to, method=method, rtol=rtol, atol=atol, steps=steps,
+                          divergence=divergence, dtype=dtype, on_eval=on_eval)
+
+
+def integrate_flow(model, x: torch.Tensor, t_from: float, t_to: float, *, method: str, rtol: float,
+                   atol: float, steps: int | None, divergence, dtype: torch.dtype, on_eval) -> FlowSolution:
+    """:func:`solve_flow` for arguments already checked at the caller's gate (``method``, ``rtol``,
+    ``atol``, ``steps`` as returned by :func:`check_solver`; ``divergence`` ``None``, ``"exact"`` or probes)."""
     probes = None if divergence is None or isinstance(divergence, str) else divergence.to(dtype)
     clock = Clock(model.sde)
     lo, hi = min(t_from, t_to), max(t_from, t_to)

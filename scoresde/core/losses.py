@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from scoresde.core.model import check_labels
+from scoresde.core.sde import discrete_steps_of
 from scoresde.util.checks import check_choice, check_int, check_number, check_t_eps
 from scoresde.util.choices import TIME_SAMPLINGS, WEIGHTINGS
 from scoresde.util.rng import draw_device, rand, randint, randn
@@ -72,7 +73,7 @@ def sample_time(sde, n: int, *, weighting: str = "simple", time_sampling: str = 
     device = torch.device("cpu") if device is None else torch.device(device)
     f64 = dict(dtype=torch.float64, device=device)
     if time_sampling == "discrete":
-        n_steps = n_steps if n_steps is not None else getattr(sde, "discrete_steps", None)
+        n_steps = n_steps if n_steps is not None else discrete_steps_of(sde)
         if n_steps is None:
             raise ValueError("n_steps=None: discrete time sampling needs an integer N ≥ 1 "
                              "(pass n_steps or use an SDE with discrete_steps)")

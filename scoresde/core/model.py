@@ -17,16 +17,17 @@ import numbers
 import torch
 from torch import nn
 
-from scoresde.core.sde import GaussianSDE, append_dims, as_time
+from scoresde.core.sde import GaussianSDE, append_dims, as_time, remember_time
 
 __all__ = ["EpsModel", "ScoreModel", "batch_time", "check_labels", "eps_of", "score_of", "x0_of"]
 
 
 def batch_time(t, x: torch.Tensor) -> torch.Tensor:
-    """``t`` (number, shape ``()`` or ``(B,)``) as a validated float64 tensor of shape ``(B,)`` on x's device."""
+    """``t`` (number, shape ``()`` or ``(B,)``) as a validated float64 tensor of shape ``(B,)`` on x's
+    device; the result passes :func:`~scoresde.core.sde.as_time` unchecked while unmodified."""
     t = as_time(t, device=x.device)
     if t.ndim == 0:
-        return t.expand(x.shape[0])
+        return remember_time(t.expand(x.shape[0]))
     if t.shape[0] != x.shape[0]:
         raise ValueError(f"t has {t.shape[0]} entries but x has batch size {x.shape[0]}")
     return t
@@ -57,9 +58,15 @@ def check_labels(y, num_classes: int, *, name: str = "y", allow_null: bool = Fal
 def eps_of(model, x: torch.Tensor, t) -> torch.Tensor:
     """``model.eps(x, t)`` with ``t`` as a float64 ``(B,)`` tensor, checked to have ``x``'s shape.
 
-    ``ValueError`` when the model returns anything else (no silent broadcasting).
+    ``ValueError`` when the model returns anything else (no silent broadcasting). With
+    :func:`score_of` and :func:`x0_of` this is the gate of every library call of a model: ``t`` is
+    converted here once (:func:`batch_time`) and passed on as it is.
     """
-    t = batch_time(t, x)
+    return _eps(model, x, batch_time(t, x))
+
+
+def _eps(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """:func:`eps_of` for a ``t`` already converted by :func:`batch_time`."""
     eps = model.eps(x, t)
     shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
     if shape != tuple(x.shape):
@@ -78,7 +85,7 @@ def score_of(model, x: torch.Tensor, t) -> torch.Tensor:
     in ``x``'s dtype."""
     t = batch_time(t, x)
     inv_sigma = _coef(1.0 / model.sde.sigma(t), x)
-    eps = eps_of(model, x, t)
+    eps = _eps(model, x, t)
     return (-eps.to(inv_sigma.dtype) * inv_sigma).to(x.dtype)
 
 
@@ -88,7 +95,7 @@ def x0_of(model, x: torch.Tensor, t) -> torch.Tensor:
     t = batch_time(t, x)
     alpha, sigma = model.sde.alpha(t), model.sde.sigma(t)
     inv_alpha, ratio = _coef(1.0 / alpha, x), _coef(sigma / alpha, x)
-    eps = eps_of(model, x, t)
+    eps = _eps(model, x, t)
     return (x.to(ratio.dtype) * inv_alpha - ratio * eps.to(ratio.dtype)).to(x.dtype)
 
 

@@ -143,11 +143,6 @@ class _Tabulated:
         k = torch.clamp(torch.ceil(t * self.N) - 1, 0, self.N - 1).long()
         return self.N * rates[k]
 
-    def clock_table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(the cumulative quantity at i/N for i = 0..N, its increments for i = 1..N)``: the
-        piecewise-linear clock."""
-        return self._cumulative, self.rates
-
 
 class DiscreteSchedule(_Tabulated, Schedule):
     """DDPM's ``β_1..β_N`` as an exact, piecewise-constant VP-SDE rate.
@@ -169,8 +164,7 @@ class DiscreteSchedule(_Tabulated, Schedule):
         self.betas = betas
         self.N = int(betas.numel())
         self.rates = -torch.log1p(-betas)  # B(i/N) - B((i-1)/N), per step
-        self.grid_B = torch.cat([betas.new_zeros(1), torch.cumsum(self.rates, 0)])
-        self._cumulative = self.grid_B
+        self._cumulative = torch.cat([betas.new_zeros(1), torch.cumsum(self.rates, 0)])  # B(i/N)
         self.sampling_eps = 1.0 / self.N
         self._cache: dict = {}
 

@@ -11,7 +11,8 @@ with ``B(t) = ∫₀ᵗ β``. The shared interface (:class:`GaussianSDE`): ``alp
 ``log_snr`` ``λ = log(α²/σ²)`` and its inverse ``time_for_log_snr``, ``drift``,
 ``diffusion`` ``g`` and ``g2`` ``= g²``, ``transition(s, t)``, ``marginal_sample``,
 ``prior_sample``/``prior_log_prob``, ``likelihood_weight`` ``g²/σ² = -dλ/dt``, the ODE clock
-(``clock``, ``clock_rate``, ``time_for_clock``), ``sampling_eps`` and ``discrete_steps``.
+(``clock``, ``clock_rate``, ``time_for_clock``), the probability-flow drift ``flow_drift``,
+``sampling_eps`` and ``discrete_steps``.
 For every such SDE ``f(t) = d log α/dt`` and ``g² = dσ²/dt - 2 f σ²``.
 
 Conventions (docs/architecture.md, "Contracts"):
@@ -21,15 +22,26 @@ Conventions (docs/architecture.md, "Contracts"):
   :func:`append_dims` and return ``x``'s dtype.
 
 Samplers and the likelihood use only the generic interface, so code written for "an SDE
-with Gaussian marginals ``α(t) x_0 + σ(t) ε``" runs on all three. What only some SDEs have:
-``variance_preserving`` (``σ² = 1 - α²``: DDPM's ancestral step and variational bound need it)
-and, for VP and sub-VP, the schedule's ``integrated_beta``/``beta``/``time_for_integrated_beta``.
+with Gaussian marginals ``α(t) x_0 + σ(t) ε``" runs on all three. For VP and sub-VP there is
+also the schedule's ``integrated_beta``/``beta``/``time_for_integrated_beta``.
+
+**Capabilities** (what only some SDEs have) are declared on the class, as torchsde declares
+``noise_type``/``sde_type``: ``variance_preserving`` (``σ² = 1 - α²``, VP only: DDPM's
+ancestral step and variational bound need it) and ``discrete_steps`` (``N`` of a discrete
+schedule, else ``None``). Library code reads them only through :func:`is_variance_preserving`
+(with :func:`not_vp_reason` and :func:`require_variance_preserving`, one message for every
+refusal) and :func:`discrete_steps_of`, and takes the flow's drift only through
+:func:`flow_drift`: the one place that says what an SDE object that declares nothing means.
+A user's duck-typed SDE (an object with ``sigma``, the clock, ... but not a :class:`GaussianSDE`)
+is a **continuous VP-SDE** unless it says otherwise: variance preserving, no discrete steps,
+VP's flow drift. The transition ``q(x_t | x_s)`` is :meth:`GaussianSDE.transition` on every SDE.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 
 import torch
 
@@ -45,8 +57,9 @@ from scoresde.core.schedules import (
 from scoresde.util.choices import SDE_KINDS
 from scoresde.util.rng import draw_device, randn
 
-__all__ = ["GaussianSDE", "VPSDE", "SubVPSDE", "VESDE", "SDE_KINDS", "append_dims", "as_time",
-           "trusted_times"]
+__all__ = ["GaussianSDE", "VPSDE", "SubVPSDE", "VESDE", "SDE_KINDS", "append_dims", "as_time", "remember_time",
+           "trusted_times", "is_variance_preserving", "not_vp_reason", "require_variance_preserving",
+           "discrete_steps_of", "flow_drift"]
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -71,9 +84,37 @@ def trusted_times():
         _CHECK_TIMES[0] = before
 
 
+# The last time tensor that as_time returned (a weak reference) and its version counter: passed
+# through unchecked while unmodified, so a sampler's time is converted once per network call
+# although score_of, the model and the SDE's coefficients each accept any t. A miss only checks again.
+_last_time: tuple = (None, None)
+
+
+def _version(t: torch.Tensor) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # inference-mode tensors keep no version counter: not remembered
+        return None
+
+
+def remember_time(t: torch.Tensor) -> torch.Tensor:
+    """Mark ``t``, a float64 tensor of checked times (``as_time``'s own result or a view of one),
+    so that :func:`as_time` returns it as it is while it stays unmodified; returns ``t``."""
+    global _last_time
+    version = _version(t)
+    if version is not None:
+        _last_time = (weakref.ref(t), version)
+    return t
+
+
 def as_time(t, *, device=None) -> torch.Tensor:
     """``t`` as a float64 tensor; ``ValueError`` unless finite, in ``[0, 1]``, of shape ``()`` or ``(B,)``
-    (``(B,)`` tensors are not range-checked inside :func:`trusted_times`)."""
+    (``(B,)`` tensors are not range-checked inside :func:`trusted_times`). The tensor it returned
+    last is returned again unchecked while unmodified (:func:`remember_time`)."""
+    ref, version = _last_time
+    if ref is not None and t is ref() and (device is None or t.device == torch.device(device)) \
+            and _version(t) == version:
+        return t
     if isinstance(t, torch.Tensor):
         t = t.to(dtype=torch.float64, device=device if device is not None else t.device)
     else:
@@ -84,13 +125,18 @@ def as_time(t, *, device=None) -> torch.Tensor:
         v = t.item()
         if not 0 <= v <= 1:
             raise ValueError(f"t={v!r}: expected times in [0, 1]")
-        return t
+        return remember_time(t)
     if not _CHECK_TIMES[0]:
         return t
     bad = ~((t >= 0) & (t <= 1))
     if bad.any():
         raise ValueError(f"t={t[bad].flatten()[0].item()!r}: expected times in [0, 1]")
-    return t
+    return remember_time(t)
+
+
+def _on(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A float64 coefficient of shape ``()`` or ``(B,)`` shaped against ``x`` in its dtype and device."""
+    return append_dims(c, x.ndim).to(device=x.device, dtype=x.dtype)
 
 
 def _f64(v) -> torch.Tensor:
@@ -195,11 +241,6 @@ class GaussianSDE:
         g2 = self._coef(self.g2(as_time(t, device=x.device)), x)
         return self.drift(x, t) - g2 * score
 
-    def probability_flow_drift(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
-        """Probability-flow ODE drift ``f - ½ g² s`` (Song et al. 2021, eq. 13)."""
-        g2 = self._coef(self.g2(as_time(t, device=x.device)), x)
-        return self.drift(x, t) - 0.5 * g2 * score
-
     def flow_coefficients(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a, b)`` with ``dx/d(clock) = a x + b ε`` along the probability flow: ``dx/dt = f x + ½ g²/σ ε``
         divided by ``clock_rate`` (VP: ``(-½, ½/σ)`` in ``B``; sub-VP: ``(-½, ½ (1 + e^{-B}))``;
@@ -207,6 +248,14 @@ class GaussianSDE:
         t = as_time(t)
         rate = self.clock_rate(t)
         return self.drift_coef(t) / rate, 0.5 * self.g2(t) / (self.sigma(t) * rate)
+
+    def flow_drift(self, x: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+        """The probability-flow drift in the SDE's clock, ``v = dx/d(clock) = a x + b ε`` with
+        ``(a, b)`` = :meth:`flow_coefficients` and ``ε = ε(x, t)`` (same shape as ``x``): times
+        ``clock_rate(t)`` it is ``dx/dt = f x - ½ g² s``, ``s = -ε/σ`` (Song et al. 2021, eq. 13).
+        Scalar ``t``; ``x``'s dtype. Called through :func:`flow_drift`."""
+        a, b = self.flow_coefficients(t)
+        return _on(a, x) * x + _on(b, x) * eps
 
     def network_input_scale(self, t) -> torch.Tensor | None:
         """Factor applied to ``x_t`` before an ε-network sees it: ``1/√(α² + σ²)`` (unit scale for
@@ -253,7 +302,6 @@ class _BetaSDE(GaussianSDE):
     def ddpm(cls, n_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         return cls(DiscreteSchedule.ddpm_linear(n_steps, beta_start, beta_end))
 
-
     def integrated_beta(self, t) -> torch.Tensor:
         """``B(t) = ∫₀ᵗ β(s) ds``."""
         return self.schedule.integrated_beta(as_time(t))
@@ -261,10 +309,6 @@ class _BetaSDE(GaussianSDE):
     def beta(self, t) -> torch.Tensor:
         """``β(t)``."""
         return self.schedule.beta(as_time(t))
-
-    def log_alpha_bar(self, t) -> torch.Tensor:
-        """``log ᾱ(t) = -B(t)``."""
-        return -self.integrated_beta(t)
 
     def alpha_bar(self, t) -> torch.Tensor:
         """``ᾱ(t) = α(t)² = exp(-B(t))``."""
@@ -356,6 +400,12 @@ class VPSDE(_BetaSDE):
     def likelihood_weight(self, t) -> torch.Tensor:
         """``β(t)/σ(t)² = β/(1 - e^{-B})``."""
         return self.beta(t) / -torch.expm1(-self.integrated_beta(t))
+
+    def flow_drift(self, x: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+        """``v = dx/dB = -½ (x - ε/σ)``: :meth:`GaussianSDE.flow_drift` with ``(a, b) = (-½, ½/σ)``,
+        written without forming ``b`` (the form every VP figure was computed with). Uses only
+        ``sigma``: also the drift of an SDE object that does not declare itself (:func:`flow_drift`)."""
+        return -0.5 * (x - eps / _on(self.sigma(t), x))
 
     def network_input_scale(self, t) -> None:
         """None: ``α² + σ² = 1``, the input needs no scaling."""
@@ -449,7 +499,6 @@ class VESDE(GaussianSDE):
     def smld(cls, n_steps: int = 1000, sigma_min: float = 0.01, sigma_max: float = 50.0) -> VESDE:
         return cls(DiscreteSigmas.smld(n_steps, sigma_min, sigma_max))
 
-
     def alpha(self, t) -> torch.Tensor:
         """``α = 1``."""
         return torch.ones_like(as_time(t))
@@ -500,3 +549,42 @@ def _check_sigma(sde, sigma) -> None:
     lo, hi = float(sde.sigma(0.0)), float(sde.sigma(1.0))
     if isinstance(sigma, bool) or not (isinstance(sigma, (int, float)) and lo < sigma < hi):
         raise ValueError(f"sigma={sigma!r}: expected a number in (σ(0)={lo:.4g}, σ(1)={hi:.4g}) of {sde!r}")
+
+
+# Capabilities: the one place that reads them ----------------------------------------------------
+def is_variance_preserving(sde) -> bool:
+    """``sde.variance_preserving``; True for an SDE object that does not declare it (module docstring)."""
+    return bool(getattr(sde, "variance_preserving", True))
+
+
+def not_vp_reason(sde) -> str | None:
+    """None for a VP-SDE (:func:`is_variance_preserving`), else the one message, the same for
+    every caller, that says why DDPM's chain cannot run on ``sde`` and what to use instead."""
+    if is_variance_preserving(sde):
+        return None
+    return (f"DDPM's chain (its ancestral step and its variational bound) needs a VP-SDE (σ² = 1 - α²), "
+            f"got {type(sde).__name__} (sde.kind={getattr(sde, 'kind', '?')}): sample with 'ddim' (eta=1) "
+            f"or pc's reverse_diffusion predictor, and take bits/dim from the probability-flow ODE")
+
+
+def require_variance_preserving(sde) -> None:
+    """``ValueError`` with :func:`not_vp_reason`'s message unless ``sde`` is VP."""
+    reason = not_vp_reason(sde)
+    if reason is not None:
+        raise ValueError(reason)
+
+
+def discrete_steps_of(sde) -> int | None:
+    """``sde.discrete_steps``; None (continuous) for an SDE object that does not declare it."""
+    return getattr(sde, "discrete_steps", None)
+
+
+def flow_drift(sde, x: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+    """The probability-flow drift ``dx/d(clock)`` of ``sde`` at ``x`` given ``ε(x, t)``: its own
+    :meth:`GaussianSDE.flow_drift`; for an SDE object that is not a :class:`GaussianSDE`, VP's
+    (:meth:`VPSDE.flow_drift`, which needs only ``sigma``) unless it declares itself not variance
+    preserving, then the general ``a x + b ε`` of its ``flow_coefficients``."""
+    if isinstance(sde, GaussianSDE):
+        return sde.flow_drift(x, t, eps)
+    own = VPSDE.flow_drift if is_variance_preserving(sde) else GaussianSDE.flow_drift
+    return own(sde, x, t, eps)

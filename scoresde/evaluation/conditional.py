@@ -30,6 +30,7 @@ import torch
 
 from scoresde.core.bpd import BpdResult, bpd_offset, summarize
 from scoresde.core.conditional import condition, num_classes_of
+from scoresde.core.sde import is_variance_preserving
 from scoresde.evaluation.likelihood import (
     EvalSettings,
     evaluate_likelihood,
@@ -125,7 +126,7 @@ def evaluate_conditional_likelihood(model, data, settings: EvalSettings | None =
     labels = data.labels[:x_int.shape[0]].cpu()
     x_int = x_int.to(model_device(model))
     report.n = int(x_int.shape[0])
-    vp = getattr(model.sde, "variance_preserving", True)
+    vp = is_variance_preserving(model.sde)
 
     def timed(key, fn):
         start = time.perf_counter()

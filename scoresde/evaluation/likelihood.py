@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from scoresde.core.bpd import BpdResult
+from scoresde.core.sde import is_variance_preserving, not_vp_reason
 from scoresde.likelihood.ode import bits_per_dim
 from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
 from scoresde.likelihood.vlb_grid import grid_vlb_bits_per_dim, t_of_sigma
@@ -189,7 +190,7 @@ def evaluate_likelihood(model, data, settings: EvalSettings | None = None, *,
         start = time.perf_counter()
         report.ode = ode_bpd(model, x_int, data.levels, s, progress=progress)
         report.ode_seconds = time.perf_counter() - start
-    if s.vlb and not getattr(model.sde, "variance_preserving", True):
+    if s.vlb and not is_variance_preserving(model.sde):
         report.notes.append(vlb_skipped_note(model))
     elif s.vlb:
         start = time.perf_counter()
@@ -199,8 +200,8 @@ def evaluate_likelihood(model, data, settings: EvalSettings | None = None, *,
 
 
 def vlb_skipped_note(model) -> str:
-    return (f"bits/dim (VLB) skipped: the DDPM bound needs a VP-SDE, the model's is "
-            f"{type(model.sde).__name__} (the ODE bits/dim is its likelihood; docs/sdes.md)")
+    """The note of a report whose model's SDE is not VP: the one refusal message."""
+    return f"bits/dim (VLB) skipped: {not_vp_reason(model.sde)}"
 
 
 def ode_bpd(model, x_int: torch.Tensor, levels: int, s: EvalSettings, *, seed: int | None = None,

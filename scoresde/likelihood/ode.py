@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from scoresde.core.bpd import BpdResult, bpd_offset, check_int_data, dequantize, nats_to_bpd, summarize
-from scoresde.core.flow import check_solver, solve_flow
+from scoresde.core.flow import check_solver, integrate_flow
 from scoresde.util.checks import check_choice, check_int, check_model, check_t_eps
 from scoresde.util.choices import PROBES, TRACES
 from scoresde.util.progress import progress_bar
@@ -90,7 +90,7 @@ def log_likelihood(model, x: torch.Tensor, *, trace: str = "exact", probe: str =
     check_choice("trace", trace, TRACES)
     check_choice("probe", probe, PROBES)
     n_probes = check_int("n_probes", n_probes)
-    check_solver(method, rtol, atol, steps)
+    rtol, atol, steps = check_solver(method, rtol, atol, steps)
     t_eps = check_t_eps(t_eps)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype={dtype!r}: expected a floating torch dtype such as torch.float64")
@@ -105,9 +105,9 @@ def log_likelihood(model, x: torch.Tensor, *, trace: str = "exact", probe: str =
 
     bar = progress_bar(1000, progress, "log-likelihood")
     try:
-        sol = solve_flow(model, x, t_eps, 1.0, method=method, rtol=rtol, atol=atol, steps=steps,
-                         divergence=divergence, dtype=dtype,
-                         on_eval=lambda frac: bar.update(int(1000 * frac) - bar.n))
+        sol = integrate_flow(model, x, t_eps, 1.0, method=method, rtol=rtol, atol=atol, steps=steps,
+                             divergence=divergence, dtype=dtype,
+                             on_eval=lambda frac: bar.update(int(1000 * frac) - bar.n))
     finally:
         bar.close()
     z, div_int = sol.x, sol.divergence  # (B, *dims), (P, B)

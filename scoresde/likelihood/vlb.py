@@ -21,25 +21,14 @@ import torch
 
 from scoresde.core.bpd import BpdResult, check_int_data, nats_to_bpd, summarize, to_model_space
 from scoresde.core.model import eps_of
-from scoresde.core.sde import append_dims
+from scoresde.core.sde import append_dims, discrete_steps_of, require_variance_preserving
 from scoresde.util.checks import check_choice, check_int, check_model
 from scoresde.util.choices import VARIANCES
 from scoresde.util.progress import progress_bar
 from scoresde.util.rng import rand, randn
 
-__all__ = ["ddpm_vlb_bits_per_dim", "check_vp", "ddpm_tables", "vlb_prior_term", "vlb_term", "normal_kl",
+__all__ = ["ddpm_vlb_bits_per_dim", "ddpm_tables", "vlb_prior_term", "vlb_term", "normal_kl",
            "discretized_gaussian_log_likelihood", "VARIANCES"]
-
-
-
-def check_vp(sde) -> None:
-    """``ValueError`` unless ``sde`` is variance preserving: the bound is that of a DDPM chain,
-    whose steps ``N(√(1-β_i) x, β_i I)`` are the VP-SDE's transitions. A VE-SDE has no such
-    chain (no decay, a prior ``N(0, σ_max² I)`` that is not its marginal), and sub-VP's
-    transitions are not DDPM steps; use the probability-flow bits/dim for them."""
-    if not getattr(sde, "variance_preserving", True):
-        raise ValueError(f"the DDPM variational bound needs a VP-SDE, got {type(sde).__name__} "
-                         f"(sde.kind={getattr(sde, 'kind', '?')}): use the probability-flow ODE bits/dim")
 
 
 def ddpm_tables(sde, N: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,11 +142,11 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
     (:mod:`scoresde.util.rng`). ``x_int`` must be on the model's device. Runs under ``no_grad``.
     """
     check_model(model)
-    check_vp(model.sde)
+    require_variance_preserving(model.sde)
     dim = check_int_data(x_int, levels)
     check_choice("variance", variance, VARIANCES)
     batch_size = check_int("batch_size", batch_size)
-    N = (getattr(model.sde, "discrete_steps", None) or 1000) if N is None else check_int("N", N)
+    N = (discrete_steps_of(model.sde) or 1000) if N is None else check_int("N", N)
     n_terms = N if n_terms is None else check_int("n_terms", n_terms)
     if n_terms > N:
         raise ValueError(f"n_terms={n_terms}: expected at most N={N}")

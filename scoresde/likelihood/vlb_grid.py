@@ -22,8 +22,8 @@ import torch
 from scoresde.core.bpd import BpdResult
 from scoresde.core.model import EpsModel, batch_time
 from scoresde.core.schedules import DiscreteSchedule
-from scoresde.core.sde import VPSDE
-from scoresde.likelihood.vlb import check_vp, ddpm_vlb_bits_per_dim
+from scoresde.core.sde import VPSDE, require_variance_preserving
+from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
 from scoresde.util.checks import check_choice, check_int, check_model, check_t_eps
 from scoresde.util.choices import VLB_SPACINGS
 
@@ -85,7 +85,7 @@ def grid_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, t_eps: flo
     ``generator``, ``batch_size``, ``progress``). ``info`` adds ``t_eps`` and ``sigma_eps``.
     """
     check_model(model)
-    check_vp(model.sde)
+    require_variance_preserving(model.sde)
     chain = GridChainModel(model, vlb_grid(model.sde, N, t_eps, spacing))
     res = ddpm_vlb_bits_per_dim(chain, x_int, levels, N=N, **options)
     res.info.update(t_eps=float(t_eps), sigma_eps=float(model.sde.sigma(t_eps)), spacing=spacing)

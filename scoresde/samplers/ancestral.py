@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from scoresde.core.model import eps_of
+from scoresde.core.sde import require_variance_preserving
 from scoresde.samplers.base import SampleResult, finish_run, open_run
 from scoresde.util.checks import check_choice
 from scoresde.util.choices import VARIANCES
@@ -53,16 +55,14 @@ def ancestral(model, x_T: torch.Tensor, *, steps: int | None = None, generator=N
     """
     run = open_run("ancestral", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
                    options=options, defaults=_DEFAULTS, descent=True, cost=lambda k: k)
-    if not getattr(run.sde, "variance_preserving", True):
-        raise ValueError(f"sampler 'ancestral': DDPM's ancestral step needs a VP-SDE (σ² = 1 - α²), got "
-                         f"{type(run.sde).__name__}; use 'ddim' with eta=1, the exact ancestral step of any SDE")
+    require_variance_preserving(run.sde)
     variance = check_choice("variance", run.opts["variance"], VARIANCES)
     grid, net = run.grid, run.net
     log_alpha = torch.log(run.sde.alpha(grid))  # float64
     sigma = run.sde.sigma(grid)
     x = x_T
     for k in range(grid.numel() - 1):  # τ_k → τ_{k+1} (decreasing)
-        eps = net.eps(x, grid[k])
+        eps = eps_of(net, x, grid[k])
         beta_prime = float(-torch.expm1(2 * (log_alpha[k] - log_alpha[k + 1])))  # 1 - ᾱ_k/ᾱ_{k+1}
         inv_sqrt = float(torch.exp(log_alpha[k + 1] - log_alpha[k]))  # 1/√(1 - β'_k)
         x = inv_sqrt * (x - beta_prime / float(sigma[k]) * eps)  # Ho et al. eq. 11

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from scoresde.core.model import eps_of, x0_of
+from scoresde.core.model import x0_of
+from scoresde.core.sde import discrete_steps_of
 from scoresde.util.checks import check_choice, check_flag, check_int, check_model, check_number, check_t_eps
 from scoresde.util.choices import SPACINGS
 from scoresde.util.progress import progress_bar
@@ -54,8 +55,9 @@ class SampleResult:
 
 
 class NFECounter:
-    """Wraps a model (``.sde``, ``.eps``) and counts its batched ``eps`` calls; each is checked
-    by :func:`~scoresde.core.model.eps_of`. Pass it to ``score_of``/``x0_of`` to count those too."""
+    """Wraps a model (``.sde``, ``.eps``) and counts its batched ``eps`` calls. A relay: samplers
+    call it through :func:`~scoresde.core.model.eps_of`, ``score_of`` or ``x0_of``, which convert
+    ``t`` and check the result once; it passes both on unchanged."""
 
     def __init__(self, model):
         check_model(model)
@@ -63,7 +65,7 @@ class NFECounter:
 
     def eps(self, x, t):
         self.nfe += 1
-        return eps_of(self.model, x, t)
+        return self.model.eps(x, t)
 
 
 def check_x_T(x_T, name: str) -> None:
@@ -79,8 +81,6 @@ def check_steps(steps) -> int:
     return check_int("steps", steps)
 
 
-
-
 def check_options(name: str, options: dict, defaults: dict) -> dict:
     """``defaults`` updated by ``options``; ``ValueError`` for a keyword not in ``defaults``."""
     unknown = sorted(set(options) - set(defaults))
@@ -88,8 +88,6 @@ def check_options(name: str, options: dict, defaults: dict) -> dict:
         raise ValueError(f"option {unknown[0]!r}: the {name} sampler accepts "
                          f"{', '.join(defaults) or 'no extra options'}")
     return {**defaults, **options}
-
-
 
 
 def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: float = 7.0) -> torch.Tensor:
@@ -120,7 +118,7 @@ def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: floa
         sig = (smin ** (1 / rho) + u * (smax ** (1 / rho) - smin ** (1 / rho))) ** rho
         grid = sde.time_for_log_snr(-2.0 * torch.log(sig))
     grid[0], grid[-1] = t_eps, 1.0
-    n = getattr(sde, "discrete_steps", None)
+    n = discrete_steps_of(sde)
     if n is not None:
         i0 = round(t_eps * n)
         if i0 < 1:
@@ -179,7 +177,7 @@ def sampler_grid(sde, intervals: int, t_eps, denoise: bool, spacing: str = "unif
     if t_eps is not None:
         return time_grid(sde, intervals, check_t_eps(t_eps, sde), spacing, rho).flip(0)
     t_eps = default_t_eps(sde, intervals) if denoise else sde.sampling_eps
-    n = getattr(sde, "discrete_steps", None)
+    n = discrete_steps_of(sde)
     if n is not None:
         i0 = max(1, round(t_eps * n))
         i0 = max(1, min(i0, n - intervals))
@@ -196,7 +194,7 @@ def explicit_grid(sde, times=None, timesteps=None) -> torch.Tensor:
     if times is not None and timesteps is not None:
         raise ValueError("times and timesteps: give one explicit grid, not both")
     if timesteps is not None:
-        n = getattr(sde, "discrete_steps", None)
+        n = discrete_steps_of(sde)
         if n is None:
             raise ValueError(f"timesteps=...: DDPM integer timesteps need a discrete schedule (e.g. "
                              f"VPSDE.ddpm()); {sde!r} is continuous: pass times= instead")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from scoresde.core.model import eps_of
 from scoresde.samplers.base import SampleResult, finish_run, open_run
 from scoresde.util.checks import check_number
 from scoresde.util.rng import randn
@@ -56,7 +57,7 @@ def ddim(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, 
     _, trans_var = run.sde.transition(grid[1:], grid[:-1])  # v_k of τ_{k+1} → τ_k
     x = x_T
     for k in range(grid.numel() - 1):  # τ_k → τ_{k+1} (decreasing)
-        eps = net.eps(x, grid[k])
+        eps = eps_of(net, x, grid[k])
         x0_hat = (x - float(sigma[k]) * eps) / float(alpha[k])
         s_k = float(eta * sigma[k + 1] / sigma[k] * torch.sqrt(trans_var[k]))  # eq. 16
         direction = float(torch.clamp(sigma[k + 1] ** 2 - s_k**2, min=0.0).sqrt())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from scoresde.core.model import eps_of
 from scoresde.samplers.base import SampleResult, finish_run, open_run
 
 __all__ = ["heun"]
@@ -59,15 +60,15 @@ def heun(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, 
     sigma_k = torch.exp(-0.5 * run.sde.log_snr(grid)).tolist()  # σ̃ = σ/α = e^{-λ/2}
 
     x = x_T
-    d = net.eps(x, grid[0]) if k > 0 else None
+    d = eps_of(net, x, grid[0]) if k > 0 else None
     for i in range(k):
         delta = sigma_k[i + 1] - sigma_k[i]
         x_tilde = x / alpha[i]
         x_pred = (x_tilde + delta * d) * alpha[i + 1]  # Euler predictor, back to x = α x̃
-        d_pred = net.eps(x_pred, grid[i + 1])
+        d_pred = eps_of(net, x_pred, grid[i + 1])
         x = (x_tilde + delta * 0.5 * (d + d_pred)) * alpha[i + 1]  # trapezoidal corrector
         if i < k - 1:
-            d = net.eps(x, grid[i + 1])
+            d = eps_of(net, x, grid[i + 1])
         run.bar.update(1)
     # Euler to σ̃ = 0 (denoise): x̃_0 = x̃ - σ̃ ε = x̂_0 (α(0) = 1), Tweedie's step in finish_run
     return finish_run(run, x, spacing=run.opts["spacing"])

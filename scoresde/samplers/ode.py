@@ -1,17 +1,17 @@
 """The probability-flow ODE sampler and its inverse, the encoder (Song et al. 2021, eq. 13).
 
-The flow ``dx/dt = -½ β(t) [x - ε(x, t)/σ(t)]`` has the same marginals ``p_t`` as the forward
-SDE and is deterministic and invertible: :func:`ode` carries a prior draw from ``t = 1`` down
-to ``t_eps`` (sampling), :func:`encode` carries data from ``t_eps`` up to ``t = 1``. Both are
-:func:`scoresde.core.flow.solve_flow` (the package's one probability-flow solver, in the clock
-``B(t)``) with the state in float64 (``ode_dtype``).
+The flow ``dx/dt = f x - ½ g² ∇log p_t`` (with ``∇log p_t = -ε/σ``) has the same marginals
+``p_t`` as the forward SDE and is deterministic and invertible: :func:`ode` carries a prior draw
+from ``t = 1`` down to ``t_eps`` (sampling), :func:`encode` carries data from ``t_eps`` up to
+``t = 1``. Both are the package's one probability-flow solver (:mod:`scoresde.core.flow`, in the
+SDE's own clock) with the state in float64 (``ode_dtype``); the options are checked here, once.
 """
 
 from __future__ import annotations
 
 import torch
 
-from scoresde.core.flow import STAGES, solve_flow
+from scoresde.core.flow import STAGES, check_solver, integrate_flow
 from scoresde.samplers.base import (
     NFECounter,
     SampleResult,
@@ -22,21 +22,18 @@ from scoresde.samplers.base import (
     progress_bar,
 )
 from scoresde.util.checks import check_choice, check_t_eps
-from scoresde.util.choices import FIXED_METHODS, ODE_METHODS
 
 __all__ = ["ode", "encode"]
 
 _DEFAULTS = {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "ode_dtype": torch.float64}
 
 
-def _check_options(options: dict) -> dict:
-    return _check_ode_options(check_options("ode", options, _DEFAULTS))
-
-
-def _check_ode_options(opts: dict) -> dict:
-    check_choice("method", opts["method"], ODE_METHODS)
+def _check_ode_options(opts: dict, steps) -> tuple[dict, int | None]:
+    """The solver's options (:func:`~scoresde.core.flow.check_solver`) and ``ode_dtype``, checked
+    once; returns them, normalised, and ``steps``."""
+    opts["rtol"], opts["atol"], steps = check_solver(opts["method"], opts["rtol"], opts["atol"], steps)
     check_choice("ode_dtype", opts["ode_dtype"], (torch.float32, torch.float64))
-    return opts
+    return opts, steps
 
 
 def _solve(net, x, t_from: float, t_to: float, steps, progress: bool, desc: str, opts) -> torch.Tensor:
@@ -45,8 +42,9 @@ def _solve(net, x, t_from: float, t_to: float, steps, progress: bool, desc: str,
     total = steps * STAGES[method] if method in STAGES else None
     bar = progress_bar(total, progress, desc)
     try:
-        sol = solve_flow(net, x, t_from, t_to, method=method, rtol=opts["rtol"], atol=opts["atol"],
-                         steps=steps, dtype=opts["ode_dtype"], on_eval=lambda _: bar.update(1))
+        sol = integrate_flow(net, x, t_from, t_to, method=method, rtol=opts["rtol"], atol=opts["atol"],
+                             steps=steps, divergence=None, dtype=opts["ode_dtype"],
+                             on_eval=lambda _: bar.update(1))
     finally:
         bar.close()
     return sol.x
@@ -60,8 +58,8 @@ def ode(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, p
     Args:
         model: anything with ``.sde`` and ``.eps(x, t)``.
         x_T: ``(B, *dims)`` draw of the prior at ``t = 1`` (floating point).
-        steps: number of steps of the fixed-step methods (equally spaced in ``t``); checked
-            (≥ 1) but unused by the adaptive ones.
+        steps: number of steps of the fixed-step methods (equally spaced in the solver's clock,
+            :mod:`scoresde.core.flow`); checked (≥ 1) but unused by the adaptive ones.
         generator: unused (the map is deterministic); accepted for the shared signature.
         t_eps: end time (default ``model.sde.sampling_eps``).
         denoise: if True (default), one Tweedie step ``x̂_0(x, t_eps)`` (+1 NFE) at the end.
@@ -76,7 +74,7 @@ def ode(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, p
     """
     run = open_run("ode", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=False,
                    options=options, defaults=_DEFAULTS, gridded=False)
-    opts = _check_ode_options(run.opts)
+    opts, steps = _check_ode_options(run.opts, steps)
     t_eps = float(run.grid[-1])
     try:
         x = _solve(run.net, x_T, 1.0, t_eps, steps, progress, "ode", opts)
@@ -98,9 +96,10 @@ def encode(model, x0: torch.Tensor, *, steps: int | None = None, progress: bool 
     Options as for :func:`ode` (``steps`` is needed only by the fixed-step methods).
     Returns a ``SampleResult`` with the latent, ``nfe`` and ``t_end = 1.0``.
     """
-    opts = _check_options(options)
-    if opts["method"] in FIXED_METHODS or steps is not None:
+    opts = check_options("ode", options, _DEFAULTS)
+    if steps is not None:
         steps = check_steps(steps)
+    opts, steps = _check_ode_options(opts, steps)
     net = NFECounter(model)
     t_eps = check_t_eps(t_eps, net.sde)
     z = _solve(net, x0, t_eps, 1.0, steps, progress, "encode", opts)

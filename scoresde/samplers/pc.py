@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from scoresde.core.model import score_of
-from scoresde.core.sde import append_dims
+from scoresde.core.sde import append_dims, require_variance_preserving
 from scoresde.samplers.base import SampleResult, finish_run, open_run
 from scoresde.util.checks import check_choice, check_int, check_number
 from scoresde.util.rng import randn
@@ -52,7 +52,7 @@ def _corrector_steps(options: dict) -> int:
     return m if isinstance(m, int) and not isinstance(m, bool) and m >= 0 else 0
 
 
-def _langevin(net, x, t, keep: float, snr: float, norms: str, generator):
+def _langevin(net, x, t, mean2: float, snr: float, norms: str, generator):
     """One corrector step at time ``t`` (Song et al. 2021, Algorithm 5, lines 7–9)."""
     score = score_of(net, x, t)
     z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -61,7 +61,7 @@ def _langevin(net, x, t, keep: float, snr: float, norms: str, generator):
     if norms == "batch":  # score_sde's implementation: batch-mean norms, one δ for all
         z_norm, s_norm = z_norm.mean().expand_as(z_norm), s_norm.mean().expand_as(s_norm)
     s_norm = s_norm.clamp_min(torch.finfo(x.dtype).tiny)
-    delta = 2 * keep * (snr * z_norm / s_norm) ** 2  # (B,); keep = m_k² (1 - β'_k for VP)
+    delta = 2 * mean2 * (snr * z_norm / s_norm) ** 2  # (B,); mean2 = m_k² (1 - β'_k for VP)
     delta = append_dims(delta, x.ndim)
     return x + delta * score + torch.sqrt(2 * delta) * z
 
@@ -98,24 +98,23 @@ def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, pr
                    cost=lambda k: k * (1 + _corrector_steps(options)))
     opts = _check(run.opts)
     grid, net = run.grid, run.net  # 1 → t_eps
-    if opts["predictor"] == "ancestral" and not getattr(run.sde, "variance_preserving", True):
-        raise ValueError(f"predictor='ancestral': DDPM's ancestral step needs a VP-SDE (σ² = 1 - α²), "
-                         f"got {type(run.sde).__name__}; use predictor='reverse_diffusion'")
+    if opts["predictor"] == "ancestral":
+        require_variance_preserving(run.sde)
     trans_mean, trans_var = run.sde.transition(grid[1:], grid[:-1])  # m_k, v_k of τ_{k+1} → τ_k
 
     x = x_T
     for k in range(grid.numel() - 1):  # τ_k → τ_{k+1} (decreasing)
-        beta_prime = float(trans_var[k])  # v_k (1 - ᾱ_k/ᾱ_{k+1} for VP)
-        sqrt_keep = float(trans_mean[k])  # m_k (√(1 - β'_k) for VP)
+        var = float(trans_var[k])  # v_k (β'_k = 1 - ᾱ_k/ᾱ_{k+1} for VP)
+        mean = float(trans_mean[k])  # m_k (√(1 - β'_k) for VP)
         score = score_of(net, x, grid[k])
         z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         if opts["predictor"] == "reverse_diffusion":  # eq. 46: x - f_k + G_k² s + G_k z
-            x = (2 - sqrt_keep) * x + beta_prime * score
+            x = (2 - mean) * x + var * score
         else:  # ancestral (Ho et al. eq. 11 with s = -ε/σ)
-            x = (x + beta_prime * score) / sqrt_keep
-        x = x + beta_prime**0.5 * z
+            x = (x + var * score) / mean
+        x = x + var**0.5 * z
         for _ in range(opts["corrector_steps"]):
-            x = _langevin(net, x, grid[k + 1], sqrt_keep**2, float(opts["snr"]), opts["norms"], generator)
+            x = _langevin(net, x, grid[k + 1], mean**2, float(opts["snr"]), opts["norms"], generator)
         run.bar.update(1 + opts["corrector_steps"])  # one tick per ε evaluation, as the total counts
     return finish_run(run, x, predictor=opts["predictor"], corrector_steps=opts["corrector_steps"],
                       snr=float(opts["snr"]), norms=opts["norms"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torchsde
 
-from scoresde.core.model import score_of
+from scoresde.core.model import batch_time, score_of
 from scoresde.samplers.base import SampleResult, finish_run, open_run
 from scoresde.util.checks import check_choice
 from scoresde.util.choices import SDE_METHODS
@@ -61,8 +61,8 @@ class ReverseSDE(torch.nn.Module):
         for s_m, y_m, version, drift in self._memo:
             if s_m == key and y_m is y and version == y._version:
                 return drift
-        t = -s
         x = y.reshape(self.shape)
+        t = batch_time(-s, x)  # converted once for score_of and the SDE's coefficients
         drift = -self.sde.reverse_drift(x, t, score_of(self.model, x, t)).reshape(y.shape)
         self._memo.append((key, y, y._version, drift))
         return drift
