@@ -1,153 +1,105 @@
-"""scoresde's samplers with DEFAULT options versus diffusers' schedulers on the same exact ε.
+"""scoresde's samplers (default options) versus diffusers' schedulers and k-diffusion's samplers,
+on the same exact ε and the same noise, ranked by metrics without a noise floor (issue 26).
 
-Both sides drive the analytic oracle (:class:`scoresde.core.analytic.GaussianMixture`) on the
-discrete DDPM schedule (``VPSDE.ddpm()``: linear β 1e-4..0.02, N = 1000). diffusers' integer
-timestep ``k`` is our time ``t = (k + 1)/N``: their ``ᾱ_k = Π_{j≤k}(1 - β_j)`` is our
-``ᾱ((k+1)/N)`` (checked numerically below). Errors: sliced W1 to a large oracle sample of
-``p_0`` and the gap in mean ``log p_0`` under the oracle, with the Monte Carlo noise floor (the
-same metrics for a fresh exact sample of the same size).
+Every sampler drives the exact ε of a Gaussian mixture (:class:`oracle_metrics.FastOracle`)
+on DDPM's discrete linear schedule (``VPSDE.ddpm()``: β 1e-4..0.02, N = 1000), from the same
+``x_T`` (``n`` draws of N(0, I) at ``t = 1``), at an NFE budget (batched ε calls). Metrics
+(:mod:`oracle_metrics`): the trajectory error against the exact probability-flow image of the
+same ``x_T`` (scipy DOP853, rtol 1e-10; deterministic samplers), sliced W1 of ``n`` samples to
+the exact law (floor stated) and the mean log-density gap under the oracle.
 
-Our side: every sampler with its default options only (no t_eps, spacing or order chosen by
-hand), at the largest ``steps`` whose NFE fits the budget. "Ours" in the summary is ``dpmpp``,
-the default sampler (no choice made on any data); the summary also shows the sampler with the
-best SW1 on the selection run, reported on the evaluation run. diffusers' side: each scheduler
-family has a few configurations (spacings, orders, sigma grids); the best one per (data set,
-NFE budget) is chosen on a *selection* run (its own noise), then reported on the *evaluation*
-run (the noise our samplers get), so diffusers' minimum over configurations is not biased
-down by the noise it is selected on. A configuration may use at most the NFE budget.
+- **ours**: every sampler with default options (``ode``, whose adaptive NFE no step count
+  bounds, is left out), at the largest ``steps`` whose NFE fits the budget. "ours" in the
+  summary is ``dpmpp``, the default.
+- **diffusers** (time mapping ``t = (k + 1)/N`` for its integer timestep ``k``, checked):
+  DDIM, DPM-Solver++ 2M/3M, UniPC (bh1/bh2, order 2/3), DEIS (order 2/3) with linspace,
+  trailing and leading timesteps, Karras and Lu (log-SNR) σ grids; DDPM (stochastic).
+- **k-diffusion** (``DiscreteEpsDDPMDenoiser``, continuous t): ``lms``, ``dpmpp_2m``, ``heun``,
+  ``euler`` and the stochastic ``dpmpp_2m_sde``, ``dpmpp_3m_sde``, on Karras σ (ρ = 7) and on
+  the wrapper's own grid (``get_sigmas``).
 
-Data sets: the project's two (``ring-8 2-D``, ``mix-4 16-D``) and three never tuned for:
-``skew-6 8-D`` (weights 0.5 … 0.05, narrow modes), ``img-3 (1,6,6)`` (36-D, image-shaped,
-broad modes) and ``bimodal 1-D`` (weights 0.9/0.1, std 0.05 and 0.3).
+Stage 1 runs every configuration on the ``n_traj`` trajectories (trajectory error); stage 2 runs
+on all ``n`` samples our samplers, each peer's ``--top`` best deterministic configurations by
+trajectory error and every stochastic configuration. "Best peer" is the minimum over those, per
+metric, on the evaluation noise itself (a choice in the peers' favour).
 
-    python benchmarks/vs_diffusers.py            # the table in docs/benchmarks.md
-    python benchmarks/vs_diffusers.py --quick    # smoke test (small sizes)
+    python benchmarks/vs_diffusers.py                  # the tables in docs/benchmarks.md
+    python benchmarks/vs_diffusers.py --quick          # smoke test (small sizes)
+
+Needs the ``bench`` extra (diffusers, k-diffusion; k-diffusion with ``pip install --no-deps``).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import inspect
 import math
+import os
+import sys
 import time
+import types
 
 import torch
+from oracle_metrics import Case, sigma_tilde
 
 from scoresde import VPSDE, GaussianMixture
-from scoresde.evaluation.metrics import random_directions, sliced_wasserstein
 from scoresde.samplers import SAMPLERS
 
 N_TRAIN = 1000
-NFES = (10, 20, 50, 100)
+NFES = (5, 10, 20, 50)
+OURS = ("dpmpp", "heun", "ddim", "ancestral", "pc", "sde")  # default options; "ode" is adaptive
+STOCHASTIC_OURS = {"ancestral", "pc", "sde"}
 
 
-# Metrics -----------------------------------------------------------------------------------
-def projections(dim: int, n_proj: int, seed: int) -> torch.Tensor:
-    """``(dim, n_proj)``: the directions ``scoresde.evaluation.metrics.sliced_wasserstein`` draws from ``seed``."""
-    return random_directions(dim, n_proj, torch.Generator().manual_seed(seed)).T
+class Counted:
+    """A model wrapper that counts ε calls (the peers' NFE)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *a):
+        self.calls += 1
+        return self.fn(*a)
 
 
-def sliced_w1(x: torch.Tensor, ref_sorted: torch.Tensor, proj: torch.Tensor) -> float:
-    """Mean over directions of the exact 1-D W1 between the empirical laws of ``x`` (n points)
-    and of a reference whose projections are pre-sorted, ``(M, n_proj)`` with ``n | M``: the
-    value of ``scoresde.evaluation.metrics.sliced_wasserstein`` (checked in ``Problem``) without re-sorting
-    the large reference for every sample."""
-    xs = torch.sort(x.reshape(x.shape[0], -1).to(torch.float64) @ proj, dim=0).values
-    m = ref_sorted.shape[0]
-    if m % xs.shape[0]:
-        raise ValueError(f"reference size {m} must be a multiple of the sample size {xs.shape[0]}")
-    xs = xs.repeat_interleave(m // xs.shape[0], dim=0)  # quantile function on the finer grid
-    return float((xs - ref_sorted).abs().mean())
-
-
-class Problem:
-    """One data set: oracle, reference sample, the selection/evaluation noise, the floors."""
-
-    def __init__(self, name: str, oracle: GaussianMixture, n: int, ref_mult: int, n_proj: int, sel_n: int):
-        self.name, self.oracle, self.n = name, oracle, n
-        g = torch.Generator().manual_seed(1234)
-        ref = oracle.sample(n * ref_mult, generator=g)
-        self.proj = projections(oracle.dim, n_proj, seed=99)
-        self.ref_sorted = torch.sort(ref.reshape(ref.shape[0], -1) @ self.proj, dim=0).values
-        self.ref_logp = float(oracle.log_prob(ref).mean())
-        x = oracle.sample(n, generator=g)
-        lib = sliced_wasserstein(x, ref, n_projections=n_proj, generator=torch.Generator().manual_seed(99))
-        assert abs(lib - sliced_w1(x, self.ref_sorted, self.proj)) < 1e-9 * lib, "SW1 disagrees with metrics"
-        # i.i.d. floor: the errors of fresh exact samples of size n (mean and sd over 5 draws).
-        floors = torch.tensor([self.errors(oracle.sample(n, generator=g)) for _ in range(5)])
-        self.floor_iid, self.floor_iid_sd = floors.mean(0).tolist(), floors.std(0).tolist()
-        shape = oracle.event_shape
-        self.x_sel = torch.randn((sel_n,) + shape, dtype=torch.float64,
-                                 generator=torch.Generator().manual_seed(11))
-        self.x_eval = torch.randn((n,) + shape, dtype=torch.float64,
-                                  generator=torch.Generator().manual_seed(22))
-        # paired floor: the errors of the (numerically) exact probability-flow image of the very
-        # noise x_eval every sampler starts from, denoised at t = 1/N.
-        self.floor_paired = self.errors(reference_flow(oracle, self.x_eval))
-
-    def errors(self, x: torch.Tensor) -> tuple[float, float]:
-        """(sliced W1 to the reference, |mean log p_0(x) - mean log p_0(reference)|)."""
-        if not torch.isfinite(x).all():
-            return math.inf, math.inf
-        sw = sliced_w1(x, self.ref_sorted, self.proj)
-        return sw, abs(float(self.oracle.log_prob(x).mean()) - self.ref_logp)
-
-
-def reference_flow(oracle: GaussianMixture, x_T: torch.Tensor) -> torch.Tensor:
-    """Probability-flow image of ``x_T`` at ``t = 1/N``, denoised: DPM-Solver++(3M) through all
-    N - 1 grid intervals (uniform t). Its distance to the 2M solution is printed as a check."""
-    kw = dict(steps=N_TRAIN - 1, spacing="uniform", t_eps=1 / N_TRAIN)
-    x3 = SAMPLERS["dpmpp"](oracle, x_T, order=3, **kw).x
-    x2 = SAMPLERS["dpmpp"](oracle, x_T[:500], order=2, **kw).x
-    print(f"# reference flow ({oracle.dim}-D): max |3M - 2M| = {float((x3[:500] - x2).abs().max()):.1e}")
-    return x3
-
-
-# diffusers -----------------------------------------------------------------------------------
-def diffusers_families(full: bool = False):
-    """Name → list of (config label, scheduler factory). Common: linear β 1e-4..0.02, N = 1000,
-    ε-prediction, clip_sample and thresholding off. Default: each family's default and the
-    configurations that won any cell of the full grid (``full=True``: every spacing × order ×
-    sigma grid × UniPC variant, 36 in all) in the 2026-11-23 run recorded in docs/benchmarks.md."""
+# diffusers -------------------------------------------------------------------------------------
+def diffusers_configs():
+    """(label, factory, deterministic) of every diffusers configuration compared."""
     import diffusers as d
 
     base = dict(num_train_timesteps=N_TRAIN, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
-    fam = {"DDPMScheduler": [], "DDIMScheduler": [], "DPMSolverMultistep": [], "UniPCMultistep": []}
-    for sp in ("leading", "linspace", "trailing"):
-        fam["DDPMScheduler"].append((sp, dict(cls=d.DDPMScheduler, clip_sample=False, timestep_spacing=sp)))
-        fam["DDIMScheduler"].append((sp, dict(cls=d.DDIMScheduler, clip_sample=False, timestep_spacing=sp)))
-        for order in (2, 3):
-            for sig in ("", "karras", "lu") if sp == "linspace" else ("",):  # sigma grids ignore sp
-                kw = dict(use_karras_sigmas=sig == "karras", use_lu_lambdas=sig == "lu")
-                fam["DPMSolverMultistep"].append(
-                    (f"{sp} o{order} {sig}".strip(),
-                     dict(cls=d.DPMSolverMultistepScheduler, solver_order=order, timestep_spacing=sp,
-                          algorithm_type="dpmsolver++", **kw)))
-            for sig in ("", "karras") if sp == "linspace" else ("",):
-                for st in ("bh1", "bh2"):
-                    fam["UniPCMultistep"].append(
-                        (f"{sp} o{order} {st} {sig}".strip(),
-                         dict(cls=d.UniPCMultistepScheduler, solver_order=order, solver_type=st,
-                              timestep_spacing=sp, use_karras_sigmas=sig == "karras")))
-    if not full:
-        keep = {"DDPMScheduler": ("leading", "linspace", "trailing"),
-                "DDIMScheduler": ("leading", "linspace", "trailing"),
-                "DPMSolverMultistep": ("linspace o2", "linspace o3 lu", "linspace o2 lu", "linspace o3 karras",
-                                       "leading o2"),
-                "UniPCMultistep": ("linspace o2 bh2 karras", "linspace o3 bh2 karras", "leading o3 bh2",
-                                   "leading o2 bh2", "trailing o2 bh2", "linspace o2 bh2")}
-        fam = {name: [c for c in cfgs if c[0] in keep[name]] for name, cfgs in fam.items()}
-    return {name: [(label, _factory(base, spec)) for label, spec in cfgs] for name, cfgs in fam.items()}
+    out = []
+
+    def add(label, cls, det, **kw):
+        out.append((label, lambda: cls(**base, **kw), det))
+
+    for sp in ("linspace", "trailing", "leading"):
+        add(f"DDIM {sp}", d.DDIMScheduler, True, clip_sample=False, timestep_spacing=sp)
+    for sp in ("trailing", "leading"):
+        add(f"DDPM {sp}", d.DDPMScheduler, False, clip_sample=False, timestep_spacing=sp)
+    grids = (("linspace", {}), ("trailing", {}), ("karras", {"use_karras_sigmas": True}))
+    for order in (2, 3):
+        for name, g in grids + (("lu", {"use_lu_lambdas": True}),):
+            sp = "linspace" if name in ("karras", "lu") else name
+            add(f"DPM++{order}M {name}", d.DPMSolverMultistepScheduler, True, solver_order=order,
+                algorithm_type="dpmsolver++", timestep_spacing=sp, **g)
+        for st in ("bh1", "bh2"):
+            for name, g in grids:
+                sp = "linspace" if name == "karras" else name
+                # bh1 ends with NaN at σ = 0 (its B(h) = h is infinite there): end at σ_min instead
+                fin = {"final_sigmas_type": "sigma_min"} if st == "bh1" else {}
+                add(f"UniPC o{order} {st} {name}", d.UniPCMultistepScheduler, True, solver_order=order,
+                    solver_type=st, timestep_spacing=sp, **g, **fin)
+        for name, g in grids:
+            sp = "linspace" if name == "karras" else name
+            add(f"DEIS o{order} {name}", d.DEISMultistepScheduler, True, solver_order=order,
+                timestep_spacing=sp, **g)
+    return out
 
 
-def _factory(base, spec):
-    spec = dict(spec)
-    cls = spec.pop("cls")
-    return lambda: cls(**base, **spec)
-
-
-def check_time_mapping(sde: VPSDE, make_scheduler) -> float:
+def check_time_mapping(sde, make_scheduler) -> float:
     """Max relative gap between diffusers' ``ᾱ_k`` and our ``ᾱ((k+1)/N)``; asserts it is tiny."""
     ac = make_scheduler().alphas_cumprod.to(torch.float64)  # stored in float32 by diffusers
     ours = sde.alpha_bar(torch.arange(1, N_TRAIN + 1, dtype=torch.float64) / N_TRAIN)
@@ -156,8 +108,8 @@ def check_time_mapping(sde: VPSDE, make_scheduler) -> float:
     return gap
 
 
-def run_diffusers(make_scheduler, oracle, x_T, nfe: int, seed: int):
-    """Drive one diffusers scheduler with the oracle's exact ε; returns (samples, NFE)."""
+def run_diffusers(make_scheduler, oracle, x_T, nfe: int, seed: int = 5):
+    """Drive one diffusers scheduler with the exact ε; returns (samples, NFE)."""
     sched = make_scheduler()
     sched.set_timesteps(nfe)
     g = torch.Generator().manual_seed(seed)
@@ -166,20 +118,75 @@ def run_diffusers(make_scheduler, oracle, x_T, nfe: int, seed: int):
     for k in sched.timesteps:
         if float(k) != int(k):
             raise ValueError(f"non-integer diffusers timestep {k}")
-        t = (int(k) + 1) / N_TRAIN  # their timestep k is our t = (k+1)/N
-        eps = oracle.eps(sched.scale_model_input(x, k), t)
+        eps = oracle.eps(sched.scale_model_input(x, k), (int(k) + 1) / N_TRAIN)  # k ↔ t = (k+1)/N
         calls += 1
         x = sched.step(eps, k, x, **step_kw).prev_sample
     return x, calls
 
 
-# scoresde --------------------------------------------------------------------------------------
-OUR_SAMPLERS = ("dpmpp", "heun", "ddim", "ancestral", "pc", "sde", "ode")  # default options only
+# k-diffusion ------------------------------------------------------------------------------------
+def load_k_diffusion():
+    """k_diffusion.sampling and .external, loaded from the installed files without the package's
+    __init__ (which imports training extras); its utils module is replaced by the one function
+    these two files use (append_dims)."""
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None:
+        raise ImportError("k-diffusion is not installed: pip install --no-deps k-diffusion")
+    where = spec.submodule_search_locations[0]
+    pkg = types.ModuleType("k_diffusion")
+    pkg.__path__ = [where]
+    utils = types.ModuleType("k_diffusion.utils")
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+    sys.modules.update({"k_diffusion": pkg, "k_diffusion.utils": utils})
+    mods = {}
+    for name in ("sampling", "external"):
+        s = importlib.util.spec_from_file_location(f"k_diffusion.{name}", os.path.join(where, f"{name}.py"))
+        mods[name] = importlib.util.module_from_spec(s)
+        sys.modules[f"k_diffusion.{name}"] = mods[name]
+        s.loader.exec_module(mods[name])
+    return mods["sampling"], mods["external"]
 
 
+def kdiff_configs():
+    """(label, (sampler name, grid), deterministic) of every k-diffusion configuration."""
+    out = []
+    for name in ("lms", "dpmpp_2m", "heun", "euler", "dpmpp_2m_sde", "dpmpp_3m_sde"):
+        for grid in ("karras", "wrapper"):
+            out.append((f"k-{name} {grid}", (name, grid), not name.endswith("sde")))
+    return out
+
+
+def run_kdiff(kd, spec, oracle, x_T, nfe: int, seed: int = 5):
+    """One k-diffusion sampler through DiscreteEpsDDPMDenoiser on our ᾱ table; returns (x, NFE)."""
+    sampling, external = kd
+    name, grid = spec
+    sde = oracle.sde
+    ac = sde.alpha_bar(torch.arange(1, N_TRAIN + 1, dtype=torch.float64) / N_TRAIN)
+    wrapper = None
+
+    def inner(x_in, t_idx):  # the network: ε at the σ the wrapper means by this (fractional) index
+        s = float(wrapper.t_to_sigma(t_idx.reshape(-1)[:1]))
+        return oracle.eps_tilde(x_in * math.sqrt(1 + s * s), s)
+
+    net = Counted(inner)
+    wrapper = external.DiscreteEpsDDPMDenoiser(net, ac, quantize=False)
+    n = (nfe + 1) // 2 if name == "heun" else nfe  # heun: 2n - 1 calls for n nonzero σ
+    if grid == "karras":
+        sig = sampling.get_sigmas_karras(n, float(wrapper.sigma_min), float(wrapper.sigma_max)).double()
+    else:
+        sig = wrapper.get_sigmas(n).double()
+    x = x_T.to(torch.float64) * math.sqrt(1 + sigma_tilde(sde, 1.0) ** 2)  # x̃ = x/α at t = 1
+    torch.manual_seed(seed)
+    kw = {"noise_sampler": sampling.BrownianTreeNoiseSampler(x, float(sig[-2]), float(sig[0]), seed=seed)} \
+        if name.endswith("sde") else {}
+    x = getattr(sampling, f"sample_{name}")(wrapper, x, sig, disable=True, **kw)
+    return x, net.calls
+
+
+# ours ---------------------------------------------------------------------------------------------
 def steps_for_budget(fn, oracle, nfe: int) -> int | None:
     """Largest ``steps`` whose NFE (default options) is at most ``nfe`` (bisection on a 1-sample probe)."""
-    probe = torch.zeros((1,) + oracle.event_shape, dtype=torch.float64)
+    probe = torch.zeros((1,) + tuple(oracle.event_shape), dtype=torch.float64)
 
     def cost(s):
         return fn(oracle, probe, steps=s, generator=torch.Generator().manual_seed(0)).nfe
@@ -191,129 +198,186 @@ def steps_for_budget(fn, oracle, nfe: int) -> int | None:
     return lo or None
 
 
-def evaluate_ours(name, prob, nfe: int):
-    """(label, NFE, errors on the evaluation noise, SW1 on the selection noise) of sampler ``name``
-    with default options, or None when no run fits the budget (the adaptive ``ode``, whose
-    NFE a step count does not bound, counts only when its real NFE fits); errors are reported."""
+def run_ours(name, oracle, x_T, nfe: int, seed: int = 5):
     fn = SAMPLERS[name]
-    try:
-        steps = steps_for_budget(fn, prob.oracle, nfe)
-        if steps is None:
-            return None
-        sel, r = (fn(prob.oracle, x, steps=steps, generator=torch.Generator().manual_seed(5))
-                  for x in (prob.x_sel, prob.x_eval))
-    except (ValueError, TypeError, RuntimeError) as err:  # reported, never hidden
-        return f"ERROR {type(err).__name__}: {err}", 0, (math.inf, math.inf), math.inf
-    if max(sel.nfe, r.nfe) > nfe:
-        return None
-    return f"steps={steps}", r.nfe, prob.errors(r.x), prob.errors(sel.x)[0]
+    steps = steps_for_budget(fn, oracle, nfe)
+    if steps is None:
+        return None, 0
+    r = fn(oracle, x_T, steps=steps, generator=torch.Generator().manual_seed(seed))
+    return r.x, r.nfe
 
 
-# The run ----------------------------------------------------------------------------------------
-def evaluate_family(cfgs, prob: Problem, nfe: int):
-    """Pick diffusers' best configuration (SW1) on the selection noise, score it on the evaluation noise."""
-    def run(cfg, x_T):
-        return run_diffusers(cfg, prob.oracle, x_T, nfe, seed=5)
-
-    best = None
-    for name, cfg in cfgs:
-        x, calls = run(cfg, prob.x_sel)
-        sw = prob.errors(x)[0] if calls <= nfe else math.inf
-        if best is None or sw < best[0]:
-            best = (sw, name, cfg)
-    x, calls = run(best[2], prob.x_eval)
-    return best[1], calls, prob.errors(x)
+# the run --------------------------------------------------------------------------------------------
+def _thin(sde):
+    return GaussianMixture.ring(n_modes=12, radius=1.0, std=0.03, sde=sde)
 
 
-def make_problems(sde, n, ref_mult, n_proj, sel_n):
-    mix = GaussianMixture.random(16, 4, seed=0, sde=sde)
-    skew = GaussianMixture.random(8, 6, seed=3, sde=sde, mean_scale=1.0, var_range=(0.005, 0.05))
-    skew = GaussianMixture([0.5, 0.2, 0.1, 0.1, 0.05, 0.05], skew.means, skew.covs, sde=sde)
-    img = GaussianMixture.random(36, 3, seed=7, sde=sde, mean_scale=0.5, var_range=(0.05, 0.5),
-                                 event_shape=(1, 6, 6))
-    bimodal = GaussianMixture([0.9, 0.1], [[-1.0], [1.5]], torch.tensor([0.05, 0.3]) ** 2, sde=sde)
-    cases = [("ring-8 2-D", GaussianMixture.ring(sde=sde)), ("mix-4 16-D", mix), ("skew-6 8-D", skew),
-             ("img-3 (1,6,6)", img), ("bimodal 1-D", bimodal)]
-    return [Problem(name, gm, n, ref_mult, n_proj, sel_n) for name, gm in cases]
+def _aniso(sde):
+    return GaussianMixture.random(10, 4, seed=1, sde=sde, mean_scale=1.0, var_range=(1e-3, 1.0))
+
+
+def _img(sde):
+    return GaussianMixture.random(36, 3, seed=7, sde=sde, mean_scale=0.5, var_range=(0.05, 0.5),
+                                  event_shape=(1, 6, 6))
+
+
+def _narrow(sde):
+    return GaussianMixture([0.9, 0.1], [[-1.0], [1.5]], torch.tensor([0.3, 0.02]) ** 2, sde=sde)
+
+
+# low-dimensional thin structure, anisotropic 10-D, image-shaped, a narrow mode
+CASES = (("thin ring 2-D", _thin), ("aniso 10-D", _aniso), ("img (1,6,6)", _img), ("narrow mode 1-D", _narrow))
+
+
+def configs(kd):
+    out = [("ours", name, ("ours", name), name not in STOCHASTIC_OURS) for name in OURS]
+    out += [("diffusers", label, ("diffusers", f), det) for label, f, det in diffusers_configs()]
+    out += [("k-diffusion", label, ("kdiff", spec), det) for label, spec, det in kdiff_configs()]
+    return out
+
+
+def run_one(kind, kd, oracle, x_T, nfe):
+    side, what = kind
+    if side == "ours":
+        return run_ours(what, oracle, x_T, nfe)
+    if side == "diffusers":
+        return run_diffusers(what, oracle, x_T, nfe)
+    return run_kdiff(kd, what, oracle, x_T, nfe)
+
+
+def evaluate_case(case, cfgs, kd, nfes, top, log):
+    rows = []
+    for nfe in nfes:
+        stage1 = {}
+        for _side, label, kind, det in cfgs:
+            if not det:
+                continue
+            try:
+                x, calls = run_one(kind, kd, case.oracle, case.x_T[: case.n_traj], nfe)
+            except (ValueError, RuntimeError, IndexError) as err:
+                log(f"#   {case.name} NFE {nfe} {label}: ERROR {type(err).__name__}: {err}")
+                continue
+            if x is None or calls > nfe:
+                continue
+            d = (x.to(torch.float64) - case.x_ref).reshape(case.n_traj, -1)
+            stage1[label] = float(d.norm(dim=1).mean()) if torch.isfinite(d).all() else math.inf
+        keep = set()
+        for side in ("diffusers", "k-diffusion"):
+            dets = sorted((stage1[lab], lab) for s, lab, _, det in cfgs if s == side and det and lab in stage1)
+            keep |= {lab for _, lab in dets[:top]}
+        for side, label, kind, det in cfgs:
+            if side != "ours" and det and label not in keep:
+                if label in stage1:
+                    rows.append((nfe, side, label, None, {"traj": stage1[label], "sw1": None, "dlogp": None}))
+                continue
+            try:
+                x, calls = run_one(kind, kd, case.oracle, case.x_T, nfe)
+            except (ValueError, RuntimeError, IndexError) as err:
+                log(f"#   {case.name} NFE {nfe} {label}: ERROR {type(err).__name__}: {err}")
+                continue
+            if x is None or calls > nfe:
+                continue
+            rows.append((nfe, side, label, calls, case.metrics(x, det)))
+        log(f"#   {case.name}: NFE {nfe} done at {time.time() - START:.0f} s")
+    return rows
+
+
+def fmt(v, w=".2e"):
+    return "–" if v is None else f"{v:{w}}"
+
+
+def print_case(case, fl, rows):
+    print(f"\n### {case.name}  (D = {case.gm.dim}, K = {case.gm.n_components})\n")
+    print(f"Floors (n = {case.n}): SW1 of an exact sample to the law {fl['sw1']:.2e} ± {fl['sw1_sd']:.1e}, "
+          f"between two exact samples {fl['sw1_two']:.2e}; Δlogp of an exact sample ± {fl['dlogp_sd']:.1e}. "
+          f"Reference flow ({case.n_traj} trajectories): |rtol 1e-8 − rtol 1e-10| ≤ {case.ref_check:.1e}.\n")
+    print("| NFE | side | sampler | NFE used | trajectory error | SW1 | SW1/floor | Δlogp |")
+    print("|---|---|---|---|---|---|---|---|")
+    for nfe, side, label, calls, m in rows:
+        ratio = None if m["sw1"] is None else m["sw1"] / fl["sw1"]
+        print(f"| {nfe} | {side} | {label} | {fmt(calls, 'd') if calls else '–'} | {fmt(m['traj'])} | "
+              f"{fmt(m['sw1'])} | {fmt(ratio, '.2f')} | {fmt(m['dlogp'], '+.3f')} |")
+
+
+def summary(cases, floors, all_rows, nfes):
+    print("\n### Summary: ours = dpmpp (default options) against the best of both peers\n")
+    print("Ratios ours/best peer (trajectory error; SW1) and Δlogp (ours; the best peer's |Δlogp|). "
+          "Goals: ≤ 0.8 at NFE 5, 10, 20; SW1 ≤ 1.05 × floor at NFE ≥ 50.\n")
+    print("| case | NFE | traj ours | traj best peer (who) | ratio | SW1 ours | SW1 best peer (who) | ratio | "
+          "SW1 ours/floor | Δlogp ours | best peer |Δlogp| |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for case, fl, rows in zip(cases, floors, all_rows):
+        for nfe in nfes:
+            ours = next((m for n_, side, lab, _, m in rows if n_ == nfe and lab == "dpmpp"), None)
+            peers = [(m, lab) for n_, side, lab, _, m in rows if n_ == nfe and side != "ours"]
+            if ours is None or not peers:
+                continue
+            bt = min(((m["traj"], lab) for m, lab in peers if m["traj"] is not None), default=(math.nan, "-"))
+            bs = min(((m["sw1"], lab) for m, lab in peers if m["sw1"] is not None), default=(math.nan, "-"))
+            bl = min((abs(m["dlogp"]) for m, lab in peers if m["dlogp"] is not None), default=math.nan)
+            print(f"| {case.name} | {nfe} | {ours['traj']:.2e} | {bt[0]:.2e} ({bt[1]}) | {ours['traj'] / bt[0]:.2f} | "
+                  f"{ours['sw1']:.2e} | {bs[0]:.2e} ({bs[1]}) | {ours['sw1'] / bs[0]:.2f} | "
+                  f"{ours['sw1'] / fl['sw1']:.2f} | {ours['dlogp']:+.3f} | {bl:.3f} |")
+
+
+START = time.time()
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, two NFE budgets (smoke test)")
-    ap.add_argument("--n", type=int, default=5000, help="samples per evaluation run")
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--n", type=int, default=100_000, help="samples per run (sliced W1, Δlogp)")
+    ap.add_argument("--n-traj", type=int, default=2000, help="trajectories with an exact reference")
+    ap.add_argument("--n-proj", type=int, default=128, help="directions of sliced W1")
+    ap.add_argument("--nfe", type=int, nargs="*", default=list(NFES))
+    ap.add_argument("--top", type=int, default=2, help="deterministic configurations per peer in stage 2")
+    ap.add_argument("--cases", type=int, nargs="*", default=None, help="indices of the cases to run")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--all-configs", action="store_true", help="diffusers: all 36 configurations, not the 17 winners")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    n, nfes, ref_mult, n_proj = (args.n, NFES, 10, 256) if not args.quick else (1000, (10, 20), 4, 32)
-    sel_n = max(n // 4, 500)
-    start = time.time()
+    if args.quick:
+        args.n, args.n_traj, args.n_proj, args.nfe = 4000, 200, 32, [10]
+    import diffusers
+
+    kd = load_k_diffusion()
     sde = VPSDE.ddpm()
-    fams_d = diffusers_families(args.all_configs)
-    gap = check_time_mapping(sde, fams_d["DDIMScheduler"][0][1])
-    print(f"# scoresde (default options) vs diffusers {__import__('diffusers').__version__}, torch "
-          f"{torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"# DDPM linear β 1e-4..0.02, N={N_TRAIN}; mapping t=(k+1)/N checked: max rel. ᾱ gap {gap:.1e}")
-    print(f"# n={n} samples per evaluation run (diffusers' selection runs: {sel_n}), reference {ref_mult}n "
-          f"exact samples, {n_proj} projections; diffusers configurations: "
-          f"{sum(len(v) for v in fams_d.values())}")
-    problems = make_problems(sde, n, ref_mult, n_proj, sel_n)
-    rows = []
-    for nfe in nfes:
-        for name in OUR_SAMPLERS:
-            rows.append((nfe, "scoresde", name, [evaluate_ours(name, p, nfe) for p in problems]))
-        for fam in fams_d:
-            rows.append((nfe, "diffusers", fam, [evaluate_family(fams_d[fam], p, nfe) for p in problems]))
-        print(f"# NFE {nfe} done at {time.time() - start:.0f} s", flush=True)
-    print_table(rows, problems)
-    print(f"# wall time {time.time() - start:.0f} s ({args.threads} thread(s), shared machine)")
+    cfgs = configs(kd)
+    gap = check_time_mapping(sde, diffusers_configs()[0][1])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    print(f"# scoresde vs diffusers {diffusers.__version__} and k-diffusion (sampling.py/external.py of "
+          f"{_kd_version()}), torch {torch.__version__}, {now:%Y-%m-%d %H:%M} UTC, load {os.getloadavg()[0]:.1f}")
+    print(f"# DDPM linear β 1e-4..0.02, N={N_TRAIN}; diffusers' t=(k+1)/N checked: max rel. ᾱ gap {gap:.1e}")
+    print(f"# n={args.n} samples per run, {args.n_traj} reference trajectories, {args.n_proj} directions, "
+          f"{sum(c[0] != 'ours' for c in cfgs)} peer configurations (top {args.top} deterministic per peer "
+          f"+ all stochastic in stage 2)", flush=True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    cases, floors, all_rows = [], [], []
+    for i, (name, make) in enumerate(CASES):
+        if args.cases is not None and i not in args.cases:
+            continue
+        case = Case(name, make(sde), args.n, args.n_traj, args.n_proj)
+        log(f"# case {case.name} ready at {time.time() - START:.0f} s (FastOracle check {case.check:.0e})")
+        fl = case.floors()
+        rows = evaluate_case(case, cfgs, kd, args.nfe, args.top, log)
+        print_case(case, fl, rows)
+        cases.append(case)
+        floors.append(fl)
+        all_rows.append(rows)
+        case.quantiles = None  # free memory
+    summary(cases, floors, all_rows, args.nfe)
+    print(f"\n# wall time {time.time() - START:.0f} s ({args.threads} thread(s), shared machine, "
+          f"load {os.getloadavg()[0]:.1f})")
 
 
-def print_table(rows, problems):
-    print("\n| NFE | side | family | " + " | ".join(
-        f"{p.name} SW1 | Δlogp | config (NFE)" for p in problems) + " |")
-    print("|" + "---|" * (3 + 3 * len(problems)))
-    print("| - | floor | i.i.d. exact samples (mean ± sd of 5) | " + " | ".join(
-        f"{p.floor_iid[0]:.4f} ± {p.floor_iid_sd[0]:.4f} | {p.floor_iid[1]:.4f} ± {p.floor_iid_sd[1]:.4f} | "
-        for p in problems) + " |")
-    print("| - | floor | exact flow of the same noise | " + " | ".join(
-        f"{p.floor_paired[0]:.4f} | {p.floor_paired[1]:.4f} | " for p in problems) + " |")
-    for nfe, kind, fam, cells in rows:
-        txt = ["n/a | n/a | n/a" if c is None else f"{c[2][0]:.4f} | {c[2][1]:.4f} | {c[0]} ({c[1]})"
-               for c in cells]
-        print(f"| {nfe} | {kind} | {fam} | " + " | ".join(txt) + " |")
-    errors = [(r[0], r[2], p.name, c[0]) for r in rows for p, c in zip(problems, r[3])
-              if c is not None and str(c[0]).startswith("ERROR")]
-    print(f"\nErrors: {len(errors)}" + "".join(f"\n  NFE {e[0]} {e[1]} {e[2]}: {e[3]}" for e in errors))
-    print("\nSummary, SW1 (Δlogp): ours = dpmpp, the default sampler with default options (no choice made on "
-          "any data); 'sel' = our sampler with the best SW1 on the selection run; diffusers = its best scheduler "
-          "configuration (selected). Goals: ours/diffusers ≤ 0.8 at NFE 10, 20; ours/floor ≤ 1.1 at NFE 50, 100")
-    for nfe in sorted({r[0] for r in rows}):
-        for j, p in enumerate(problems):
-            o, d = _cell(rows, nfe, j, "dpmpp", 0), _best(rows, nfe, j, "diffusers", 0)
-            ol, dl = _cell(rows, nfe, j, "dpmpp", 1), _best(rows, nfe, j, "diffusers", 1)
-            sel, who = _best(rows, nfe, j, "scoresde", 0), _best_name(rows, nfe, j)
-            print(f"NFE {nfe:>3} {p.name}: SW1 ours {o:.4f} diffusers {d:.4f} ratio {o / d:.2f} "
-                  f"(sel: {who} {sel / d:.2f}) | Δlogp ours {ol:.4f} diffusers {dl:.4f} ratio {ol / dl:.2f} | "
-                  f"SW1 ours/floor {o / p.floor_paired[0]:.2f} (paired) {o / p.floor_iid[0]:.2f} (i.i.d.)")
-
-
-def _cell(rows, nfe, j, name, metric):
-    return next((r[3][j][2][metric] for r in rows if r[0] == nfe and r[2] == name and r[3][j]), math.nan)
-
-
-def _best_name(rows, nfe, j):
-    """Our sampler with the best SW1 on the selection noise."""
-    cands = [(r[3][j][3], r[2]) for r in rows if r[0] == nfe and r[1] == "scoresde" and r[3][j] is not None]
-    return min(cands)[1] if cands else "none"
-
-
-def _best(rows, nfe, j, kind, metric):
-    if kind == "scoresde":  # the sampler selected on the selection noise, scored on the evaluation noise
-        name = _best_name(rows, nfe, j)
-        return next((r[3][j][2][metric] for r in rows if r[0] == nfe and r[1] == kind and r[2] == name), math.nan)
-    vals = [r[3][j][2][metric] for r in rows if r[0] == nfe and r[1] == kind and r[3][j] is not None]
-    return min(vals) if vals else math.nan
+def _kd_version():
+    try:
+        from importlib.metadata import version
+        return f"k-diffusion {version('k-diffusion')}"
+    except Exception:  # noqa: BLE001
+        return "k-diffusion"
 
 
 if __name__ == "__main__":
