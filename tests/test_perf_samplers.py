@@ -60,3 +60,28 @@ def test_corrector_option_message():
     gm = GaussianMixture.random(2, 1, seed=0)
     with pytest.raises(ValueError, match="corrector='yes'"):
         sample(gm, "dpmpp", torch.zeros(2, 2), steps=3, corrector="yes")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_heun_few_step_rule_is_ddim(steps):
+    """Pinned default: below ``FEW_STEPS = 5`` intervals ``heun`` spends its ``2K + 1`` calls as DDIM
+    (η = 0) with ``2K + 1`` steps does (Euler in σ̃ on the same grid): equal to round-off."""
+    gm = GaussianMixture.random(3, 2, seed=1, sde=VPSDE.ddpm())
+    x = torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    h, d = sample(gm, "heun", x, steps=steps), sample(gm, "ddim", x, steps=2 * steps + 1)
+    assert h.nfe == d.nfe == 2 * steps + 1 and h.info["few_steps"] is True
+    torch.testing.assert_close(h.x, d.x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h.info["grid"], d.info["grid"], rtol=0, atol=0)
+
+
+def test_heun_from_five_steps_and_explicit_grids_are_heun():
+    gm = GaussianMixture.random(3, 2, seed=1, sde=VPSDE.ddpm())
+    x = torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    five = sample(gm, "heun", x, steps=5)
+    assert five.nfe == 11 and five.info["grid"].numel() == 6 and five.info["few_steps"] is False
+    off = sample(gm, "heun", x, steps=4, few_steps=False)
+    assert off.nfe == 9 and off.info["grid"].numel() == 5
+    grid = sample(gm, "heun", x, times=off.info["grid"].tolist())
+    assert torch.equal(grid.x, off.x) and grid.nfe == 9
+    with pytest.raises(ValueError, match="few_steps=1"):
+        sample(gm, "heun", x, steps=3, few_steps=1)
