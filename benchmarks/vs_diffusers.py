@@ -217,8 +217,8 @@ def _aniso(sde):
 
 
 def _img(sde):
-    return GaussianMixture.random(36, 3, seed=7, sde=sde, mean_scale=0.5, var_range=(0.05, 0.5),
-                                  event_shape=(1, 6, 6))
+    return GaussianMixture.random(16, 3, seed=7, sde=sde, mean_scale=0.5, var_range=(0.05, 0.5),
+                                  event_shape=(1, 4, 4))
 
 
 def _narrow(sde):
@@ -226,14 +226,14 @@ def _narrow(sde):
 
 
 # low-dimensional thin structure, anisotropic 10-D, image-shaped, a narrow mode
-CASES = (("thin ring 2-D", _thin), ("aniso 10-D", _aniso), ("img (1,6,6)", _img), ("narrow mode 1-D", _narrow))
+CASES = (("thin ring 2-D", _thin), ("aniso 10-D", _aniso), ("img (1,4,4)", _img), ("narrow mode 1-D", _narrow))
 
 
-def configs(kd):
-    out = [("ours", name, ("ours", name), name not in STOCHASTIC_OURS) for name in OURS]
+def configs(kd, ours=OURS, stochastic_peers=True):
+    out = [("ours", name, ("ours", name), name not in STOCHASTIC_OURS) for name in ours]
     out += [("diffusers", label, ("diffusers", f), det) for label, f, det in diffusers_configs()]
     out += [("k-diffusion", label, ("kdiff", spec), det) for label, spec, det in kdiff_configs()]
-    return out
+    return [c for c in out if stochastic_peers or c[0] == "ours" or c[3]]
 
 
 def run_one(kind, kd, oracle, x_T, nfe):
@@ -245,7 +245,7 @@ def run_one(kind, kd, oracle, x_T, nfe):
     return run_kdiff(kd, what, oracle, x_T, nfe)
 
 
-def evaluate_case(case, cfgs, kd, nfes, top, log):
+def evaluate_case(case, cfgs, kd, nfes, top, log, default_only_above=math.inf):
     rows = []
     for nfe in nfes:
         stage1 = {}
@@ -266,7 +266,9 @@ def evaluate_case(case, cfgs, kd, nfes, top, log):
             dets = sorted((stage1[lab], lab) for s, lab, _, det in cfgs if s == side and det and lab in stage1)
             keep |= {lab for _, lab in dets[:top]}
         for side, label, kind, det in cfgs:
-            if side != "ours" and det and label not in keep:
+            if label != "dpmpp" and nfe > default_only_above and not (side != "ours" and det and label in stage1):
+                continue  # above this budget only the default sampler's samples are scored
+            if side != "ours" and det and (label not in keep or nfe > default_only_above):
                 if label in stage1:
                     rows.append((nfe, side, label, None, {"traj": stage1[label], "sw1": None, "dlogp": None}))
                 continue
@@ -332,6 +334,10 @@ def main(argv=None):
     ap.add_argument("--nfe", type=int, nargs="*", default=list(NFES))
     ap.add_argument("--top", type=int, default=2, help="deterministic configurations per peer in stage 2")
     ap.add_argument("--cases", type=int, nargs="*", default=None, help="indices of the cases to run")
+    ap.add_argument("--ours", nargs="*", default=list(OURS), help="our samplers to compare")
+    ap.add_argument("--no-stochastic-peers", action="store_true", help="peers' deterministic samplers only")
+    ap.add_argument("--default-only-above", type=float, default=math.inf,
+                    help="NFE above which only dpmpp's samples are scored (peers: trajectory error only)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -341,7 +347,7 @@ def main(argv=None):
 
     kd = load_k_diffusion()
     sde = VPSDE.ddpm()
-    cfgs = configs(kd)
+    cfgs = configs(kd, args.ours, not args.no_stochastic_peers)
     gap = check_time_mapping(sde, diffusers_configs()[0][1])
     now = datetime.datetime.now(datetime.timezone.utc)
     print(f"# scoresde vs diffusers {diffusers.__version__} and k-diffusion (sampling.py/external.py of "
@@ -361,7 +367,7 @@ def main(argv=None):
         case = Case(name, make(sde), args.n, args.n_traj, args.n_proj)
         log(f"# case {case.name} ready at {time.time() - START:.0f} s (FastOracle check {case.check:.0e})")
         fl = case.floors()
-        rows = evaluate_case(case, cfgs, kd, args.nfe, args.top, log)
+        rows = evaluate_case(case, cfgs, kd, args.nfe, args.top, log, args.default_only_above)
         print_case(case, fl, rows)
         cases.append(case)
         floors.append(fl)
