@@ -229,11 +229,12 @@ def _narrow(sde):
 CASES = (("thin ring 2-D", _thin), ("aniso 10-D", _aniso), ("img (1,4,4)", _img), ("narrow mode 1-D", _narrow))
 
 
-def configs(kd, ours=OURS, stochastic_peers=True):
+def configs(kd, ours=OURS, peers="all"):
     out = [("ours", name, ("ours", name), name not in STOCHASTIC_OURS) for name in ours]
     out += [("diffusers", label, ("diffusers", f), det) for label, f, det in diffusers_configs()]
     out += [("k-diffusion", label, ("kdiff", spec), det) for label, spec, det in kdiff_configs()]
-    return [c for c in out if stochastic_peers or c[0] == "ours" or c[3]]
+    keep = {"all": (True, False), "deterministic": (True,), "stochastic": (False,), "none": ()}[peers]
+    return [c for c in out if c[0] == "ours" or c[3] in keep]
 
 
 def run_one(kind, kd, oracle, x_T, nfe):
@@ -335,7 +336,10 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=2, help="deterministic configurations per peer in stage 2")
     ap.add_argument("--cases", type=int, nargs="*", default=None, help="indices of the cases to run")
     ap.add_argument("--ours", nargs="*", default=list(OURS), help="our samplers to compare")
-    ap.add_argument("--no-stochastic-peers", action="store_true", help="peers' deterministic samplers only")
+    ap.add_argument("--peers", choices=("all", "deterministic", "stochastic", "none"), default="all",
+                    help="which of the peers' samplers to run")
+    ap.add_argument("--no-stochastic-peers", dest="peers", action="store_const", const="deterministic",
+                    help="the same as --peers deterministic")
     ap.add_argument("--default-only-above", type=float, default=math.inf,
                     help="NFE above which only dpmpp's samples are scored (peers: trajectory error only)")
     ap.add_argument("--threads", type=int, default=1)
@@ -347,7 +351,7 @@ def main(argv=None):
 
     kd = load_k_diffusion()
     sde = VPSDE.ddpm()
-    cfgs = configs(kd, args.ours, not args.no_stochastic_peers)
+    cfgs = configs(kd, args.ours, args.peers)
     gap = check_time_mapping(sde, diffusers_configs()[0][1])
     now = datetime.datetime.now(datetime.timezone.utc)
     print(f"# scoresde vs diffusers {diffusers.__version__} and k-diffusion (sampling.py/external.py of "
