@@ -113,8 +113,8 @@ class Case:
         self.x_T = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
         self.n_traj = n_traj
         self.x_ref = reference_flow(self.oracle, self.x_T[:n_traj])
-        # accuracy of the reference: the same solve at a 100× looser tolerance, on 200 trajectories
-        m = min(200, n_traj)
+        # accuracy of the reference: the same solve at a 100× looser tolerance, on 50 trajectories
+        m = min(50, n_traj)
         loose = reference_flow(self.oracle, self.x_T[:m], rtol=1e-8)
         self.ref_check = float((loose - self.x_ref[:m]).abs().max())
         g = torch.Generator().manual_seed(4321)
@@ -138,8 +138,8 @@ class Case:
         for p in range(m.shape[1]):
             grid = np.linspace(lo[p], hi[p], 40001)
             cdf = (w[:, None] * ndtr((grid[None] - m[:, p, None]) / s[:, p, None])).sum(0)
-            q = np.interp(u, cdf, grid)
-            for _ in range(4):  # Newton on F(q) = u
+            q = np.interp(u, cdf, grid)  # within a grid cell (2.5e-5 of the range) of Q(u)
+            for _ in range(2):  # Newton on F(q) = u: quadratic from there
                 z = (q[None] - m[:, p, None]) / s[:, p, None]
                 f = (w[:, None] * ndtr(z)).sum(0) - u
                 dens = (w[:, None] * np.exp(-0.5 * z * z) / (math.sqrt(2 * math.pi) * s[:, p, None])).sum(0)
