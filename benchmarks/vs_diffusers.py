@@ -293,7 +293,8 @@ def print_case(case, fl, rows):
     print(f"\n### {case.name}  (D = {case.gm.dim}, K = {case.gm.n_components})\n")
     print(f"Floors (n = {case.n}): SW1 of an exact sample to the law {fl['sw1']:.2e} ± {fl['sw1_sd']:.1e}, "
           f"between two exact samples {fl['sw1_two']:.2e}; Δlogp of an exact sample ± {fl['dlogp_sd']:.1e}. "
-          f"Reference flow ({case.n_traj} trajectories): |rtol 1e-8 − rtol 1e-10| ≤ {case.ref_check:.1e} (50 trajectories).\n")
+          f"Reference flow ({case.n_traj} trajectories): |rtol 1e-8 − rtol 1e-10| ≤ {case.ref_check:.1e} "
+          f"(50 trajectories).\n")
     print("| NFE | side | sampler | NFE used | trajectory error | SW1 | SW1/floor | Δlogp |")
     print("|---|---|---|---|---|---|---|---|")
     for nfe, side, label, calls, m in rows:
