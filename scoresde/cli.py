@@ -14,9 +14,9 @@ import argparse
 import os
 import sys
 
-from scoresde.util.errors import TrainingStopped, WriteFailed, one_line
+from scoresde.util.errors import NumericalGuardError, WriteFailed, one_line
 
-__all__ = ["ArgumentParser", "TrainingStopped", "WriteFailed", "run_cli", "EXIT_IO", "EXIT_INPUT"]
+__all__ = ["ArgumentParser", "WriteFailed", "run_cli", "EXIT_IO", "EXIT_INPUT"]
 
 EXIT_INPUT = 2   # bad input: nothing was written
 EXIT_IO = 74     # an I/O error after the input was accepted (sysexits.h EX_IOERR)
@@ -30,7 +30,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(main, argv, prog: str) -> int:
-    """``main(argv)`` with user errors as ``prog: error: <one line>`` on stderr and status 2.
+    """``main(argv)`` with user errors as ``prog: error: <one line>`` on stderr and status 2 (a
+    numerical guard first: a non-finite sample is a ``ValueError`` too, but exits 1).
 
     Under torchrun only rank 0 prints, so the message appears once.
     """
@@ -38,14 +39,14 @@ def run_cli(main, argv, prog: str) -> int:
     argv = None if argv is None else [str(a) for a in argv]  # paths welcome
     try:
         return int(main(argv) or 0)
+    except NumericalGuardError as e:
+        if not quiet:
+            print(f"{prog}: stopped: {one_line(e)}", file=sys.stderr, flush=True)
+        return 1
     except (ValueError, TypeError, OSError) as e:
         if not quiet:
             print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_INPUT
-    except TrainingStopped as e:
-        if not quiet:
-            print(f"{prog}: stopped: {one_line(e)}", file=sys.stderr, flush=True)
-        return 1
     except WriteFailed as e:
         if not quiet:
             print(f"{prog}: I/O error: {one_line(e)}", file=sys.stderr, flush=True)

@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from scoresde.cli import ArgumentParser, TrainingStopped, WriteFailed, run_cli
+from scoresde.cli import ArgumentParser, run_cli
 from scoresde.data.loader import load_dataset
 from scoresde.data.table import dataset_info
 from scoresde.evaluation.report import draw_samples, model_shape, save_samples
@@ -26,7 +24,7 @@ from scoresde.training.checkpoint import load_model
 from scoresde.util.atomic import first_non_file, nearest_existing, writable_folder
 from scoresde.util.checks import check_choice, check_int
 from scoresde.util.choices import SAMPLERS
-from scoresde.util.errors import one_line
+from scoresde.util.errors import NonFiniteResult, WriteFailed, one_line
 from scoresde.util.host import check_memory, resolve_device
 
 __all__ = ["main", "build_parser"]
@@ -71,11 +69,11 @@ def _main(argv) -> int:
     _check_writable(out)
 
     start = time.perf_counter()
-    x, nfe, _ = draw_samples(run.model, sampler, args.n, steps=steps, seed=args.seed, device=device,
-                             progress=sys.stderr.isatty())
-    if not bool(torch.isfinite(x).all()):
-        raise TrainingStopped(f"the {sampler} samples hold non-finite values (step {run.step} of "
-                              f"{run.source}): expected finite samples; nothing was written")
+    try:
+        x, nfe, _ = draw_samples(run.model, sampler, args.n, steps=steps, seed=args.seed, device=device,
+                                 progress=sys.stderr.isatty())
+    except NonFiniteResult as e:
+        raise NonFiniteResult(f"non-finite samples of {run.source}: {e}; nothing was written") from None
     background = None
     if x.ndim == 2 and cfg is not None and dataset_info(cfg.data.name).is_toy:  # generated in milliseconds
         background = load_dataset(run.config.data.name, "test", seed=run.config.seed).x

@@ -17,7 +17,7 @@ from scoresde.training.build import build_model
 from scoresde.training.checkpoint import FORMAT, capture_rng
 from scoresde.training.config import config_from_dict, config_to_dict
 from scoresde.training.distributed import DistInfo
-from scoresde.training.trainer import Trainer, TrainingStopped, check_batch, seed_for
+from scoresde.training.trainer import Trainer, NumericalGuardError, check_batch, seed_for
 
 from .train_util import TINY_TOY, same_tensors
 
@@ -233,11 +233,11 @@ def test_options_reach_the_optimizer_ema_and_autocast(monkeypatch):
     assert tr.train_step(stop_requested=True)["stop"] is True
     assert tr.model.training  # a step trains in training mode
     assert tr.train_step()["stop"] is False
-    assert tr.forward.module is tr.model and tr.forward.sde is tr.model.sde  # train.compile=false
+    assert tr.loss_model.module is tr.model and tr.loss_model.sde is tr.model.sde  # train.compile=false
     wrapped, seen = torch.nn.Identity(), []
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None: seen.append((fn, mode)) or wrapped)
     compiled = _trainer(compile=True, compile_mode="max-autotune")
-    assert compiled.forward.module is wrapped and compiled._update is wrapped  # the network, the update
+    assert compiled.loss_model.module is wrapped and compiled._update is wrapped  # the network, the update
     assert seen == [(compiled.model, "max-autotune"), (compiled._apply_update, "max-autotune")]
 
 
@@ -262,7 +262,7 @@ def test_a_non_finite_gradient_is_skipped_then_stops_naming_it(monkeypatch):
     assert (tr.step, tr.position, tr.bad_steps, tr.ema.updates, tr.window) == (1, 1, 1, 0, [0.0, 0])
     assert tr.opt.param_groups[0]["lr"] == 2e-2 / 4  # the schedule moves on
     outs.clear()
-    with pytest.raises(TrainingStopped) as err:
+    with pytest.raises(NumericalGuardError) as err:
         tr.train_step()
     t = torch.cat([o.t for o in outs])
     loss2 = (outs[0].loss.item() + outs[1].loss.item()) / 2
@@ -379,6 +379,6 @@ def test_a_non_finite_loss_with_finite_gradients_stops_naming_the_loss(monkeypat
     monkeypatch.setattr(trainer_module, "dsm_loss", loss)
     tr = _trainer()
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
-    with pytest.raises(TrainingStopped, match=r"^non-finite loss at step 1: loss=inf, grad_norm=\d"):
+    with pytest.raises(NumericalGuardError, match=r"^non-finite loss at step 1: loss=inf, grad_norm=\d"):
         tr.train_step()
     assert same_tensors(tr.model.state_dict(), before) and tr.bad_steps == 1

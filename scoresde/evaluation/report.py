@@ -1,5 +1,5 @@
 """The report of a finished run: samples (PNG + ``.npz``), a sample-quality metric, test
-bits/dim (:func:`scoresde.evaluation.likelihood.evaluate_likelihood`) and ``summary.json``.
+bits/dim (:func:`scoresde.evaluation.bpd_eval.evaluate_likelihood`) and ``summary.json``.
 
 :func:`write_report` is what ``python -m scoresde.train`` does after training (on the unwrapped
 EMA model, rank 0 only: an adaptive ODE solve through DDP would synchronise ranks at every
@@ -19,11 +19,11 @@ import torch
 
 from scoresde.data.toy import toy_oracle
 from scoresde.evaluation import metrics
+from scoresde.evaluation.bpd_eval import EvalSettings, evaluate_likelihood
 from scoresde.evaluation.images import save_samples_png
-from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
 from scoresde.samplers import sample
 from scoresde.util.atomic import atomic_write, atomic_write_together
-from scoresde.util.errors import TrainingStopped
+from scoresde.util.errors import NonFiniteResult
 
 __all__ = ["draw_samples", "save_samples", "sample_metrics", "model_shape", "write_report"]
 
@@ -86,11 +86,12 @@ def write_report(model, cfg, run: Path, train_data, test_data, device, summary: 
     summary.update(sampler=cfg.sample.sampler, sample_steps=cfg.sample.steps, notes=[])
     progress = sys.stderr.isatty()
     if cfg.sample.n > 0:
-        x, nfe, secs = draw_samples(model, cfg.sample.sampler, cfg.sample.n, steps=cfg.sample.steps,
-                                    seed=cfg.seed, device=device, progress=progress)
-        if not bool(torch.isfinite(x).all()):
-            raise TrainingStopped(f"the {cfg.sample.sampler} samples of the step-{summary['steps']} EMA model "
-                                  f"hold non-finite values: expected finite samples (the checkpoint is kept)")
+        try:
+            x, nfe, secs = draw_samples(model, cfg.sample.sampler, cfg.sample.n, steps=cfg.sample.steps,
+                                        seed=cfg.seed, device=device, progress=progress)
+        except NonFiniteResult as e:
+            raise NonFiniteResult(f"the final samples of the step-{summary['steps']} EMA model are non-finite: "
+                                  f"{e} (the checkpoint is kept)") from None
         png = save_samples(run / f"samples_{cfg.sample.sampler}.png", x,
                            train_data.x[:5000] if x.ndim == 2 else None,
                            f"{cfg.sample.sampler}, {nfe} NFE")

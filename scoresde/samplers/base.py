@@ -34,6 +34,7 @@ from scoresde.core.model import x0_of
 from scoresde.core.sde import discrete_steps_of
 from scoresde.util.checks import check_choice, check_flag, check_int, check_model, check_number, check_t_eps
 from scoresde.util.choices import SPACINGS
+from scoresde.util.errors import NonFiniteResult
 from scoresde.util.progress import progress_bar
 
 __all__ = ["SampleResult", "NFECounter", "Run", "open_run", "finish_run", "time_grid", "sampler_grid",
@@ -282,7 +283,8 @@ def open_run(name: str, model, x_T, *, steps, t_eps, denoise, progress, options:
 
 def finish_run(run: Run, x: torch.Tensor, **info) -> SampleResult:
     """Every sampler's end: with ``denoise``, one Tweedie step ``x̂_0(x, τ_end)`` to ``t = 0`` (+1 NFE);
-    then one check that the result is finite (``ValueError`` naming the sampler otherwise)."""
+    then one check that the result is finite (:class:`~scoresde.util.errors.NonFiniteResult`, a
+    ``ValueError``, naming the sampler otherwise)."""
     t_end = float(run.grid[-1])
     if run.denoise:
         x, t_end = x0_of(run.net, x, run.grid[-1]), 0.0
@@ -292,6 +294,6 @@ def finish_run(run: Run, x: torch.Tensor, **info) -> SampleResult:
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         bad = int((~finite).sum())
-        raise ValueError(f"{run.name} sampler: {bad} of {x.numel()} values of the result are not finite "
+        raise NonFiniteResult(f"{run.name} sampler: {bad} of {x.numel()} values of the result are not finite "
                          f"(NaN or inf); check the model's ε (model.eps) and the sampler's options")
     return SampleResult(x=x, nfe=run.net.nfe, t_end=t_end, info={"grid": run.grid, **info})

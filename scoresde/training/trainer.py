@@ -38,9 +38,9 @@ from scoresde.training.checkpoint import FORMAT, restore_rng
 from scoresde.training.config import Config, config_to_dict
 from scoresde.training.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_module
 from scoresde.training.ema import EMA
-from scoresde.util.errors import TrainingStopped
+from scoresde.util.errors import NumericalGuardError
 
-__all__ = ["Trainer", "TrainingStopped", "seed_for", "check_batch"]
+__all__ = ["Trainer", "NumericalGuardError", "seed_for", "check_batch"]
 
 
 def seed_for(*keys: int) -> int:
@@ -81,8 +81,9 @@ def _fits_on(device: torch.device, data) -> bool:
     return nbytes < free / 4
 
 
-class _Forward(EpsModel):
-    """Routes ``eps`` through a wrapper's ``forward`` (torch.compile)."""
+class _EpsViaForward(EpsModel):
+    """A model whose ``eps`` calls ``module(x, t)``: the training loss reaches the network through
+    its ``forward``, so a ``torch.compile`` wrapper of the model (``train.compile``) is used."""
 
     def __init__(self, module: nn.Module, sde, num_classes: int = 0):
         self.module, self.sde, self.num_classes = module, sde, num_classes
@@ -136,7 +137,7 @@ class Trainer:
                              f"labels, expected model.num_classes=0")
         self.label_dropout = (0.1 if tc.label_dropout is None else tc.label_dropout) if self.num_classes else 0.0
         mode = None if tc.compile_mode == "default" else tc.compile_mode
-        self.forward = _Forward(torch.compile(model, mode=mode) if tc.compile else model, model.sde, self.num_classes)
+        self.loss_model = _EpsViaForward(torch.compile(model, mode=mode) if tc.compile else model, model.sde, self.num_classes)
         self._update = torch.compile(self._apply_update, mode=mode) if tc.compile else self._apply_update
         self.amp = tc.amp and device.type == "cuda"
         self.sync_free = (device.type != "cpu" and tc.max_bad_steps == 0 and dist.world_size == 1
@@ -184,7 +185,7 @@ class Trainer:
         or (``sync=False`` on a sync-free trainer) ``loss``, ``grad_norm``, ``bad`` as 0-d tensors
         on the device, not read back.
 
-        Raises :class:`TrainingStopped` on a non-finite loss or gradient once more than
+        Raises :class:`NumericalGuardError` on a non-finite loss or gradient once more than
         ``train.max_bad_steps`` steps were skipped (a sync-free trainer: at the first step with
         ``sync`` or ``stop_requested`` after it, naming the first bad step).
         """
@@ -200,7 +201,7 @@ class Trainer:
             x0 = self._examples(idx, g_cpu)  # (micro, *shape)
             labels = self._labels[idx].to(self.device) if self.num_classes else None  # none: no draw
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp), trusted_times():  # t drawn in range
-                out = dsm_loss(self.forward, x0, weighting=lc.weighting, time_sampling=lc.time_sampling,
+                out = dsm_loss(self.loss_model, x0, weighting=lc.weighting, time_sampling=lc.time_sampling,
                                t_eps=lc.t_eps, generator=g, y=labels, label_dropout=self.label_dropout)
             (out.loss / tc.grad_accum).backward()
             # float64 sums of the float32 losses: the same figures as Python floats, without a read-back
@@ -257,7 +258,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             self.bad_steps += 1
             if self.bad_steps > tc.max_bad_steps:
-                raise TrainingStopped(_bad_step_message(self.step + 1, loss, grad_norm, t_lo, t_hi,
+                raise NumericalGuardError(_bad_step_message(self.step + 1, loss, grad_norm, t_lo, t_hi,
                                                         self.bad_steps, tc.max_bad_steps))
         else:
             if self.cfg.train.compile:
@@ -281,14 +282,14 @@ class Trainer:
         self.window[1] += 1
 
     def check(self) -> None:
-        """A sync-free trainer: raise :class:`TrainingStopped` if a step since the start (or the last
+        """A sync-free trainer: raise :class:`NumericalGuardError` if a step since the start (or the last
         restore) had a non-finite loss or gradient (reads one flag back from the device)."""
         if self._first_bad is None:
             return
         step, loss, grad_norm, t_lo, t_hi = self._first_bad.tolist()
         if not math.isnan(step):
             self.bad_steps = 1
-            raise TrainingStopped(_bad_step_message(int(step), loss, grad_norm, t_lo, t_hi, 1,
+            raise NumericalGuardError(_bad_step_message(int(step), loss, grad_norm, t_lo, t_hi, 1,
                                                     self.cfg.train.max_bad_steps))
 
     def pop_window(self, keep: bool = False) -> float:

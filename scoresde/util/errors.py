@@ -1,17 +1,23 @@
 """What the programs map to exit statuses, and how an error becomes one line.
 
 The exceptions live here, below every layer, so that the library code that raises them never
-imports the command line; ``scoresde/cli.py`` maps them: :class:`TrainingStopped` to 1,
-:class:`WriteFailed` to 74 (``ValueError``/``TypeError``/``OSError``: bad input, 2).
+imports the command line; ``scoresde/cli.py`` maps them: :class:`NumericalGuardError` (and so
+:class:`NonFiniteResult`) to 1, :class:`WriteFailed` to 74 (``ValueError``/``TypeError``/
+``OSError``: bad input, 2).
 """
 
 from __future__ import annotations
 
-__all__ = ["TrainingStopped", "WriteFailed", "one_line"]
+__all__ = ["NumericalGuardError", "NonFiniteResult", "WriteFailed", "one_line"]
 
 
-class TrainingStopped(RuntimeError):
+class NumericalGuardError(RuntimeError):
     """A numerical guard stopped the work (non-finite loss, gradient or samples); exit status 1."""
+
+
+class NonFiniteResult(NumericalGuardError, ValueError):
+    """A sampler's result holds NaN or inf. A ``ValueError`` too, as the sampler contract says
+    (docs/architecture.md, "Contracts"); the programs exit 1, not 2: the input was accepted."""
 
 
 class WriteFailed(RuntimeError):
