@@ -16,7 +16,7 @@ from scoresde.core.schedules import (
     SigmaSchedule,
 )
 from scoresde.core.sde import VESDE, VPSDE, GaussianSDE, SubVPSDE, append_dims
-from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
+from scoresde.evaluation.bpd_eval import EvalSettings, evaluate_likelihood
 from scoresde.likelihood.ode import bits_per_dim, log_likelihood
 from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
 from scoresde.samplers import SAMPLERS

@@ -4,13 +4,13 @@
     python -m scoresde.evaluate --ckpt runs/digits --bpd --trace exact --limit 64 --seed 3
 
 ``--bpd``: bits/dim by the probability-flow ODE with uniform dequantization; ``--vlb``: the DDPM
-variational bound. Both go through :func:`scoresde.evaluation.likelihood.evaluate_likelihood`, the function
+variational bound. Both go through :func:`scoresde.evaluation.bpd_eval.evaluate_likelihood`, the function
 the training run's report uses, and start from the **run's own** ``eval.*`` settings and seed
 (``config.yaml``); every flag below overrides one of them. The settings used are printed first,
 so ``--bpd --vlb`` without other flags reproduces ``summary.json``'s bits/dim exactly (same
 examples, same seed, same thread count). Results: mean ± standard error over the examples, NFE.
 ``--ckpt`` may also be a diffusers DDPM folder (:mod:`scoresde.interop`): then the settings start
-from :class:`~scoresde.evaluation.likelihood.EvalSettings`' defaults and ``--data`` names the data set:
+from :class:`~scoresde.evaluation.bpd_eval.EvalSettings`' defaults and ``--data`` names the data set:
 ``digits``, ``mnist``, ``cifar10`` (files under ``--data-root``) or your own ``.npz`` / image
 folder of integer images with ``--levels`` levels (default 256).
 Bad input (missing or corrupt checkpoint, bad flag, data without levels, CUDA missing) is one
@@ -19,17 +19,15 @@ line on stderr and exit status 2.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import torch
 
 from scoresde.cli import ArgumentParser, run_cli
-from scoresde.data.loader import DATASET_NAMES, load_dataset, load_images
-from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
-from scoresde.evaluation.report import model_shape
+from scoresde.data.loader import DATASET_NAMES
+from scoresde.evaluation.bpd_eval import EvalSettings, evaluate_likelihood, evaluation_data
 from scoresde.training.checkpoint import load_model
-from scoresde.util.checks import check_choice, check_int, check_number
+from scoresde.util.checks import check_choice, check_int
 from scoresde.util.choices import PROBES, SPLITS, TRACES, VARIANCES
 from scoresde.util.host import check_memory, resolve_device
 
@@ -73,66 +71,38 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+# The flags that set one of EvalSettings' fields: EvalSettings.check is their one check.
+_FLAGS = {"limit": "--limit", "trace": "--trace", "probes": "--probes", "probe": "--probe", "dequant": "--dequant",
+          "ode_sigma": "--ode-sigma", "rtol": "--rtol", "atol": "--atol", "vlb_sigma": "--vlb-sigma",
+          "vlb_steps": "--vlb-steps", "vlb_terms": "--vlb-terms", "variance": "--variance",
+          "batch_size": "--batch-size", "seed": "--seed"}
+_CLEARS = {"ode_t_eps": "ode_sigma", "vlb_ddpm_grid": "vlb_sigma", "vlb_all_terms": "vlb_terms"}
+
+
 def _check_args(args) -> None:
+    """The flags that are the program's own (not settings): what to do, split, threads, seed range,
+    and the pairs that exclude each other."""
     if not (args.bpd or args.vlb):
         raise ValueError("nothing to evaluate: expected --bpd and/or --vlb")
-    for flag, value, allowed in (("--trace", args.trace, TRACES), ("--probe", args.probe, PROBES),
-                                 ("--variance", args.variance, VARIANCES), ("--split", args.split, SPLITS)):
-        if value is not None:
-            check_choice(flag, value, allowed)
-    for flag, value, low in (("--probes", args.probes, 1), ("--dequant", args.dequant, 1),
-                             ("--limit", args.limit, 0), ("--batch-size", args.batch_size, 1),
-                             ("--seed", args.seed, 0), ("--vlb-terms", args.vlb_terms, 1),
-                             ("--vlb-steps", args.vlb_steps, 1), ("--threads", args.threads, 1)):
-        if value is not None:
-            check_int(flag, value, low)
+    check_choice("--split", args.split, SPLITS)
+    if args.threads is not None:
+        check_int("--threads", args.threads, 1)
     if args.seed is not None and not args.seed < 2**63:
         raise ValueError(f"--seed {args.seed}: expected an integer in [0, 2**63)")
     if args.levels is not None and not 2 <= check_int("--levels", args.levels, 2) <= 256:
         raise ValueError(f"--levels {args.levels}: expected an integer in [2, 256] (the images are uint8)")
-    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol), ("--ode-sigma", args.ode_sigma),
-                        ("--vlb-sigma", args.vlb_sigma)):
-        if value is not None:
-            check_number(flag, value, low=0)
-    for a, b in (("ode_sigma", "ode_t_eps"), ("vlb_sigma", "vlb_ddpm_grid"), ("vlb_terms", "vlb_all_terms")):
-        if getattr(args, a) is not None and getattr(args, b):
-            raise ValueError(f"--{a.replace('_', '-')} and --{b.replace('_', '-')}: expected at most one")
+    for flag, name in _CLEARS.items():
+        if getattr(args, name) is not None and getattr(args, flag):
+            raise ValueError(f"--{name.replace('_', '-')} and --{flag.replace('_', '-')}: expected at most one")
 
 
 def settings_from_args(config, args) -> EvalSettings:
     """The run's settings (:meth:`EvalSettings.from_config`; :class:`EvalSettings`' defaults for a
-    model without a config, a diffusers folder) with the flags given applied."""
-    flags = dict(ode=args.bpd, vlb=args.vlb, limit=args.limit, trace=args.trace, probes=args.probes,
-                 probe=args.probe, dequant=args.dequant, ode_sigma=args.ode_sigma, rtol=args.rtol, atol=args.atol,
-                 vlb_sigma=args.vlb_sigma, vlb_steps=args.vlb_steps, vlb_terms=args.vlb_terms,
-                 variance=args.variance, batch_size=args.batch_size, seed=args.seed)
-    settings = (EvalSettings.from_config(config, **flags) if config is not None
-                else EvalSettings().replace(**flags))
-    clear = {name: None for flag, name in (("ode_t_eps", "ode_sigma"), ("vlb_ddpm_grid", "vlb_sigma"),
-                                           ("vlb_all_terms", "vlb_terms")) if getattr(args, flag)}
-    return dataclasses.replace(settings, **clear) if clear else settings
-
-
-def _eval_data(run, args):
-    """The data set to evaluate on: ``--data`` (a name or a path), else the run's own."""
-    cfg, name = run.config, args.data
-    if name is None and cfg is None:
-        raise ValueError(f"--data missing: {args.ckpt} is a diffusers folder without a data set of its own; "
-                         f"expected --data {' | '.join(DATASET_NAMES[-3:])} or an .npz / image folder")
-    if args.levels is not None and (name is None or name in DATASET_NAMES):
-        raise ValueError(f"--levels {args.levels}: only for an .npz / image folder given as --data")
-    shape = model_shape(run.model)
-    if name is None or name in DATASET_NAMES:
-        name = name or cfg.data.name
-        own = cfg is not None and cfg.data.name == name
-        root = args.data_root or (cfg.data.root if own else None)
-        data = load_dataset(name, args.split, root=root, seed=cfg.seed if own else 0)
-    else:
-        data = load_images(name, 256 if args.levels is None else args.levels, channels=shape[0])
-    if tuple(data.shape) != shape:
-        raise ValueError(f"--data {data.name}: examples of shape {tuple(data.shape)}: expected the model's "
-                         f"{shape}")
-    return data
+    model without a config, a diffusers folder) with the flags given applied (and checked, once)."""
+    flags = {name: getattr(args, name) for name in _FLAGS}
+    clear = [name for flag, name in _CLEARS.items() if getattr(args, flag)]
+    base = EvalSettings.from_config(config) if config is not None else EvalSettings()
+    return base.replace(labels=_FLAGS, clear=clear, ode=args.bpd, vlb=args.vlb, **flags)
 
 
 def _main(argv) -> int:
@@ -144,7 +114,7 @@ def _main(argv) -> int:
     threads = args.threads or (run.config.train.threads if run.config is not None else None)
     if threads:
         torch.set_num_threads(threads)
-    data = _eval_data(run, args)
+    data = evaluation_data(run, args.data, root=args.data_root, levels=args.levels, split=args.split)
     if data.levels is None or data.x_int is None:
         raise ValueError(f"data set {data.name!r} has no integer levels: bits/dim needs integer data "
                          f"(digits, mnist, cifar10)")

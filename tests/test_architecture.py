@@ -70,7 +70,7 @@ LAYER = {
     "scoresde/likelihood/baselines.py": "likelihood",
     # evaluation: figures of a trained model
     "scoresde/evaluation/__init__.py": "evaluation",
-    "scoresde/evaluation/likelihood.py": "evaluation",
+    "scoresde/evaluation/bpd_eval.py": "evaluation",
     "scoresde/evaluation/conditional.py": "evaluation",
     "scoresde/evaluation/metrics.py": "evaluation",
     "scoresde/evaluation/images.py": "evaluation",

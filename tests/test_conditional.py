@@ -24,8 +24,8 @@ from scoresde.core.bpd import bpd_offset, dequantize
 from scoresde.core.conditional import Conditioned, condition, num_classes_of
 from scoresde.core.losses import dsm_loss
 from scoresde.data.loader import Dataset
+from scoresde.evaluation.bpd_eval import EvalSettings, evaluate_likelihood
 from scoresde.evaluation.conditional import class_log_prior_of, evaluate_conditional_likelihood
-from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
 from scoresde.likelihood.ode import bits_per_dim, log_likelihood
 from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
 from scoresde.nets import MLP, UNet

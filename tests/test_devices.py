@@ -26,10 +26,11 @@ import torch
 from scoresde import GaussianMixture
 from scoresde.core.analytic import GaussianMixture as _GM  # noqa: F401 - the oracle's module imports cleanly
 from scoresde.core.losses import dsm_loss
+from scoresde.core.model import model_device
 from scoresde.core.sde import VPSDE
 from scoresde.data.loader import dequantize, load_dataset, to_model_space
 from scoresde.evaluate import main as evaluate_main
-from scoresde.evaluation.likelihood import EvalSettings, evaluate_likelihood
+from scoresde.evaluation.bpd_eval import EvalSettings, evaluate_likelihood
 from scoresde.evaluation.metrics import digits_frechet, sliced_wasserstein
 from scoresde.likelihood.baselines import gmm_bits_per_dim
 from scoresde.likelihood.ode import bits_per_dim, log_likelihood
@@ -190,14 +191,14 @@ def test_draws_follow_the_generators_stream_and_land_on_the_datas_device():
         moved = draw(torch.Generator(device="cpu").manual_seed(3), "meta")
         assert moved.device.type == "meta" and moved.shape == expected.shape
         assert draw(None, "meta").device.type == "meta"
-    assert rng.model_device(torch.nn.Linear(2, 2, device="meta")).type == "meta"
-    assert rng.model_device(GaussianMixture.ring()).type == "cpu"  # no parameters: the CPU
+    assert model_device(torch.nn.Linear(2, 2, device="meta")).type == "meta"
+    assert model_device(GaussianMixture.ring()).type == "cpu"  # no parameters: the CPU
 
 
 def test_evaluation_moves_the_data_it_is_given_to_the_models_device(monkeypatch):
     """The bug a GPU run of the old report hit (CPU test data fed to a CUDA model), checked without
     a GPU: a model whose parameters live on ``meta`` receives its examples on ``meta``."""
-    from scoresde.evaluation import likelihood as evaluation
+    from scoresde.evaluation import bpd_eval as evaluation
     from scoresde.likelihood.ode import BpdResult
 
     seen = {}

@@ -117,7 +117,7 @@ def _figures(text: str) -> dict:
 def test_reproduces_the_runs_summary_exactly(tmp_path, capsys, grid):
     """``evaluate --bpd --vlb`` with no other flag starts from the run's own ``eval.*`` settings and
     seed, so it prints exactly (``==``, not approximately) the bits/dim of the run's summary.json;
-    both come from :func:`scoresde.evaluation.likelihood.evaluate_likelihood`. A flag changes the figures."""
+    both come from :func:`scoresde.evaluation.bpd_eval.evaluate_likelihood`. A flag changes the figures."""
     sigmas = {"ode_sigma": 0.035, "vlb_sigma": 0.02} if grid == "sigma" else {}
     digits = dict(TINY_DIGITS, model={"kind": "mlp", "hidden": 32, "depth": 1, "time_dim": 16})
     cfg = write_config(tmp_path / "c.yaml", digits, seed=5, sample={"n": 0}, train={"steps": 2},
@@ -139,7 +139,7 @@ def test_reproduces_the_runs_summary_exactly(tmp_path, capsys, grid):
 
 
 def test_settings_mirror_the_config_and_refuse_bad_values():
-    from scoresde.evaluation.likelihood import EvalSettings
+    from scoresde.evaluation.bpd_eval import EvalSettings
     from scoresde.training.config import load_config
 
     cfg = load_config(None)  # the digits default

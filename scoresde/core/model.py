@@ -19,7 +19,7 @@ from torch import nn
 
 from scoresde.core.sde import GaussianSDE, append_dims, as_time, remember_time
 
-__all__ = ["EpsModel", "ScoreModel", "batch_time", "check_labels", "eps_of", "score_of", "x0_of"]
+__all__ = ["EpsModel", "ScoreModel", "batch_time", "check_labels", "eps_of", "score_of", "x0_of", "model_device"]
 
 
 def batch_time(t, x: torch.Tensor) -> torch.Tensor:
@@ -169,3 +169,14 @@ class ScoreModel(nn.Module, EpsModel):
 
     def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
         return self.eps(x, t, y) if y is not None else self.eps(x, t)
+
+
+def model_device(model) -> torch.device:
+    """The device of a model's first parameter (or buffer); the CPU for a model without tensors."""
+    for name in ("parameters", "buffers"):
+        tensors = getattr(model, name, None)
+        if callable(tensors):
+            first = next(iter(tensors()), None)
+            if first is not None:
+                return first.device
+    return torch.device("cpu")

@@ -26,6 +26,7 @@ import torch
 
 from scoresde.core.bpd import BpdResult
 from scoresde.core.model import model_device
+from scoresde.core.sde import is_variance_preserving, not_vp_reason
 from scoresde.data.loader import DATASET_NAMES, load_dataset, load_images
 from scoresde.likelihood.ode import bits_per_dim
 from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
@@ -33,7 +34,7 @@ from scoresde.likelihood.vlb_grid import grid_vlb_bits_per_dim, t_of_sigma
 from scoresde.util.checks import check_choice, check_flag, check_int, check_number
 from scoresde.util.choices import PROBES, TRACES, VARIANCES
 
-__all__ = ["EvalSettings", "LikelihoodReport", "evaluate_likelihood", "evaluation_data"]
+__all__ = ["EvalSettings", "LikelihoodReport", "evaluate_likelihood", "ode_bpd", "vlb_bpd", "evaluation_data"]
 
 
 _OPTIONAL = ("ode_sigma", "vlb_sigma", "vlb_terms")  # None is a setting of its own for these
@@ -221,27 +222,43 @@ def evaluate_likelihood(model, data, settings: EvalSettings | None = None, *,
     s = settings
     if s.ode:
         start = time.perf_counter()
-        extra = {} if s.ode_sigma is None else {"t_eps": t_of_sigma(model.sde, s.ode_sigma)}
-        report.ode = bits_per_dim(model, x_int, data.levels, n_dequant=s.dequant, batch_size=s.batch_size,
-                                  trace=s.trace, probe=s.probe, n_probes=s.probes, rtol=s.rtol,
-                                  atol=s.atol, generator=torch.Generator(device="cpu").manual_seed(s.seed),
-                                  progress=progress, **extra)
+        report.ode = ode_bpd(model, x_int, data.levels, s, progress=progress)
         report.ode_seconds = time.perf_counter() - start
-    if s.vlb and not getattr(model.sde, "variance_preserving", True):
-        report.notes.append(f"bits/dim (VLB) skipped: the DDPM bound needs a VP-SDE, the model's is "
-                            f"{type(model.sde).__name__} (the ODE bits/dim is its likelihood; docs/sdes.md)")
+    if s.vlb and not is_variance_preserving(model.sde):
+        report.notes.append(vlb_skipped_note(model))
     elif s.vlb:
         start = time.perf_counter()
-        opts = dict(n_terms=s.vlb_terms, variance=s.variance, batch_size=s.batch_size, progress=progress,
-                    generator=torch.Generator(device="cpu").manual_seed(s.seed))
-        with torch.no_grad():
-            if s.vlb_sigma is None:
-                report.vlb = ddpm_vlb_bits_per_dim(model, x_int, data.levels, **opts)
-            else:
-                report.vlb = grid_vlb_bits_per_dim(model, x_int, data.levels, N=s.vlb_steps,
-                                                   t_eps=t_of_sigma(model.sde, s.vlb_sigma), **opts)
+        report.vlb = vlb_bpd(model, x_int, data.levels, s, progress=progress)
         report.vlb_seconds = time.perf_counter() - start
     return report
+
+
+def vlb_skipped_note(model) -> str:
+    """The note of a report whose model's SDE is not VP: the one refusal message."""
+    return f"bits/dim (VLB) skipped: {not_vp_reason(model.sde)}"
+
+
+def ode_bpd(model, x_int: torch.Tensor, levels: int, s: EvalSettings, *, seed: int | None = None,
+            n_dequant: int | None = None, progress: bool = False) -> BpdResult:
+    """ODE bits/dim of ``x_int`` (on the model's device) by the settings ``s``; the generator of the
+    dequantization noise and probes is seeded with ``seed`` (default ``s.seed``)."""
+    extra = {} if s.ode_sigma is None else {"t_eps": t_of_sigma(model.sde, s.ode_sigma)}
+    seed = s.seed if seed is None else seed
+    return bits_per_dim(model, x_int, levels, n_dequant=s.dequant if n_dequant is None else n_dequant,
+                        batch_size=s.batch_size, trace=s.trace, probe=s.probe, n_probes=s.probes, rtol=s.rtol,
+                        atol=s.atol, generator=torch.Generator(device="cpu").manual_seed(seed),
+                        progress=progress, **extra)
+
+
+def vlb_bpd(model, x_int: torch.Tensor, levels: int, s: EvalSettings, *, progress: bool = False) -> BpdResult:
+    """The DDPM bound's bits/dim of ``x_int`` (on the model's device) by the settings ``s`` (VP only)."""
+    opts = dict(n_terms=s.vlb_terms, variance=s.variance, batch_size=s.batch_size, progress=progress,
+                generator=torch.Generator(device="cpu").manual_seed(s.seed))
+    with torch.no_grad():
+        if s.vlb_sigma is None:
+            return ddpm_vlb_bits_per_dim(model, x_int, levels, **opts)
+        return grid_vlb_bits_per_dim(model, x_int, levels, N=s.vlb_steps,
+                                     t_eps=t_of_sigma(model.sde, s.vlb_sigma), **opts)
 
 
 def evaluation_data(run, name: str | None = None, *, root=None, levels: int | None = None, split: str = "test"):

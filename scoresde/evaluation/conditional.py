@@ -2,7 +2,7 @@
 
 :func:`evaluate_conditional_likelihood` is the one function behind these figures (the training
 run's report, ``python -m scoresde.evaluate``, ``notebooks/conditional.ipynb``). It runs the
-estimators of :mod:`scoresde.evaluation.likelihood` (same :class:`EvalSettings`, same helpers) on
+estimators of :mod:`scoresde.evaluation.bpd_eval` (same :class:`EvalSettings`, same helpers) on
 :func:`scoresde.core.conditional.condition`-ed models:
 
 - ``p(x | y)`` with each example's own label, ODE and DDPM bound: the examples of class ``k`` are
@@ -31,7 +31,7 @@ import torch
 from scoresde.core.bpd import BpdResult, bpd_offset, summarize
 from scoresde.core.conditional import condition, num_classes_of
 from scoresde.core.sde import is_variance_preserving
-from scoresde.evaluation.likelihood import (
+from scoresde.evaluation.bpd_eval import (
     EvalSettings,
     evaluate_likelihood,
     ode_bpd,
@@ -105,7 +105,7 @@ def evaluate_conditional_likelihood(model, data, settings: EvalSettings | None =
     Args:
         model: a class-conditional model (``.num_classes = K ≥ 1``, ``.eps(x, t, y)``).
         data: a :class:`~scoresde.data.loader.Dataset` with integer levels and ``labels``.
-        settings: as for :func:`~scoresde.evaluation.likelihood.evaluate_likelihood` (``ode``,
+        settings: as for :func:`~scoresde.evaluation.bpd_eval.evaluate_likelihood` (``ode``,
             ``vlb``, ``limit``, solver options, ``seed``).
         class_log_prior: ``log p(y)`` ``(K,)`` for the mixture (default: uniform, ``-log K``;
             the programs pass the training split's label frequencies, :func:`class_log_prior_of`).

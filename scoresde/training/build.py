@@ -19,7 +19,7 @@ from scoresde.nets import MLP, UNet
 from scoresde.training.config import Config
 from scoresde.util.host import available_memory, check_memory
 
-__all__ = ["build_sde", "build_net", "build_model", "check_sizes", "count_parameters"]
+__all__ = ["build_sde", "build_net", "build_model", "check_sizes", "config_parameter_count"]
 
 
 def build_sde(config: Config):
@@ -92,7 +92,7 @@ def build_model(config: Config, data=None) -> ScoreModel:
 # Lower bounds of the bytes each size needs, checked from the config before anything is built,
 # so that a size that cannot be allocated is one clear error instead of a crash mid-run.
 
-def count_parameters(config: Config) -> int:
+def config_parameter_count(config: Config) -> int:
     """Parameters of the network ``config`` describes, counted on the ``meta`` device (no memory)."""
     with torch.device("meta"):
         net = build_net(config)
@@ -128,7 +128,7 @@ def check_sizes(config: Config, available: int | None = None) -> None:
                                                                                 m.num_res_blocks)
         check_memory(key, value, 20.0 * 9 * blocks * m.channels ** 2, f"{blocks} residual blocks of "
                      f"{m.channels} channels", available)
-    n = count_parameters(config)
+    n = config_parameter_count(config)
     keys = ("hidden", "depth", "time_dim") if m.kind == "mlp" else ("channels", "channel_mult", "num_res_blocks")
     sizes = ", ".join(f"model.{k}={getattr(m, k)}" for k in keys)
     check_memory(sizes, None, 20.0 * n, f"training a network of {n:,} parameters", available)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from scoresde.data.loader import load_dataset
 from scoresde.evaluation.report import write_report
+from scoresde.nets import count_parameters
 from scoresde.training import distributed
 from scoresde.training.build import build_model, check_sizes
 from scoresde.training.checkpoint import (
@@ -385,7 +386,7 @@ def _write_run(run: _Run) -> int:
                      # a line at a checkpoint between log steps only closed that run: the window goes on
                      drop_resume_line=state is not None and state["step"] % state["config"]["train"]["log_every"] != 0,
                      tensorboard_dir=folder / "tensorboard" if cfg.train.tensorboard else None)
-    nparams = sum(p.numel() for p in trainer.model.parameters())
+    nparams = count_parameters(trainer.model)
     run.say(f"run folder {folder} | {cfg.data.name} {tuple(cfg.data.shape)} | {cfg.model.kind} {nparams:,} "
             f"parameters | {run.device} x{dist.world_size} | steps {trainer.step}->{cfg.train.steps}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["draw_device", "randn", "rand", "randint", "model_device"]
+__all__ = ["draw_device", "randn", "rand", "randint"]
 
 
 def draw_device(generator: torch.Generator | None, device) -> torch.device:
@@ -36,14 +36,3 @@ def randint(low: int, high: int, shape, *, generator: torch.Generator | None = N
     """Integers in ``[low, high)`` of ``shape`` (int64) on ``device`` (drawn on :func:`draw_device`)."""
     where = draw_device(generator, device)
     return torch.randint(low, high, tuple(shape), generator=generator, device=where).to(device)
-
-
-def model_device(model) -> torch.device:
-    """The device of a model's first parameter (or buffer); the CPU for a model without tensors."""
-    for name in ("parameters", "buffers"):
-        tensors = getattr(model, name, None)
-        if callable(tensors):
-            first = next(iter(tensors()), None)
-            if first is not None:
-                return first.device
-    return torch.device("cpu")
