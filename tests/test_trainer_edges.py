@@ -17,7 +17,7 @@ from scoresde.training.build import build_model
 from scoresde.training.checkpoint import FORMAT, capture_rng
 from scoresde.training.config import config_from_dict, config_to_dict
 from scoresde.training.distributed import DistInfo
-from scoresde.training.trainer import Trainer, NumericalGuardError, check_batch, seed_for
+from scoresde.training.trainer import NumericalGuardError, Trainer, check_batch, seed_for
 
 from .train_util import TINY_TOY, same_tensors
 

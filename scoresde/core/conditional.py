@@ -65,7 +65,7 @@ class Conditioned(EpsModel):
 
     def parameters(self):
         """The conditional model's parameters (none for an oracle): where it runs, for
-        :func:`scoresde.util.rng.model_device`."""
+        :func:`scoresde.core.model.model_device`."""
         params = getattr(self.model, "parameters", None)
         return params() if callable(params) else iter(())
 

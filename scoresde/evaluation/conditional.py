@@ -30,6 +30,7 @@ import torch
 
 from scoresde.core.bpd import BpdResult, bpd_offset, summarize
 from scoresde.core.conditional import condition, num_classes_of
+from scoresde.core.model import model_device
 from scoresde.core.sde import is_variance_preserving
 from scoresde.evaluation.bpd_eval import (
     EvalSettings,
@@ -38,7 +39,6 @@ from scoresde.evaluation.bpd_eval import (
     vlb_bpd,
     vlb_skipped_note,
 )
-from scoresde.util.rng import model_device
 
 __all__ = ["ConditionalReport", "evaluate_conditional_likelihood", "class_log_prior_of"]
 
