@@ -27,7 +27,6 @@ import torch
 from safetensors.torch import save as st_save
 
 import scoresde.evaluation.report as report_module
-import scoresde.sample as sample_module
 import scoresde.training.run as run_module
 from scoresde.evaluate import main as evaluate_main
 from scoresde.sample import main as sample_main
@@ -312,7 +311,7 @@ CASES = [
     ("ctrl-c-during-final-sampling", "train", "--config {root}/tiny.yaml --out {tmp}/new --set sample.n=8",
      ["interrupted"], 130, _raise_in(report_module, "draw_samples", KeyboardInterrupt())),
     ("ctrl-c-during-sample", "sample", "--ckpt {root}/run --out {tmp}/s.png", ["interrupted"], 130,
-     _raise_in(sample_module, "draw_samples", KeyboardInterrupt())),
+     _raise_in(report_module, "draw_samples", KeyboardInterrupt())),
     ("disk-full-at-checkpoint", "train", "--config {root}/tiny.yaml --out {tmp}/new", ["No space left", "new"], 74,
      _raise_in(run_module, "save_checkpoint", DISK_FULL)),
     ("disk-full-at-ema", "train", "--config {root}/tiny.yaml --out {tmp}/new", ["No space left"], 74,
@@ -322,7 +321,7 @@ CASES = [
     ("disk-full-at-config", "train", "--config {root}/tiny.yaml --out {tmp}/new", ["No space left"], 74,
      _raise_in(run_module, "atomic_write", DISK_FULL)),
     ("sample-disk-full", "sample", "--ckpt {root}/run --out {tmp}/s.png", ["No space left"], 74,
-     _raise_in(sample_module, "save_samples", DISK_FULL)),
+     _raise_in(report_module, "save_samples", DISK_FULL)),
 ]
 
 

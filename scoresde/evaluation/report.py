@@ -3,13 +3,15 @@ bits/dim (:func:`scoresde.evaluation.bpd_eval.evaluate_likelihood`) and ``summar
 
 :func:`write_report` is what ``python -m scoresde.train`` does after training (on the unwrapped
 EMA model, rank 0 only: an adaptive ODE solve through DDP would synchronise ranks at every
-step); :func:`draw_samples` and :func:`save_samples` also serve ``python -m scoresde.sample``.
+step); :func:`write_samples` is what ``python -m scoresde.sample`` does with the model ``--ckpt``
+names. Both draw with :func:`draw_samples` and write with :func:`save_samples`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,15 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scoresde.data.loader import load_dataset
+from scoresde.data.table import dataset_info
 from scoresde.data.toy import toy_oracle
 from scoresde.evaluation import metrics
 from scoresde.evaluation.bpd_eval import EvalSettings, evaluate_likelihood
 from scoresde.evaluation.images import save_samples_png
 from scoresde.samplers import sample
-from scoresde.util.atomic import atomic_write, atomic_write_together
-from scoresde.util.errors import NonFiniteResult
+from scoresde.util.atomic import atomic_write, atomic_write_together, first_non_file, nearest_existing, writable_folder
+from scoresde.util.errors import NonFiniteResult, WriteFailed, one_line
+from scoresde.util.host import check_memory
 
-__all__ = ["draw_samples", "save_samples", "sample_metrics", "model_shape", "write_report"]
+__all__ = ["draw_samples", "save_samples", "sample_metrics", "model_shape", "write_report",
+           "write_samples"]
 
 
 def draw_samples(model, sampler: str, n: int, *, steps: int, seed: int, device, progress: bool = False):
@@ -111,3 +117,56 @@ def write_report(model, cfg, run: Path, train_data, test_data, device, summary: 
     print("summary: " + ", ".join(figures))
     print(f"wrote {run / 'summary.json'}")
     return 0
+
+
+def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, seed: int, out, device) -> int:
+    """Samples of a loaded ``--ckpt`` (``run``: ``.model``, ``.config``, ``.step``, ``.source``; ``ckpt``
+    the path it was named by) written as a PNG and an ``.npz`` beside it; prints one line.
+
+    ``sampler``/``steps`` ``None``: the run's ``sample.*`` (a diffusers folder:
+    ``DiffusersModel.default_sampling``); ``out`` ``None``: ``RUN/samples/<sampler>_seed<S>.png``.
+    Sizes and paths are checked before sampling; non-finite samples stop with nothing written."""
+    cfg = run.config
+    default_sampler, default_steps = ((cfg.sample.sampler, cfg.sample.steps) if cfg is not None
+                                      else run.model.default_sampling)
+    sampler, steps = sampler or default_sampler, steps or default_steps
+    dim = math.prod(model_shape(run.model))
+    check_memory("--n", n, 8.0 * dim * n, "the samples (x_T and x, float32)")
+    check_memory("--steps", steps, 8.0 * (steps + 1), "the sampler's time grid (float64)")
+    run_dir = Path(ckpt) if Path(ckpt).is_dir() else run.source.parent
+    out = Path(out) if out else run_dir / "samples" / f"{sampler}_seed{seed}.png"
+    _check_writable(out)
+    start = time.perf_counter()
+    try:
+        x, nfe, _ = draw_samples(run.model, sampler, n, steps=steps, seed=seed, device=device,
+                                 progress=sys.stderr.isatty())
+    except NonFiniteResult as e:
+        raise NonFiniteResult(f"non-finite samples of {run.source}: {e}; nothing was written") from None
+    background = None
+    if x.ndim == 2 and cfg is not None and dataset_info(cfg.data.name).is_toy:  # generated in milliseconds
+        background = load_dataset(cfg.data.name, "test", seed=cfg.seed).x
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # folders this run creates
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_samples(out, x, background, f"{sampler}, {nfe} NFE")
+    except OSError as e:
+        for folder in made:  # innermost first; a folder another process filled meanwhile stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise WriteFailed(f"writing {out} failed: {one_line(e)}; no new PNG was written") from None
+    print(f"wrote {out} and {out.with_suffix('.npz')}: {n} samples, sampler {sampler}, "
+          f"{nfe} NFE, {time.perf_counter() - start:.1f} s ("
+          + (f"step {run.step} of {run.source})" if cfg is not None else f"{run.model.describe()})"))
+    return 0
+
+
+def _check_writable(out: Path) -> None:
+    """The PNG and the .npz beside it can be written (checked before sampling)."""
+    probe = nearest_existing(out.parent)
+    if not writable_folder(probe):
+        raise ValueError(f"--out {out}: {probe} is not a writable folder; expected a PNG path in one")
+    bad = first_non_file((out, out.with_suffix(".npz")))
+    if bad is not None:
+        raise ValueError(f"--out {out}: {bad} is a folder or special file; expected a file name")
