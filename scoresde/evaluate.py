@@ -24,12 +24,11 @@ import sys
 import torch
 
 from scoresde.cli import ArgumentParser, run_cli
-from scoresde.data.loader import DATASET_NAMES
-from scoresde.evaluation.bpd_eval import EvalSettings, evaluate_likelihood, evaluation_data
+from scoresde.evaluation.bpd_eval import EvalSettings, evaluation_data, print_likelihood
 from scoresde.training.checkpoint import load_model
 from scoresde.util.checks import check_choice, check_int
 from scoresde.util.choices import PROBES, SPLITS, TRACES, VARIANCES
-from scoresde.util.host import check_memory, resolve_device
+from scoresde.util.host import resolve_device
 
 __all__ = ["main", "build_parser"]
 
@@ -115,26 +114,7 @@ def _main(argv) -> int:
     if threads:
         torch.set_num_threads(threads)
     data = evaluation_data(run, args.data, root=args.data_root, levels=args.levels, split=args.split)
-    if data.levels is None or data.x_int is None:
-        raise ValueError(f"data set {data.name!r} has no integer levels: bits/dim needs integer data "
-                         f"(digits, mnist, cifar10)")
-    n = data.x_int.shape[0] if settings.limit == 0 else min(settings.limit, data.x_int.shape[0])
-    batch = min(settings.batch_size, n) * data.dim * 4.0  # bytes of one float32 batch
-    check_memory("--probes", settings.probes, batch * settings.probes, "the Hutchinson probes of one batch")
-    check_memory("--dequant", settings.dequant, 8.0 * n * settings.dequant, "the per-draw results (float64)")
-    check_memory("--vlb-steps", settings.vlb_steps, 16.0 * (settings.vlb_steps + 1), "the VLB grid (float64)")
-    what = f"{run.source} (step {run.step})" if run.config is not None else run.model.describe()
-    split = f" {args.split}" if data.name in DATASET_NAMES else ""  # an .npz / image folder is what it is
-    print(f"{what}: {data.name}{split}, {n} examples, "
-          f"D = {data.dim}, {data.levels} levels, {device}")
-    print(f"settings: {settings.describe()}")
-    try:
-        report = evaluate_likelihood(run.model, data, settings, progress=sys.stderr.isatty())
-    except RuntimeError as e:  # e.g. an ODE solve that fails: one line, not a traceback
-        raise ValueError(str(e)) from None
-    for line in report.lines():
-        print(line)
-    return 0
+    return print_likelihood(run, data, settings, split=args.split, device=device)
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,7 @@ the model runs beyond floating-point round-off.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -33,8 +34,10 @@ from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
 from scoresde.likelihood.vlb_grid import grid_vlb_bits_per_dim, t_of_sigma
 from scoresde.util.checks import check_choice, check_flag, check_int, check_number
 from scoresde.util.choices import PROBES, TRACES, VARIANCES
+from scoresde.util.host import check_memory
 
-__all__ = ["EvalSettings", "LikelihoodReport", "evaluate_likelihood", "ode_bpd", "vlb_bpd", "evaluation_data"]
+__all__ = ["EvalSettings", "LikelihoodReport", "evaluate_likelihood", "ode_bpd", "vlb_bpd", "evaluation_data",
+           "print_likelihood"]
 
 
 _OPTIONAL = ("ode_sigma", "vlb_sigma", "vlb_terms")  # None is a setting of its own for these
@@ -283,3 +286,29 @@ def evaluation_data(run, name: str | None = None, *, root=None, levels: int | No
         raise ValueError(f"--data {data.name}: examples of shape {tuple(data.shape)}: expected the model's "
                          f"{shape}")
     return data
+
+
+def print_likelihood(run, data, settings: EvalSettings, *, split: str, device) -> int:
+    """What ``python -m scoresde.evaluate`` prints for a loaded ``--ckpt`` (``run``) on ``data``: what
+    is evaluated, the settings, the results (:meth:`LikelihoodReport.lines`). Sizes are checked
+    against memory first. Returns the exit status 0."""
+    if data.levels is None or data.x_int is None:
+        raise ValueError(f"data set {data.name!r} has no integer levels: bits/dim needs integer data "
+                         f"(digits, mnist, cifar10)")
+    n = data.x_int.shape[0] if settings.limit == 0 else min(settings.limit, data.x_int.shape[0])
+    batch = min(settings.batch_size, n) * data.dim * 4.0  # bytes of one float32 batch
+    check_memory("--probes", settings.probes, batch * settings.probes, "the Hutchinson probes of one batch")
+    check_memory("--dequant", settings.dequant, 8.0 * n * settings.dequant, "the per-draw results (float64)")
+    check_memory("--vlb-steps", settings.vlb_steps, 16.0 * (settings.vlb_steps + 1), "the VLB grid (float64)")
+    what = f"{run.source} (step {run.step})" if run.config is not None else run.model.describe()
+    split = f" {split}" if data.name in DATASET_NAMES else ""  # an .npz / image folder is what it is
+    print(f"{what}: {data.name}{split}, {n} examples, "
+          f"D = {data.dim}, {data.levels} levels, {device}")
+    print(f"settings: {settings.describe()}")
+    try:
+        report = evaluate_likelihood(run.model, data, settings, progress=sys.stderr.isatty())
+    except RuntimeError as e:  # e.g. an ODE solve that fails: one line, not a traceback
+        raise ValueError(str(e)) from None
+    for line in report.lines():
+        print(line)
+    return 0
