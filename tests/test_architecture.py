@@ -210,6 +210,7 @@ EXCEPTIONS = {
     "scoresde/core/flow.py::solve_flow": "the one flow solver: every option of torchdiffeq's odeint it forwards",
     "scoresde/core/losses.py::sample_time": "public: the loss's time-sampling options as keywords",
     "scoresde/core/losses.py::dsm_loss": "public: the loss's weighting, time-sampling and label options as keywords",
+    "scoresde/evaluation/fid.py::sample_fid": "public: sampler options and the metric's (extractor, batch, cache)",
     "scoresde/likelihood/baselines.py::gmm_bits_per_dim": "public estimator signature (keyword options)",
     "scoresde/likelihood/ode.py::log_likelihood": "public estimator signature (keyword solver and trace options)",
     "scoresde/likelihood/vlb.py::vlb_term": "public: one term of the bound with its grid and variance options",

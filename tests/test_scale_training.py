@@ -17,7 +17,7 @@ from scoresde.training.build import build_model
 from scoresde.training.checkpoint import capture_rng
 from scoresde.training.config import config_from_dict
 from scoresde.training.distributed import DistInfo
-from scoresde.training.trainer import Trainer, TrainingStopped, seed_for
+from scoresde.training.trainer import NumericalGuardError, Trainer, seed_for
 
 from .train_util import TINY_DIGITS, TINY_TOY, same_tensors
 
@@ -124,11 +124,11 @@ def test_a_sync_free_trainer_reports_the_first_non_finite_step_at_the_next_sync(
     hook = first.register_hook(lambda g: torch.full_like(g, math.inf))
     tr.train_step(sync=False)  # step 2: non-finite gradient, not yet seen
     hook.remove()
-    with pytest.raises(TrainingStopped, match=r"^non-finite gradient at step 2: loss=[0-9.]+, grad_norm=inf, "
+    with pytest.raises(NumericalGuardError, match=r"^non-finite gradient at step 2: loss=[0-9.]+, grad_norm=inf, "
                                               r"batch t in \[.*\] \(1 bad steps, train.max_bad_steps=0\); "
                                               r"the last good checkpoint is kept$"):
         tr.train_step(sync=False, stop_requested=True)  # a stop request saves: it checks first
-    with pytest.raises(TrainingStopped, match="at step 2"):
+    with pytest.raises(NumericalGuardError, match="at step 2"):
         tr.state_dict([])  # nothing of it is ever written
 
 

@@ -137,7 +137,8 @@ class Trainer:
                              f"labels, expected model.num_classes=0")
         self.label_dropout = (0.1 if tc.label_dropout is None else tc.label_dropout) if self.num_classes else 0.0
         mode = None if tc.compile_mode == "default" else tc.compile_mode
-        self.loss_model = _EpsViaForward(torch.compile(model, mode=mode) if tc.compile else model, model.sde, self.num_classes)
+        self.loss_model = _EpsViaForward(torch.compile(model, mode=mode) if tc.compile else model, model.sde,
+                                         self.num_classes)
         self._update = torch.compile(self._apply_update, mode=mode) if tc.compile else self._apply_update
         self.amp = tc.amp and device.type == "cuda"
         self.sync_free = (device.type != "cpu" and tc.max_bad_steps == 0 and dist.world_size == 1
