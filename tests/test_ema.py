@@ -1,4 +1,7 @@
-"""EMA of weights: exact update rule, moves from the first step, state round trip."""
+"""EMA of weights: exact update rule, moves from the first step, state round trip.
+
+EMA details: decay 0 is allowed (the average is the live weights), the state dictionary's
+keys and values, and the message for a state of another model. (Mutation kills; docs/testing.md.)"""
 
 from __future__ import annotations
 
@@ -42,3 +45,43 @@ def test_without_warmup_the_decay_is_constant_and_state_round_trips():
 def test_bad_decay():
     with pytest.raises(ValueError, match="decay"):
         EMA(nn.Linear(1, 1), decay=1.0)
+
+
+# Edges -----------------------------------------------------------------------------------
+
+
+def _net(seed):
+    torch.manual_seed(seed)
+    return nn.Linear(3, 2)
+
+
+def test_decay_zero_tracks_the_live_weights():
+    net = _net(0)
+    ema = EMA(net, 0.0, warmup=False)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)
+    assert all(torch.equal(ema.shadow[k], v) for k, v in net.state_dict().items())
+
+
+def test_state_dict_holds_shadow_updates_decay_and_warmup():
+    net = _net(1)
+    ema = EMA(net, 0.9, warmup=False)
+    ema.update(net)
+    state = ema.state_dict()
+    assert set(state) == {"shadow", "updates", "decay", "warmup"}
+    assert (state["updates"], state["decay"], state["warmup"]) == (1, 0.9, False)
+
+
+def test_loading_a_state_of_another_model_names_the_problem():
+    ema = EMA(_net(2), 0.9)
+    other = EMA(nn.Linear(3, 2, bias=False), 0.9)
+    with pytest.raises(ValueError, match=r"^EMA state: expected the keys of the model's state dict$"):
+        ema.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0, float("nan")])
+def test_decay_outside_zero_one_is_one_clear_error(decay):
+    """``decay`` in ``[0, 1)``: the message names the value and the interval."""
+    with pytest.raises(ValueError, match=rf"^decay={decay!r}: expected a number in \[0, 1\)$"):
+        EMA(_net(3), decay)

@@ -1,20 +1,36 @@
-"""Probability-flow log-likelihood and bits/dim against closed forms (the exact oracle)."""
+"""Probability-flow log-likelihood and bits/dim against closed forms (the exact oracle).
+
+The likelihood's plumbing, transcribed on the same random draws: ``log_likelihood`` is the flow
+solve plus the prior, ``bits_per_dim`` is its dequantize-solve-average loop, probes and noise come
+from the caller's generator in a fixed order, and the progress bars report what they claim.
+
+The closed-form accuracy of the solve itself is in tests/test_likelihood.py; here every figure is
+compared with the same computation written out (float64 round-off: exact equality or 1e-12)."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.optimize import nnls
 from scipy.stats import norm
 
 from scoresde import VPSDE, CosineSchedule, DiscreteSchedule, GaussianMixture, LinearSchedule, ScoreModel
-from scoresde.core.flow import drift_and_divergence
+from scoresde.core import bpd as bpd_mod
+from scoresde.core import flow as flow_mod
+from scoresde.core.bpd import check_int_data, check_levels, dequantize, summarize, to_model_space
+from scoresde.core.flow import drift_and_divergence, solve_flow
+from scoresde.core.sde import VESDE, SubVPSDE
+from scoresde.core.sde import flow_drift as sde_flow_drift
+from scoresde.likelihood import ode as ode_mod
 from scoresde.likelihood.ode import bits_per_dim, log_likelihood
 from tests.closed_forms import pf_drift
+from tests.fakes import record_bars
 
 T_EPS = 1e-5
 TOL_PER_DIM = 1e-3  # nats per dimension (the issue's requirement)
@@ -260,3 +276,481 @@ def test_bits_per_dim_stderr_and_draws():
     assert res.bpd == pytest.approx(float(res.per_sample.mean()))
     assert res.stderr == pytest.approx(float(res.per_sample.std() / math.sqrt(6)))
     assert res.info["nfe_per_solve"] * 4 == res.nfe  # 2 draws × 2 batches
+
+
+# Edges -----------------------------------------------------------------------------------
+
+
+LEVELS = 16
+FIXED = dict(method="rk4", steps=2)  # 4 NFE per step, 8 per solve: cheap and exactly countable
+
+
+def _gm(dim=2):
+    return GaussianMixture.random(dim, 2, seed=3, sde=VPSDE.linear())
+
+
+def _sde(kind):
+    """VP and the SDEs whose flow takes the general ``a x + b ε`` form."""
+    return {"vp": VPSDE.linear, "subvp": SubVPSDE.linear, "ve": lambda: VESDE.geometric(0.01, 50.0)}[kind]()
+
+
+def _x_int(n, dim=2, seed=0):
+    return torch.randint(0, LEVELS, (n, dim), generator=torch.Generator().manual_seed(seed))
+
+
+def _gen(seed=11):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    return record_bars(monkeypatch, ode_mod)
+
+
+# ---------------------------------------------------------------- log_likelihood
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_log_likelihood_is_the_flow_solve_plus_the_prior(dtype):
+    """Exact trace: ``log p = log N(z; 0, I) + ∫ div`` of :func:`solve_flow` with the same
+    method, tolerances, ``t_eps`` and state dtype (non-default values, so a dropped argument shows)."""
+    gm, x = _gm(), _gm().sample(3, generator=_gen(1)).to(torch.float32)
+    opts = dict(method="bosh3", rtol=3e-3, atol=2e-4)
+    res = log_likelihood(gm, x, t_eps=0.01, dtype=dtype, **opts)
+    sol = solve_flow(gm, x.to(dtype), 0.01, 1.0, divergence="exact", dtype=dtype, **opts)
+    prior = gm.sde.prior_log_prob(sol.x)
+    assert res.z.dtype == dtype and torch.equal(res.z, sol.x) and res.nfe == sol.nfe
+    assert torch.equal(res.divergence_integral, sol.divergence.mean(0))
+    assert torch.equal(res.prior_log_prob, prior) and torch.equal(res.log_prob, prior + sol.divergence[0])
+    # the prior in closed form: -½ (‖z‖² + D log 2π)
+    z = sol.x.to(torch.float64)
+    torch.testing.assert_close(prior, -0.5 * (z.pow(2).sum(1) + 2 * math.log(2 * math.pi)), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_probes_are_drawn_from_the_generator_in_float64(probe):
+    """The probes are ``P × B × D`` draws of the caller's generator, made in float64 and then cast
+    to the state dtype; ``log_prob`` averages the ``P`` divergence integrals and ``stderr`` is their
+    standard error ``std/√P``."""
+    gm, x = _gm(), _gm().sample(3, generator=_gen(1))
+    for dtype in (torch.float64, torch.float32):
+        res = log_likelihood(gm, x, trace="hutchinson", probe=probe, n_probes=3, generator=_gen(5),
+                             dtype=dtype, **FIXED)
+        g = _gen(5)
+        if probe == "gaussian":
+            want = torch.randn((3, 3, 2), generator=g, dtype=torch.float64)
+        else:
+            want = torch.randint(0, 2, (3, 3, 2), generator=g).to(torch.float64) * 2 - 1
+        assert res.probes.dtype == dtype and torch.equal(res.probes, want.to(dtype))
+        sol = solve_flow(gm, x.to(dtype), 1e-5, 1.0, divergence=want.to(dtype), dtype=dtype, **FIXED)
+        assert torch.equal(res.divergence_integral, sol.divergence.mean(0))
+        assert torch.equal(res.stderr, sol.divergence.std(0) / math.sqrt(3))
+        assert torch.equal(res.log_prob, res.prior_log_prob + sol.divergence.mean(0))
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_probes_without_a_generator_come_from_the_global_stream(probe):
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    torch.manual_seed(123)
+    res = log_likelihood(gm, x, trace="hutchinson", probe=probe, **FIXED)
+    torch.manual_seed(123)
+    want = (torch.randn((1, 2, 2), dtype=torch.float64) if probe == "gaussian"
+            else torch.randint(0, 2, (1, 2, 2)).to(torch.float64) * 2 - 1)
+    assert torch.equal(res.probes, want) and res.stderr is None  # one probe: no standard error
+
+
+def test_one_sample_is_a_batch():
+    gm = _gm()
+    one = log_likelihood(gm, gm.sample(1, generator=_gen(2)), **FIXED)
+    assert one.log_prob.shape == (1,) and math.isfinite(float(one.log_prob[0]))
+
+
+@pytest.mark.parametrize("x, shown", [(torch.zeros(0, 2), "(0, 2)"), (torch.zeros(3), "(3,)"),
+                                      ([[0.0, 1.0]], "()")])
+def test_log_likelihood_names_a_wrong_shape(x, shown):
+    with pytest.raises(ValueError, match=rf"^x of shape {re.escape(shown)}: expected a tensor \(B, \*dims\)$"):
+        log_likelihood(_gm(), x)
+
+
+def test_log_likelihood_refuses_non_finite_data_in_one_line():
+    x = torch.tensor([[0.0, float("nan")]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^x: expected finite values$"):
+        log_likelihood(_gm(), x)
+
+
+def test_log_likelihood_progress_bar_counts_the_clock_in_thousandths(bars, capsys):
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    log_likelihood(gm, x, **FIXED)
+    assert capsys.readouterr().err == ""  # progress off by default
+    (bar,) = bars
+    assert (bar.total, bar.enabled, bar.desc) == (1000, False, "log-likelihood")
+    # rk4 evaluates at u, u + h/2 (twice), u + h per step: the last evaluation is at the end
+    assert bar.n == 1000 and all(k >= 0 for k in bar.updates) and len(bar.updates) == 8 and bar.closed
+    log_likelihood(gm, x, progress=True, **FIXED)
+    assert bars[1].enabled is True
+
+
+# ---------------------------------------------------------------- bits_per_dim
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_bits_per_dim_transcribed_on_the_same_draws(trace, bars):
+    """Per dequantization round and batch: ``u ~ U[0,1)`` (float64, the generator's next draws),
+    ``z = 2(k + u)/L - 1``, then the solve (its probes next from the same generator);
+    bits/dim ``= -log p(z)/(D ln 2) + log₂ L - 1``; each sample averaged over the rounds."""
+    gm, x_int = _gm(), _x_int(5)
+    opts = dict(trace=trace, probe="gaussian", n_probes=2, **FIXED) if trace == "hutchinson" else FIXED
+    got = bits_per_dim(gm, x_int, LEVELS, n_dequant=2, batch_size=2, generator=_gen(7), **opts)
+    g, values, nfe = _gen(7), torch.zeros(2, 5, dtype=torch.float64), 0
+    running = []
+    for r in range(2):
+        for s in range(0, 5, 2):
+            chunk = x_int[s:s + 2]
+            u = torch.rand(chunk.shape, generator=g, dtype=torch.float64)
+            z = 2 * (chunk.to(torch.float64) + u) / LEVELS - 1
+            res = log_likelihood(gm, z, generator=g, **opts)
+            values[r, s:s + 2] = -res.log_prob / (2 * math.log(2)) + (math.log2(LEVELS) - 1)
+            nfe += res.nfe
+            running.append(f"{float(values[:r + 1, :s + len(chunk)].mean()):.4f}")
+    per_sample = values.mean(0)
+    assert torch.equal(got.per_sample, per_sample) and got.per_sample.device.type == "cpu"
+    assert got.bpd == float(per_sample.mean()) and got.stderr == float(per_sample.std() / math.sqrt(5))
+    assert got.nfe == nfe == 6 * 8 and got.info == {"nfe_per_solve": 8.0, "offset": math.log2(LEVELS) - 1}
+    # the bar: one tick per solve, the running mean of the values so far
+    (bar,) = [b for b in bars if b.desc == "bits/dim"]
+    assert (bar.total, bar.enabled, bar.desc) == (6, False, "bits/dim") and bar.updates == [1] * 6
+    assert [p["bpd"] for p in bar.postfix] == running and bar.closed
+
+
+def test_bits_per_dim_defaults_one_round_batches_of_256_no_bar(bars, capsys):
+    """Defaults: one dequantization round (one sample: stderr over rounds is then undefined,
+    nan), batches of 256 (257 samples: two solves), progress off."""
+    gm = _gm(1)
+    one = bits_per_dim(gm, _x_int(1, 1), LEVELS, generator=_gen(), **FIXED)
+    assert one.nfe == 8 and math.isnan(one.stderr) and one.per_sample.shape == (1,)
+    many = bits_per_dim(gm, _x_int(257, 1), LEVELS, generator=_gen(), **FIXED)
+    outer = [b for b in bars if b.desc == "bits/dim"]
+    assert many.nfe == 16 and many.info["nfe_per_solve"] == 8.0 and outer[1].total == 2
+    assert capsys.readouterr().err == "" and not outer[1].enabled
+
+
+def test_bits_per_dim_names_a_bad_batch_size():
+    with pytest.raises(ValueError, match=r"^batch_size=0"):
+        bits_per_dim(_gm(), _x_int(2), LEVELS, batch_size=0)
+
+
+# ---------------------------------------------------------------- core.bpd
+
+
+def test_summarize_mean_and_standard_error_in_every_case():
+    v = torch.tensor([[1.0, 2.0, 4.0], [3.0, 2.0, 0.0]], dtype=torch.float64)  # 2 rounds, 3 samples
+    per = v.mean(0)
+    assert summarize(v) == (float(per.mean()), float(per.std() / math.sqrt(3)))
+    two = v[:, :2]  # two samples, two rounds: over samples
+    assert summarize(two) == (float(two.mean(0).mean()), float(two.mean(0).std() / math.sqrt(2)))
+    one = torch.tensor([[1.0], [2.0], [6.0]], dtype=torch.float64)  # one sample, three rounds
+    assert summarize(one) == (3.0, float(one.std() / math.sqrt(3)))
+    single = summarize(torch.tensor([[2.5]], dtype=torch.float64))
+    assert single[0] == 2.5 and math.isnan(single[1])
+
+
+def test_dequantize_and_bin_centres_exactly():
+    k = torch.tensor([[0, 3, 15]])
+    u = torch.tensor([[0.0, 0.5, 0.999]], dtype=torch.float64)
+    assert torch.equal(dequantize(k, LEVELS, u=u), (2 * (k + u) / LEVELS - 1))
+    assert dequantize(k, LEVELS, u=u, dtype=torch.float32).dtype == torch.float32
+    # u drawn from the generator in float64
+    drawn = dequantize(k, LEVELS, generator=_gen(4))
+    want = 2 * (k + torch.rand((1, 3), generator=_gen(4), dtype=torch.float64)) / LEVELS - 1
+    assert drawn.dtype == torch.float64 and torch.equal(drawn, want)
+    # a float32 u is used as given, in float64 arithmetic
+    u32 = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float32)
+    assert torch.equal(dequantize(k, LEVELS, u=u32), 2 * (k + u32.to(torch.float64)) / LEVELS - 1)
+    centres = to_model_space(torch.tensor([[0, 255]]), 256, dtype=torch.float64)
+    assert torch.equal(centres, torch.tensor([[1 / 256 - 1, 1 - 1 / 256]], dtype=torch.float64))
+    # large integers keep their exact value (float32 arithmetic would round 2k + 1)
+    big = torch.tensor([[2**25]])
+    assert float(to_model_space(big, 2**26, dtype=torch.float64)) == (2 * 2**25 + 1) / 2**26 - 1
+    assert float(dequantize(big, 2**26, u=torch.zeros(1, 1, dtype=torch.float64))) == 0.0
+
+
+def test_check_levels_and_int_data_name_what_is_wrong():
+    assert check_levels(torch.tensor([[0, 1]]), 2) == 2
+    assert check_levels(torch.tensor([[0.0, 1.0]]), 2) == 2  # whole numbers in a float tensor
+    with pytest.raises(ValueError, match=r"^levels=1: expected an integer ≥ 2"):
+        check_levels(torch.tensor([[0]]), 1)
+    with pytest.raises(ValueError, match=r"^x_int: expected integer data \(whole numbers\) for the given levels$"):
+        check_levels(torch.tensor([[0.5]]), 4)
+    assert check_int_data(torch.zeros(1, 3, 2, dtype=torch.long), 2) == 6
+    with pytest.raises(ValueError, match=r"^levels=1: expected an integer ≥ 2"):
+        check_int_data(torch.zeros(1, 3, dtype=torch.long), 1)
+    for bad, shown in [(torch.zeros(0, 3), "(0, 3)"), (torch.zeros(4), "(4,)"), ([[1, 2]], "()")]:
+        with pytest.raises(ValueError, match=rf"^x_int of shape {re.escape(shown)}: expected a tensor "
+                                             r"\(B, \*dims\) of integers in 0..levels-1$"):
+            check_int_data(bad, 4)
+
+
+def test_bpd_module_offset_and_units():
+    assert bpd_mod.bpd_offset(256) == 7.0 and bpd_mod.bpd_offset(2) == 0.0
+    assert float(bpd_mod.nats_to_bpd(torch.tensor(6 * math.log(2)), 3)) == pytest.approx(2.0, abs=1e-15)
+
+
+# ---------------------------------------------------------------- the solver's clock
+
+
+@pytest.mark.parametrize("sde", [VPSDE(CosineSchedule()), VPSDE.ddpm(1000), VPSDE.ddpm(50), VPSDE.linear(),
+                                 VPSDE(DiscreteSchedule(torch.full((20,), 0.05, dtype=torch.float64))),
+                                 VPSDE(DiscreteSchedule(torch.linspace(0.05, 0.001, 20, dtype=torch.float64)))],
+                         ids=["cosine", "ddpm1000", "ddpm50", "linear", "constant-beta", "falling-beta"])
+def test_clock_fit_is_the_nonnegative_least_squares_fit(sde):
+    """The quartic ``B̂(u) = Σ c_k u^k`` is the non-negative least-squares fit to ``B`` on the
+    clock's grid (scipy's NNLS as the reference), rescaled so that ``B̂(1) = B(1)``. The optimal
+    sets differ by schedule (cosine {u, u⁴}, DDPM-50 {u², u³}, linear β {u, u²}, a falling β's
+    concave B {u} alone), so every subset of the exhaustive search is needed."""
+    u = torch.linspace(0.0, 1.0, flow_mod._FIT_POINTS, dtype=torch.float64)
+    b = sde.clock(u)
+    powers = np.stack([u.numpy() ** k for k in range(1, flow_mod._DEGREE + 1)], 1)
+    ref, _ = nnls(powers, b.numpy())
+    ref = ref * float(b[-1]) / ref.sum()
+    got = np.array(flow_mod._fit_increasing(u, b))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9 * float(b[-1]))
+    assert (got >= 0).all()
+
+
+def test_clock_is_t_itself_exactly_when_b_is_a_quartic():
+    """``fitted`` is False for B a polynomial of degree ≤ 4 (linear β, constant β): the clock is t."""
+    const = VPSDE(DiscreteSchedule(torch.full((20,), 0.05, dtype=torch.float64)))
+    assert not flow_mod.Clock(VPSDE.linear()).fitted and not flow_mod.Clock(const).fitted
+    assert flow_mod.Clock(VPSDE(CosineSchedule())).fitted and flow_mod.Clock(VPSDE.ddpm(1000)).fitted
+    clock = flow_mod.Clock(VPSDE.linear())
+    assert clock.at(0.25) == (0.25, float(VPSDE.linear().clock_rate(0.25)))
+
+
+def test_two_probes_have_a_standard_error():
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    res = log_likelihood(gm, x, trace="hutchinson", n_probes=2, generator=_gen(5), **FIXED)
+    assert res.stderr is not None and res.stderr.shape == (2,)
+
+
+def test_dequantize_without_a_generator_uses_the_global_stream():
+    k = torch.tensor([[0, 3, 15]])
+    torch.manual_seed(7)
+    z = dequantize(k, LEVELS)
+    torch.manual_seed(7)
+    assert torch.equal(z, 2 * (k + torch.rand((1, 3), dtype=torch.float64)) / LEVELS - 1)
+
+
+def test_summarize_one_sample_two_draws():
+    v = torch.tensor([[1.0], [4.0]], dtype=torch.float64)
+    assert summarize(v) == (2.5, float(v.std() / math.sqrt(2)))
+
+
+@pytest.mark.parametrize("sde", [VPSDE(CosineSchedule()), VPSDE.ddpm(1000)], ids=["cosine", "ddpm1000"])
+def test_fitted_clock_inverts_exactly(sde):
+    """``u_of_t`` is the inverse of the fitted ``B̂``: ``B̂(u(t)) = B(t)``, ``u ∈ [0, 1]``, the
+    ends exact, and :meth:`Clock.at` maps ``u(t)`` back to ``t``."""
+    clock = flow_mod.Clock(sde)
+    t = torch.tensor([0.0, 1e-3, 0.3, 0.7, 0.999, 1.0], dtype=torch.float64)
+    u = clock.u_of_t(t)
+    assert u.dtype == torch.float64 and float(u[0]) == 0.0 and float(u[-1]) == 1.0
+    assert bool(((u >= 0) & (u <= 1)).all()) and bool((u.diff() > 0).all())
+    torch.testing.assert_close(clock._smooth(u)[0], sde.clock(t), rtol=1e-12, atol=1e-14)
+    for ti, ui in zip(t.tolist()[1:-1], u.tolist()[1:-1]):
+        assert clock.at(ui)[0] == pytest.approx(ti, rel=1e-9)
+
+
+class _Recorder:
+    """The oracle's ε, recording the times it is asked at."""
+
+    def __init__(self, gm):
+        self.sde, self.gm, self.times = gm.sde, gm, []
+
+    def eps(self, x, t):
+        self.times.append(t.clone())
+        return self.gm.eps(x, t)
+
+
+def test_solve_flow_starts_and_ends_exactly_at_the_given_times():
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    rec = _Recorder(gm)
+    solve_flow(rec, x, 1e-5, 1.0, method="euler", steps=2)
+    first = rec.times[0].reshape(-1)[0]
+    assert first.dtype == torch.float64 and float(first) == 1e-5  # not a float32-rounded 1e-5
+    rec = _Recorder(gm)
+    solve_flow(rec, x, 1.0, 0.3, method="rk4", steps=1)
+    assert float(rec.times[0].reshape(-1)[0]) == 1.0 and float(rec.times[-1].reshape(-1)[0]) == 0.3
+
+
+def test_solve_flow_defaults_and_divergence_message():
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    default = solve_flow(gm, x, 1e-3, 1.0)
+    explicit = solve_flow(gm, x, 1e-3, 1.0, method="dopri5", rtol=1e-5, atol=1e-5)
+    assert torch.equal(default.x, explicit.x) and default.nfe == explicit.nfe and default.divergence is None
+    with pytest.raises(ValueError, match=r"^divergence='trace': expected one of exact$"):
+        solve_flow(gm, x, 1e-3, 1.0, divergence="trace")
+
+
+def test_u_of_t_takes_python_numbers_in_float64():
+    clock = flow_mod.Clock(VPSDE(CosineSchedule()))
+    want = clock.u_of_t(torch.tensor([0.3], dtype=torch.float64))
+    assert torch.equal(clock.u_of_t(0.3), want[0]) and torch.equal(clock.u_of_t([0.3]), want)
+
+
+def test_solve_flow_state_dtype_probes_and_progress_fractions():
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    # the state runs in the dtype asked for, whatever x's dtype
+    assert solve_flow(gm, x, 0.2, 1.0, method="euler", steps=2, dtype=torch.float32).x.dtype == torch.float32
+    # float64 probes are cast to the state's dtype before use (a batch of 64 in 4-d, 4 probes, so
+    # that computing vᵀJv in float64 instead would show in the last bits of some of the 256 sums)
+    gm4 = _gm(4)
+    x4 = gm4.sample(64, generator=_gen(2))
+    probes = torch.randn((4, 64, 4), generator=_gen(4), dtype=torch.float64)
+    a = solve_flow(gm4, x4, 0.2, 1.0, method="euler", steps=2, divergence=probes, dtype=torch.float32)
+    b = solve_flow(gm4, x4, 0.2, 1.0, method="euler", steps=2, divergence=probes.to(torch.float32),
+                   dtype=torch.float32)
+    assert torch.equal(a.divergence, b.divergence)
+    # on_eval gets the fraction of the clock's span reached: euler, 2 steps from 0.2 (u = t here)
+    seen = []
+    solve_flow(gm, x, 0.2, 1.0, method="euler", steps=2, on_eval=seen.append)
+    assert seen == pytest.approx([0.0, 0.5], abs=1e-12)
+
+
+def test_a_failed_solve_names_the_solver_and_the_time():
+    class NaNModel:
+        def __init__(self, sde):
+            self.sde = sde
+
+        def eps(self, x, t):
+            return torch.full_like(x, float("nan"))
+
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"^ODE solver 'dopri5' \(rtol=1e-05, atol=1e-05\) failed near t=0\.\d+: "):
+        solve_flow(NaNModel(VPSDE.linear()), x, 0.2, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
+def test_flow_drift_is_the_probability_flow_in_the_clock(kind):
+    """``flow_drift · clock_rate = f x - ½ g² s`` with ``s = -ε/σ`` (Song et al. 2021, eq. 13),
+    for VP and for the SDEs that take the general ``a x + b ε`` form (sub-VP, VE)."""
+    sde = _sde(kind)
+    gm = GaussianMixture.random(2, 2, seed=3, sde=sde)
+    x = gm.sample(3, generator=_gen(1))
+    t = torch.tensor(0.4, dtype=torch.float64)
+    v = flow_mod.flow_drift(gm, x, t) * float(sde.clock_rate(t))
+    want = pf_drift(sde, x, t, -gm.eps(x, t) / sde.sigma(t))
+    torch.testing.assert_close(v, want, rtol=1e-12, atol=1e-12)
+
+
+def test_flow_drift_of_an_sde_that_does_not_say_is_the_vp_one():
+    class Unsaid:  # an SDE object without variance_preserving (taken as VP) nor flow_coefficients
+        def __init__(self, sde):
+            self._sde = sde
+
+        def __getattr__(self, name):
+            if name in ("variance_preserving", "flow_coefficients"):
+                raise AttributeError(name)
+            return getattr(self._sde, name)
+
+    gm = _gm()
+    model = _Recorder(gm)
+    model.sde = Unsaid(gm.sde)
+    x, t = gm.sample(2, generator=_gen(1)), torch.tensor(0.4, dtype=torch.float64)
+    assert torch.equal(flow_mod.flow_drift(model, x, t), flow_mod.flow_drift(gm, x, t))
+
+
+def test_solve_flow_tolerances_counts_and_divergence_dtype():
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    nfe = {(r, a): solve_flow(gm, x, 1e-3, 1.0, rtol=r, atol=a).nfe for r, a in
+           [(1e-2, 1e-10), (1e-8, 1e-10), (1e-10, 1e-2), (1e-10, 1e-8)]}
+    assert nfe[(1e-2, 1e-10)] < nfe[(1e-8, 1e-10)] and nfe[(1e-10, 1e-2)] < nfe[(1e-10, 1e-8)]  # each is used
+    assert solve_flow(gm, x, 0.2, 1.0, method="rk4", steps=2).nfe == 8
+    sol = solve_flow(gm, x, 0.2, 1.0, method="rk4", steps=2, divergence="exact", dtype=torch.float32)
+    assert sol.x.dtype == torch.float32 and sol.divergence.dtype == torch.float64 and sol.nfe == 8
+
+
+@pytest.mark.parametrize("method, rtol, atol, steps, message", [
+    ("dopri5", -1.0, 1e-5, None, "rtol=-1.0: expected a finite number > 0"),
+    ("dopri5", 1e-5, -1.0, None, "atol=-1.0: expected a finite number > 0"),
+    ("dopri5", 1e-5, 0.0, None, "atol=0.0: expected a finite number > 0"),
+    ("dopri5", 1e-5, float("nan"), None, "atol=nan: expected a finite number > 0"),
+    ("euler", 1e-5, 1e-5, None, "steps=None: expected an integer ≥ 1 for the fixed-step 'euler'"),
+    ("rk4", 1e-5, 1e-5, 0, "steps=0: expected an integer ≥ 1"),
+    ("midpoint", 1e-5, 1e-5, 2.0, "steps=2.0: expected an integer ≥ 1"),
+])
+def test_check_solver_names_each_bad_value_in_one_line(method, rtol, atol, steps, message):
+    with pytest.raises(ValueError) as err:
+        flow_mod.check_solver(method, rtol, atol, steps)
+    assert str(err.value) == message
+
+
+def test_check_solver_returns_floats_and_ignores_steps_of_adaptive_methods():
+    assert flow_mod.check_solver("dopri5", 1, 2, None) == (1.0, 2.0, None)
+    assert flow_mod.check_solver("rk4", 1e-3, 1e-4, 3) == (1e-3, 1e-4, 3)
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
+def test_flow_drift_keeps_x_dtype_whatever_the_model_and_sde_return(kind):
+    """A float32 state gets a float32 drift although ``σ(t)``, the SDE's coefficients and this
+    model's ε are float64; its values are the float64 drift rounded (float32 tolerance)."""
+    sde = _sde(kind)
+    gm = GaussianMixture.random(2, 2, seed=3, sde=sde)
+
+    class Float64Eps:  # a model whose ε comes back in float64 whatever x's dtype
+        def __init__(self):
+            self.sde = sde
+
+        def eps(self, x, t):
+            return gm.eps(x.to(torch.float64), t)
+
+    x = gm.sample(3, generator=_gen(1))
+    t = torch.tensor(0.4, dtype=torch.float64)
+    v = flow_mod.flow_drift(Float64Eps(), x.to(torch.float32), t)
+    assert v.dtype == torch.float32
+    torch.testing.assert_close(v, flow_mod.flow_drift(gm, x, t).to(torch.float32), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
+def test_the_sde_flow_drift_follows_x_device_when_t_lives_elsewhere(kind):
+    """The coefficients (``σ(t)``; ``a(t), b(t)``) come from ``t``'s device (here the CPU) and are
+    moved to ``x``'s (here 'meta', a second device every machine has). The flow's own
+    ``flow_drift`` first moves ``t`` to ``x``'s device to check it, which 'meta' cannot."""
+    x = torch.empty(3, 2, device="meta")
+    v = sde_flow_drift(_sde(kind), x, torch.tensor(0.4, dtype=torch.float64), torch.zeros_like(x))
+    assert v.device.type == "meta" and v.shape == (3, 2) and v.dtype == torch.float32
+
+
+def test_an_adaptive_solve_stops_at_the_step_limit(monkeypatch):
+    """torchdiffeq is handed the step limit: past it the solve fails with a RuntimeError naming it."""
+    gm, x = _gm(), _gm().sample(2, generator=_gen(1))
+    monkeypatch.setattr(flow_mod, "_MAX_NUM_STEPS", 3)
+    with pytest.raises(RuntimeError, match=r"^ODE solver 'dopri5' \(rtol=1e-05, atol=1e-05\) failed near t=.*"
+                                           r"max_num_steps exceeded"):
+        solve_flow(gm, x, 1e-3, 1.0)
+
+
+def test_clock_at_clamps_into_zero_one_by_default():
+    clock, sde = flow_mod.Clock(VPSDE.linear()), VPSDE.linear()
+    assert clock.at(1.5) == (1.0, float(sde.clock_rate(1.0)))
+    assert clock.at(-0.5) == (0.0, float(sde.clock_rate(0.0)))
+    assert clock.at(0.5, 0.6, 0.9) == (0.6, float(sde.clock_rate(0.6)))
+
+
+def test_clock_at_warm_starts_each_inversion_at_the_last_time(monkeypatch):
+    """:meth:`Clock.at` hands the SDE's inverse of the clock the midpoint of ``[lo, hi]`` as the
+    first start, then each previous answer (consecutive solver times are close)."""
+    sde = VPSDE(CosineSchedule())
+    clock, starts = flow_mod.Clock(sde), []
+    inverse = sde.time_for_clock
+
+    def recording(b, *, lo, hi, t0):
+        starts.append(t0)
+        return inverse(b, lo=lo, hi=hi, t0=t0)
+
+    monkeypatch.setattr(sde, "time_for_clock", recording)
+    first, _ = clock.at(0.5, 0.2, 1.0)
+    second, _ = clock.at(0.7, 0.2, 1.0)
+    assert starts == [0.6, first]
+    assert first == pytest.approx(float(inverse(clock._smooth(torch.tensor(0.5, dtype=torch.float64))[0])),
+                                  rel=1e-12)
+    assert second == float(inverse(clock._smooth(torch.tensor(0.7, dtype=torch.float64))[0], lo=0.2, hi=1.0,
+                                   t0=first))
