@@ -10,17 +10,14 @@ import scoresde.training.run as train_module
 from scoresde.sample import main as sample_main
 from scoresde.train import main as train_main
 
-from .train_util import TINY_TOY, restore_threads, run_module, snapshot, tiny_mnist, write_config  # noqa: F401
+from .train_util import TINY_TOY, restore_threads, run_module, snapshot, tiny_mnist, train_run, write_config  # noqa: F401
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """An existing run folder, a tiny config, and a few broken files beside them."""
     root = tmp_path_factory.mktemp("bad")
-    n = torch.get_num_threads()
-    cfg = write_config(root / "tiny.yaml", TINY_TOY, train={"steps": 2})
-    assert train_main(["--config", cfg, "--out", root / "run"]) == 0
-    torch.set_num_threads(n)
+    train_run(root / "tiny.yaml", root / "run", TINY_TOY, train={"steps": 2})
     good = (root / "run" / "checkpoints" / "ckpt_000000002.pt").read_bytes()
     (root / "corrupt.pt").write_bytes(b"\x00not a zip archive" * 100)
     (root / "truncated.pt").write_bytes(good[: len(good) // 2])

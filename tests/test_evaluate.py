@@ -12,10 +12,9 @@ from scoresde.data.loader import load_dataset
 from scoresde.evaluate import main as evaluate_main
 from scoresde.likelihood.ode import bits_per_dim
 from scoresde.likelihood.vlb import ddpm_vlb_bits_per_dim
-from scoresde.train import main as train_main
 from scoresde.training.checkpoint import load_run
 
-from .train_util import TINY_DIGITS, TINY_TOY, restore_threads, run_module, write_config  # noqa: F401
+from .train_util import TINY_DIGITS, TINY_TOY, restore_threads, run_module, train_run  # noqa: F401
 
 FAST = ["--rtol", "1e-2", "--atol", "1e-2", "--limit", "3", "--device", "cpu"]
 
@@ -24,12 +23,9 @@ FAST = ["--rtol", "1e-2", "--atol", "1e-2", "--limit", "3", "--device", "cpu"]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_runs")
-    n = torch.get_num_threads()
     digits = dict(TINY_DIGITS, model={"kind": "mlp", "hidden": 32, "depth": 1, "time_dim": 16})
     for name, base in (("toy", TINY_TOY), ("digits", digits)):
-        cfg = write_config(root / f"{name}.yaml", base, sample={"n": 0}, train={"steps": 2})
-        assert train_main(["--config", cfg, "--out", root / name]) == 0
-    torch.set_num_threads(n)
+        train_run(root / f"{name}.yaml", root / name, base, sample={"n": 0}, train={"steps": 2})
     return root
 
 
@@ -120,12 +116,9 @@ def test_reproduces_the_runs_summary_exactly(tmp_path, capsys, grid):
     both come from :func:`scoresde.evaluation.bpd_eval.evaluate_likelihood`. A flag changes the figures."""
     sigmas = {"ode_sigma": 0.035, "vlb_sigma": 0.02} if grid == "sigma" else {}
     digits = dict(TINY_DIGITS, model={"kind": "mlp", "hidden": 32, "depth": 1, "time_dim": 16})
-    cfg = write_config(tmp_path / "c.yaml", digits, seed=5, sample={"n": 0}, train={"steps": 2},
-                       eval={"bpd": True, "vlb": True, "bpd_n": 6, "vlb_steps": 40, "vlb_terms": 7,
-                             "batch_size": 4, **sigmas})
-    n = torch.get_num_threads()
-    assert train_main(["--config", cfg, "--out", tmp_path / "run"]) == 0
-    torch.set_num_threads(n)
+    train_run(tmp_path / "c.yaml", tmp_path / "run", digits, seed=5, sample={"n": 0}, train={"steps": 2},
+              eval={"bpd": True, "vlb": True, "bpd_n": 6, "vlb_steps": 40, "vlb_terms": 7, "batch_size": 4,
+                    **sigmas})
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     capsys.readouterr()
     assert evaluate_main(["--ckpt", tmp_path / "run", "--bpd", "--vlb", "--device", "cpu"]) == 0

@@ -35,7 +35,7 @@ from scoresde.training.checkpoint import EMA_FORMAT, export_ema_safetensors, loa
 from scoresde.training.config import config_from_dict, load_config
 from scoresde.training.runlog import read_metrics
 
-from .train_util import TINY_TOY, fork_main, restore_threads, wait_status, write_config  # noqa: F401
+from .train_util import TINY_TOY, fork_main, restore_threads, train_run, wait_status  # noqa: F401
 
 PROGRAMS = {"train": train_main, "sample": sample_main, "evaluate": evaluate_main}
 BIG = 10**12
@@ -55,13 +55,9 @@ def _ema_file(path: Path, meta: dict, tensors: dict | None = None) -> None:
 def world(tmp_path_factory):
     """A finished tiny run, a digits run, and broken copies of their files beside them."""
     root = tmp_path_factory.mktemp("world")
-    n = torch.get_num_threads()
-    cfg = write_config(root / "tiny.yaml", TINY_TOY, train={"steps": 2})
-    assert train_main(["--config", cfg, "--out", root / "run"]) == 0
+    train_run(root / "tiny.yaml", root / "run", TINY_TOY, train={"steps": 2})
     digits = dict(TINY_TOY, data={"name": "digits", "n": 64}, sample={"n": 0})
-    write_config(root / "digits.yaml", digits, train={"steps": 1})
-    assert train_main(["--config", root / "digits.yaml", "--out", root / "digits"]) == 0
-    torch.set_num_threads(n)
+    train_run(root / "digits.yaml", root / "digits", digits, train={"steps": 1})
     run = root / "run"
     good_path = run / "checkpoints" / "ckpt_000000002.pt"
     good = torch.load(good_path, weights_only=True)

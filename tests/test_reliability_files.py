@@ -42,7 +42,7 @@ from scoresde.training.checkpoint import EMA_FORMAT, load_run
 from scoresde.training.config import config_from_dict, load_config
 from scoresde.util.lock import FolderBusy, FolderLock
 
-from .train_util import ENV, TINY_TOY, restore_threads, write_config  # noqa: F401
+from .train_util import ENV, TINY_TOY, restore_threads, train_run  # noqa: F401
 
 PROGRAMS = {"train": train_main, "sample": sample_main, "evaluate": evaluate_main}
 SECRET = "s3cr3t-value-of-the-environment"
@@ -140,10 +140,7 @@ def world(tmp_path_factory):
     """A finished tiny run, files built from it that carry hostile configs, data bombs and broken
     diffusers folders."""
     root = tmp_path_factory.mktemp("world3")
-    n = torch.get_num_threads()
-    cfg = write_config(root / "tiny.yaml", TINY_TOY, train={"steps": 2})
-    assert train_main(["--config", cfg, "--out", root / "run"]) == 0
-    torch.set_num_threads(n)
+    train_run(root / "tiny.yaml", root / "run", TINY_TOY, train={"steps": 2})
     run = root / "run"
     good = torch.load(run / "checkpoints" / "ckpt_000000002.pt", weights_only=True)
     ema = dict(load_run(run / "ema.safetensors").model.state_dict())

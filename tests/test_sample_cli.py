@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from scoresde.evaluation.report import draw_samples
 from scoresde.sample import main as sample_main
-from scoresde.train import main as train_main
 from scoresde.training.checkpoint import load_run
 
-from .train_util import TINY_DIGITS, TINY_TOY, restore_threads, write_config  # noqa: F401
+from .train_util import TINY_DIGITS, TINY_TOY, restore_threads, train_run  # noqa: F401
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    n = torch.get_num_threads()
     for name, base in (("toy", TINY_TOY), ("digits", TINY_DIGITS)):
-        cfg = write_config(root / f"{name}.yaml", base, sample={"n": 0}, train={"steps": 2})
-        assert train_main(["--config", cfg, "--out", root / name]) == 0
-    torch.set_num_threads(n)
+        train_run(root / f"{name}.yaml", root / name, base, sample={"n": 0}, train={"steps": 2})
     return root
 
 

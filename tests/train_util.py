@@ -108,6 +108,21 @@ def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def train_run(config: Path, out: Path, base: dict, **sections) -> Path:
+    """Write ``base`` updated by ``sections`` (:func:`write_config`) to ``config`` and train it into
+    ``out`` with ``scoresde.train.main`` in this process, giving back torch's thread count (which
+    ``main`` sets from the config; for module-scoped fixtures, which :func:`restore_threads` does
+    not cover). Returns ``out``."""
+    from scoresde.train import main
+
+    n = torch.get_num_threads()
+    try:
+        assert main(["--config", write_config(config, base, **sections), "--out", out]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def restore_threads():
     """``main`` sets torch's thread count from the config: give it back after each test."""
