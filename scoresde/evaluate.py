@@ -13,6 +13,12 @@ examples, same seed, same thread count). Results: mean ± standard error over th
 from :class:`~scoresde.evaluation.bpd_eval.EvalSettings`' defaults and ``--data`` names the data set:
 ``digits``, ``mnist``, ``cifar10`` (files under ``--data-root``) or your own ``.npz`` / image
 folder of integer images with ``--levels`` levels (default 256).
+``--fid N``: draws ``N`` samples (``--sampler``/``--steps``, default the run's ``sample.*``),
+streams them in batches through Inception-v3 (torch-fidelity, ``pip install -e ".[fid]"``; its
+weights are downloaded on first use) and reports FID and KID against the training split of the
+data set (reference statistics cached in the run folder), by :func:`scoresde.evaluation.fid.sample_fid`
+(docs/fid.md). ``--fid-features random`` uses random weights of the same shapes instead: a check
+of the pipeline without the extra, whose figures do not compare with anything.
 Bad input (missing or corrupt checkpoint, bad flag, data without levels, CUDA missing) is one
 line on stderr and exit status 2.
 """
@@ -20,15 +26,17 @@ line on stderr and exit status 2.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
 from scoresde.cli import ArgumentParser, run_cli
+from scoresde.evaluation import fid as fid_lib
 from scoresde.evaluation.bpd_eval import EvalSettings, evaluation_data, print_likelihood
 from scoresde.training.checkpoint import load_model
 from scoresde.util.checks import check_choice, check_int
-from scoresde.util.choices import PROBES, SPLITS, TRACES, VARIANCES
-from scoresde.util.host import resolve_device
+from scoresde.util.choices import PROBES, SAMPLERS, SPLITS, TRACES, VARIANCES
+from scoresde.util.host import check_memory, resolve_device
 
 __all__ = ["main", "build_parser"]
 
@@ -67,6 +75,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, help=f"seed of dequantization, probes and VLB noise ({_RUN} seed)")
     p.add_argument("--threads", type=int, help=f"torch CPU threads ({_RUN} train.threads)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
+    p.add_argument("--fid", type=int, metavar="N", help="FID and KID of N samples against the training split")
+    p.add_argument("--sampler", help=f"sampler of the FID samples ({_RUN} sample.sampler)")
+    p.add_argument("--steps", type=int, help=f"sampler steps of the FID samples ({_RUN} sample.steps)")
+    p.add_argument("--fid-batch", type=int, default=250, help="samples per batch through the sampler and "
+                                                              "the feature extractor (default 250)")
+    p.add_argument("--fid-features", default="inception", help="inception (torch-fidelity's) | random "
+                                                               "(random weights: a pipeline check)")
     return p
 
 
@@ -81,8 +96,16 @@ _CLEARS = {"ode_t_eps": "ode_sigma", "vlb_ddpm_grid": "vlb_sigma", "vlb_all_term
 def _check_args(args) -> None:
     """The flags that are the program's own (not settings): what to do, split, threads, seed range,
     and the pairs that exclude each other."""
-    if not (args.bpd or args.vlb):
-        raise ValueError("nothing to evaluate: expected --bpd and/or --vlb")
+    if not (args.bpd or args.vlb or args.fid is not None):
+        raise ValueError("nothing to evaluate: expected --bpd, --vlb and/or --fid N")
+    if args.fid is None and (args.sampler is not None or args.steps is not None):
+        raise ValueError(f"--{'sampler' if args.sampler is not None else 'steps'}: only with --fid N")
+    check_choice("--fid-features", args.fid_features, ("inception", "random"))
+    if args.sampler is not None:
+        check_choice("--sampler", args.sampler, SAMPLERS)
+    for flag, value, low in (("--fid", args.fid, 2), ("--steps", args.steps, 1), ("--fid-batch", args.fid_batch, 1)):
+        if value is not None:
+            check_int(flag, value, low)
     check_choice("--split", args.split, SPLITS)
     if args.threads is not None:
         check_int("--threads", args.threads, 1)
@@ -104,6 +127,37 @@ def settings_from_args(config, args) -> EvalSettings:
     return base.replace(labels=_FLAGS, clear=clear, ode=args.bpd, vlb=args.vlb, **flags)
 
 
+def _run_folder(run) -> Path | None:
+    """The run folder a loaded run came from (its FID cache); ``None`` for a diffusers folder."""
+    if run.config is None:
+        return None
+    src = Path(run.source)
+    return src.parent.parent if src.parent.name == "checkpoints" else src.parent
+
+
+def _fid(run, args, device) -> None:
+    """``--fid N``: FID and KID of the run's samples against its data set's training split."""
+    cfg = run.config
+    sampler = args.sampler or (cfg.sample.sampler if cfg is not None else "ode")
+    steps = args.steps or (cfg.sample.steps if cfg is not None else 100)
+    seed = args.seed if args.seed is not None else (cfg.seed if cfg is not None else 0)
+    ref = evaluation_data(run, args.data, root=args.data_root, levels=args.levels, split="train")
+    if len(ref.shape) != 3:
+        raise ValueError(f"--fid {args.fid}: data set {ref.name!r} holds examples of shape {tuple(ref.shape)}: "
+                         f"FID needs images (C, H, W)")
+    extractor = fid_lib.RandomFeatures() if args.fid_features == "random" else fid_lib.default_extractor(device)
+    folder = _run_folder(run)
+    check_memory("--fid", args.fid, 4.0 * fid_lib.KID_POOL * extractor.dims, "the KID pool of features")
+    print(f"FID: {args.fid} samples ({sampler}, {steps} steps, seed {seed}) against the {ref.x.shape[0]} images of "
+          f"{ref.name} train, {extractor.name} features, batches of {args.fid_batch}")
+    out = fid_lib.sample_fid(run.model, ref, n=args.fid, sampler=sampler, steps=steps, seed=seed, device=device,
+                             extractor=extractor, batch_size=args.fid_batch, cache_dir=folder,
+                             progress=sys.stderr.isatty())
+    print(f"FID {out['fid']:.4f}   KID {out['kid']:.6f} ± {out['kid_std']:.6f}   NFE {out['nfe']} per sample"
+          + ("" if folder is None else f"   (reference statistics cached in {folder})"))
+    print("fid figures: " + ", ".join(f"{k}={out[k]!r}" for k in ("fid", "kid", "kid_std", "fid_n", "fid_n_ref")))
+
+
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
@@ -113,6 +167,10 @@ def _main(argv) -> int:
     threads = args.threads or (run.config.train.threads if run.config is not None else None)
     if threads:
         torch.set_num_threads(threads)
+    if args.fid is not None:
+        _fid(run, args, device)
+        if not (args.bpd or args.vlb):
+            return 0
     data = evaluation_data(run, args.data, root=args.data_root, levels=args.levels, split=args.split)
     return print_likelihood(run, data, settings, split=args.split, device=device)
 

@@ -39,7 +39,8 @@ from scoresde.util.progress import progress_bar
 
 __all__ = ["INCEPTION", "KID_POOL", "inception_missing", "InceptionFeatures", "RandomFeatures", "to_uint8",
            "FeatureStats", "feature_statistics_of", "reference_statistics", "mmd2_unbiased",
-           "kernel_inception_distance", "fid_kid", "sample_fid", "default_extractor"]
+           "kernel_inception_distance", "fid_kid", "sample_fid", "default_extractor", "report_extractor",
+           "report_fid"]
 
 INCEPTION = "inception-v3-compat"
 KID_POOL = 10000  # features of each side kept for KID
@@ -101,6 +102,27 @@ class RandomFeatures(nn.Module):
 def default_extractor(device="cpu"):
     """:class:`InceptionFeatures` on ``device`` (``ValueError`` naming the extra when it is missing)."""
     return InceptionFeatures(device)
+
+
+def report_extractor(device="cpu"):
+    """The extractor of the training report's FID: Inception when the ``fid`` extra is installed,
+    else ``None`` (no FID in the report)."""
+    return InceptionFeatures(device) if inception_missing() is None else None
+
+
+def report_fid(x: torch.Tensor, train_data, *, device, cache_dir, seed: int, batch_size: int = 250,
+               progress: bool = False) -> dict:
+    """The training report's FID and KID of the run's final samples ``x`` (``sample.n`` of them)
+    against its training data; ``{}`` without an extractor (:func:`report_extractor`) or with
+    fewer than 2 samples. Few samples bias FID upwards: compare runs at equal ``fid_n``, and use
+    ``python -m scoresde.evaluate --fid 50000`` for the figure papers report."""
+    extractor = report_extractor(device)
+    if extractor is None or x.shape[0] < 2:
+        return {}
+    ref = reference_statistics(train_data, extractor, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    stats = feature_statistics_of(_batches(x, batch_size), extractor, total=x.shape[0], progress=progress,
+                                  desc="sample features")
+    return {**fid_kid(stats, ref, seed=seed), "fid_extractor": extractor.name}
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -105,6 +105,11 @@ def write_report(model, cfg, run: Path, train_data, test_data, device, summary: 
         m = sample_metrics(x, cfg.data.name, train_data, test_data, cache_dir=run, seed=cfg.seed)
         summary["notes"] += m.pop("notes", [])
         summary.update(m)
+        if x.ndim == 4:
+            from scoresde.evaluation import fid  # it imports this module for draw_samples
+
+            ref = train_data if cfg.data.n is None else load_dataset(cfg.data.name, "train", root=cfg.data.root)
+            summary.update(fid.report_fid(x, ref, device=device, cache_dir=run, seed=cfg.seed, progress=progress))
     lk = evaluate_likelihood(model, test_data, EvalSettings.from_config(cfg), progress=progress)
     summary["notes"] += lk.notes
     summary.update(lk.figures())

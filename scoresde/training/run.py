@@ -248,10 +248,13 @@ def train_loop(trainer: Trainer, run: Path, log: MetricsLog, dist, say, interrup
                disable=not (dist.is_main and sys.stderr.isatty()))
     start, tick, tick_step = time.perf_counter(), time.perf_counter(), trainer.step
     while trainer.step < tc.steps:
-        out = trainer.train_step(stop_requested=interrupt.signum != 0)
+        nxt = trainer.step + 1  # figures are read back (a GPU sync) only on logging and checkpoint steps
+        sync = nxt % tc.log_every == 0 or nxt % tc.ckpt_every == 0 or nxt == tc.steps
+        out = trainer.train_step(stop_requested=interrupt.signum != 0, sync=sync)
         step = trainer.step
         bar.update(1)
-        bar.set_postfix(loss=f"{out['loss']:.4f}")
+        if isinstance(out["loss"], float):
+            bar.set_postfix(loss=f"{out['loss']:.4f}")
         if step % tc.log_every == 0 or step == tc.steps:
             now = time.perf_counter()
             rate = (step - tick_step) / max(now - tick, 1e-9)
