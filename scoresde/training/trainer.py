@@ -116,7 +116,7 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.ema = EMA(model, tc.ema_decay, tc.ema_warmup)
         if tc.compile:  # a tensor lr: the scheduler's new value each step does not recompile
-            self.opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(tc.lr, dtype=torch.float64),
+            self.opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(tc.lr, dtype=torch.float32),
                                          weight_decay=tc.weight_decay)
         elif device.type == "cuda" and tc.fused:
             self.opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
@@ -128,7 +128,7 @@ class Trainer:
         self.step, self.epoch, self.position, self.bad_steps = 0, 0, 0, 0
         self.window = [0.0, 0]  # loss sum (a float, or a device tensor between syncs) and count
         self._perm_epoch, self._perm = -1, None
-        self._ema_weight = None  # the EMA's lerp weight as a CPU tensor (train.compile)
+        self._ema_weight = None  # the EMA's lerp weight as a tensor (train.compile)
         self._first_bad = None  # (5,) float64 on the device: step, loss, grad_norm, t_lo, t_hi
         broadcast_module(model, dist)  # rank 0's weights on every rank
         self.num_classes = cfg.model.num_classes
@@ -247,8 +247,9 @@ class Trainer:
         weight = 1.0 - self.ema.current_decay()
         if self.cfg.train.compile:  # a tensor: a new decay each warm-up step does not recompile
             if self._ema_weight is None:
-                self._ema_weight = torch.zeros((), dtype=shadow[0].dtype if shadow else torch.float32)
-            weight = self._ema_weight.fill_(weight)  # float32 like the eager kernel's scalar
+                like = shadow[0] if shadow else torch.zeros(())
+                self._ema_weight = torch.zeros((), dtype=like.dtype, device=like.device)
+            weight = self._ema_weight.fill_(weight)  # float32 like the eager kernel's scalar; no host read
         self._update(shadow, live, weight)
         self.ema.updates += 1
 
@@ -328,7 +329,7 @@ class Trainer:
             for key in ("lr", "initial_lr"):  # a tensor when compiled (no recompilation), else a float
                 if key in group and self.cfg.train.compile != isinstance(group[key], torch.Tensor):
                     v = group[key]
-                    group[key] = torch.tensor(v, dtype=torch.float64) if self.cfg.train.compile else float(v)
+                    group[key] = torch.tensor(v, dtype=torch.float32) if self.cfg.train.compile else float(v)
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.bad_steps = int(state["step"]), int(state["bad_steps"])
         self.window = [float(state["log_window"][0]), int(state["log_window"][1])]
