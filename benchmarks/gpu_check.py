@@ -236,6 +236,7 @@ def main(argv=None) -> int:
                  "eval.rtol=1e-2", "eval.atol=1e-2"]
     if q and dev == "cpu":
         sets += ["train.compile=false"]  # compiling on a CPU takes minutes: the quick check stays quick
+    sets = list({item.split("=", 1)[0]: item for item in sets}.values())  # a later value wins: each key once
     status, secs, tail = run(["scoresde.train", "--config", ROOT / "configs" / "cifar10_ddpmpp.yaml", "--device",
                               dev, "--out", cifar, "--set", *sets], out / "cifar10.log", args.timeout)
     summary = json.loads((cifar / "summary.json").read_text()) if (cifar / "summary.json").is_file() else {}

@@ -191,7 +191,8 @@ class Trainer:
         ``sync`` or ``stop_requested`` after it, naming the first bad step).
         """
         tc, lc = self.cfg.train, self.cfg.loss
-        self.model.train()
+        if not self.model.training:  # train() walks every submodule: only after something switched to eval
+            self.model.train()
         self.opt.zero_grad(set_to_none=True)
         loss_sum, t_lo, t_hi = None, None, None
         micro_idx = self._indices()
