@@ -13,12 +13,8 @@ examples, same seed, same thread count). Results: mean ± standard error over th
 from :class:`~scoresde.evaluation.bpd_eval.EvalSettings`' defaults and ``--data`` names the data set:
 ``digits``, ``mnist``, ``cifar10`` (files under ``--data-root``) or your own ``.npz`` / image
 folder of integer images with ``--levels`` levels (default 256).
-``--fid N``: draws ``N`` samples (``--sampler``/``--steps``, default the run's ``sample.*``),
-streams them in batches through Inception-v3 (torch-fidelity, ``pip install -e ".[fid]"``; its
-weights are downloaded on first use) and reports FID and KID against the training split of the
-data set (reference statistics cached in the run folder), by :func:`scoresde.evaluation.fid.sample_fid`
-(docs/fid.md). ``--fid-features random`` uses random weights of the same shapes instead: a check
-of the pipeline without the extra, whose figures do not compare with anything.
+``--fid N``: FID and KID of N samples against the training split, :func:`scoresde.evaluation.fid.print_fid`
+(Inception via ``pip install -e ".[fid]"``, or ``--fid-features random``: a pipeline check; docs/fid.md).
 Bad input (missing or corrupt checkpoint, bad flag, data without levels, CUDA missing) is one
 line on stderr and exit status 2.
 """
@@ -26,7 +22,6 @@ line on stderr and exit status 2.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 
@@ -36,7 +31,7 @@ from scoresde.evaluation.bpd_eval import EvalSettings, evaluation_data, print_li
 from scoresde.training.checkpoint import load_model
 from scoresde.util.checks import check_choice, check_int
 from scoresde.util.choices import PROBES, SAMPLERS, SPLITS, TRACES, VARIANCES
-from scoresde.util.host import check_memory, resolve_device
+from scoresde.util.host import resolve_device
 
 __all__ = ["main", "build_parser"]
 
@@ -78,10 +73,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--fid", type=int, metavar="N", help="FID and KID of N samples against the training split")
     p.add_argument("--sampler", help=f"sampler of the FID samples ({_RUN} sample.sampler)")
     p.add_argument("--steps", type=int, help=f"sampler steps of the FID samples ({_RUN} sample.steps)")
-    p.add_argument("--fid-batch", type=int, default=250, help="samples per batch through the sampler and "
-                                                              "the feature extractor (default 250)")
-    p.add_argument("--fid-features", default="inception", help="inception (torch-fidelity's) | random "
-                                                               "(random weights: a pipeline check)")
+    p.add_argument("--fid-batch", type=int, default=250, help="samples per batch of the FID (default 250)")
+    p.add_argument("--fid-features", default="inception", help="inception (torch-fidelity's) | random (a check)")
     return p
 
 
@@ -127,37 +120,6 @@ def settings_from_args(config, args) -> EvalSettings:
     return base.replace(labels=_FLAGS, clear=clear, ode=args.bpd, vlb=args.vlb, **flags)
 
 
-def _run_folder(run) -> Path | None:
-    """The run folder a loaded run came from (its FID cache); ``None`` for a diffusers folder."""
-    if run.config is None:
-        return None
-    src = Path(run.source)
-    return src.parent.parent if src.parent.name == "checkpoints" else src.parent
-
-
-def _fid(run, args, device) -> None:
-    """``--fid N``: FID and KID of the run's samples against its data set's training split."""
-    cfg = run.config
-    sampler = args.sampler or (cfg.sample.sampler if cfg is not None else "ode")
-    steps = args.steps or (cfg.sample.steps if cfg is not None else 100)
-    seed = args.seed if args.seed is not None else (cfg.seed if cfg is not None else 0)
-    ref = evaluation_data(run, args.data, root=args.data_root, levels=args.levels, split="train")
-    if len(ref.shape) != 3:
-        raise ValueError(f"--fid {args.fid}: data set {ref.name!r} holds examples of shape {tuple(ref.shape)}: "
-                         f"FID needs images (C, H, W)")
-    extractor = fid_lib.RandomFeatures() if args.fid_features == "random" else fid_lib.default_extractor(device)
-    folder = _run_folder(run)
-    check_memory("--fid", args.fid, 4.0 * fid_lib.KID_POOL * extractor.dims, "the KID pool of features")
-    print(f"FID: {args.fid} samples ({sampler}, {steps} steps, seed {seed}) against the {ref.x.shape[0]} images of "
-          f"{ref.name} train, {extractor.name} features, batches of {args.fid_batch}")
-    out = fid_lib.sample_fid(run.model, ref, n=args.fid, sampler=sampler, steps=steps, seed=seed, device=device,
-                             extractor=extractor, batch_size=args.fid_batch, cache_dir=folder,
-                             progress=sys.stderr.isatty())
-    print(f"FID {out['fid']:.4f}   KID {out['kid']:.6f} ± {out['kid_std']:.6f}   NFE {out['nfe']} per sample"
-          + ("" if folder is None else f"   (reference statistics cached in {folder})"))
-    print("fid figures: " + ", ".join(f"{k}={out[k]!r}" for k in ("fid", "kid", "kid_std", "fid_n", "fid_n_ref")))
-
-
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
@@ -168,7 +130,8 @@ def _main(argv) -> int:
     if threads:
         torch.set_num_threads(threads)
     if args.fid is not None:
-        _fid(run, args, device)
+        ref = evaluation_data(run, args.data, root=args.data_root, levels=args.levels, split="train")
+        fid_lib.print_fid(run, ref, args, device)
         if not (args.bpd or args.vlb):
             return 0
     data = evaluation_data(run, args.data, root=args.data_root, levels=args.levels, split=args.split)

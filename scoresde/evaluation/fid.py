@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +36,13 @@ from scoresde.evaluation.metrics import frechet_distance
 from scoresde.evaluation.report import draw_samples, model_shape
 from scoresde.util.atomic import atomic_write_bytes
 from scoresde.util.checks import check_int
+from scoresde.util.host import check_memory
 from scoresde.util.progress import progress_bar
 
 __all__ = ["INCEPTION", "KID_POOL", "inception_missing", "InceptionFeatures", "RandomFeatures", "to_uint8",
            "FeatureStats", "feature_statistics_of", "reference_statistics", "mmd2_unbiased",
            "kernel_inception_distance", "fid_kid", "sample_fid", "default_extractor", "report_extractor",
-           "report_fid"]
+           "report_fid", "print_fid"]
 
 INCEPTION = "inception-v3-compat"
 KID_POOL = 10000  # features of each side kept for KID
@@ -277,3 +279,35 @@ def sample_fid(model, reference_data, *, n: int, sampler: str, steps: int, seed:
 
     stats = feature_statistics_of(batches(), extractor, total=n, progress=progress, desc=f"{sampler} samples")
     return {**fid_kid(stats, ref, seed=seed), "nfe": nfe[0], "fid_extractor": extractor.name}
+
+
+def _run_folder(run) -> Path | None:
+    """The run folder a loaded run came from (its FID cache); ``None`` for a diffusers folder."""
+    if run.config is None:
+        return None
+    src = Path(run.source)
+    return src.parent.parent if src.parent.name == "checkpoints" else src.parent
+
+
+def print_fid(run, ref, args, device) -> dict:
+    """``python -m scoresde.evaluate --fid N``: FID and KID of a loaded run's samples against ``ref``
+    (the data set's training split) by the flags ``args`` (``fid``, ``sampler``, ``steps``, ``seed``,
+    ``fid_batch``, ``fid_features``; unset: the run's ``sample.*`` and seed), printed; returns the figures."""
+    cfg = run.config
+    sampler = args.sampler or (cfg.sample.sampler if cfg is not None else "ode")
+    steps = args.steps or (cfg.sample.steps if cfg is not None else 100)
+    seed = args.seed if args.seed is not None else (cfg.seed if cfg is not None else 0)
+    if len(ref.shape) != 3:
+        raise ValueError(f"--fid {args.fid}: data set {ref.name!r} holds examples of shape {tuple(ref.shape)}: "
+                         f"FID needs images (C, H, W)")
+    extractor = RandomFeatures() if args.fid_features == "random" else default_extractor(device)
+    folder = _run_folder(run)
+    check_memory("--fid", args.fid, 4.0 * KID_POOL * extractor.dims, "the KID pool of features")
+    print(f"FID: {args.fid} samples ({sampler}, {steps} steps, seed {seed}) against the {ref.x.shape[0]} images of "
+          f"{ref.name} train, {extractor.name} features, batches of {args.fid_batch}")
+    out = sample_fid(run.model, ref, n=args.fid, sampler=sampler, steps=steps, seed=seed, device=device,
+                     extractor=extractor, batch_size=args.fid_batch, cache_dir=folder, progress=sys.stderr.isatty())
+    print(f"FID {out['fid']:.4f}   KID {out['kid']:.6f} ± {out['kid_std']:.6f}   NFE {out['nfe']} per sample"
+          + ("" if folder is None else f"   (reference statistics cached in {folder})"))
+    print("fid figures: " + ", ".join(f"{k}={out[k]!r}" for k in ("fid", "kid", "kid_std", "fid_n", "fid_n_ref")))
+    return out

@@ -206,8 +206,7 @@ class Trainer:
                 out = dsm_loss(self.loss_model, x0, weighting=lc.weighting, time_sampling=lc.time_sampling,
                                t_eps=lc.t_eps, generator=g, y=labels, label_dropout=self.label_dropout)
             (out.loss / tc.grad_accum).backward()
-            # float64 sums of the float32 losses: the same figures as Python floats, without a read-back
-            loss = out.loss.detach().to(torch.float64)
+            loss = out.loss.detach().to(torch.float64)  # float64 sums: Python floats' figures, no read-back
             t = out.t.detach()
             loss_sum = loss if loss_sum is None else loss_sum + loss
             t_lo = t.min() if t_lo is None else torch.minimum(t_lo, t.min())
