@@ -57,12 +57,12 @@ def ancestral(model, x_T: torch.Tensor, *, steps: int | None = None, generator=N
                    options=options, defaults=_DEFAULTS, descent=True, cost=lambda k: k)
     require_variance_preserving(run.sde)
     variance = check_choice("variance", run.opts["variance"], VARIANCES)
-    grid, net = run.grid, run.net
+    grid, counted = run.grid, run.counted_model
     log_alpha = torch.log(run.sde.alpha(grid))  # float64
     sigma = run.sde.sigma(grid)
     x = x_T
     for k in range(grid.numel() - 1):  # τ_k → τ_{k+1} (decreasing)
-        eps = eps_of(net, x, grid[k])
+        eps = eps_of(counted, x, grid[k])
         beta_prime = float(-torch.expm1(2 * (log_alpha[k] - log_alpha[k + 1])))  # 1 - ᾱ_k/ᾱ_{k+1}
         inv_sqrt = float(torch.exp(log_alpha[k + 1] - log_alpha[k]))  # 1/√(1 - β'_k)
         x = inv_sqrt * (x - beta_prime / float(sigma[k]) * eps)  # Ho et al. eq. 11

@@ -236,7 +236,7 @@ class Run:
     times (from the start, ``x_T``'s time, to the end time), ``denoise`` and the progress bar."""
 
     name: str
-    net: NFECounter
+    counted_model: NFECounter
     sde: object
     opts: dict
     grid: torch.Tensor
@@ -260,8 +260,8 @@ def open_run(name: str, model, x_T, *, steps, t_eps, denoise, progress, options:
         defaults = {**defaults, **dict.fromkeys(GRID_OPTIONS)}
     opts = check_options(name, options, defaults)
     check_flag("denoise", denoise)
-    net = NFECounter(model)
-    sde = net.sde
+    counted = NFECounter(model)
+    sde = counted.sde
     times, timesteps = opts.pop("times", None), opts.pop("timesteps", None)
     if times is not None or timesteps is not None:
         if steps is not None:
@@ -278,7 +278,7 @@ def open_run(name: str, model, x_T, *, steps, t_eps, denoise, progress, options:
         intervals = check_steps(steps) - (1 if descent and denoise else 0)
         grid = sampler_grid(sde, intervals, t_eps, denoise, opts.get("spacing", "uniform"), opts.get("rho", 7.0))
     total = None if cost is None else cost(grid.numel() - 1) + int(denoise)
-    return Run(name, net, sde, opts, grid, denoise, progress_bar(total, progress, name), x_T.dtype)
+    return Run(name, counted, sde, opts, grid, denoise, progress_bar(total, progress, name), x_T.dtype)
 
 
 def finish_run(run: Run, x: torch.Tensor, **info) -> SampleResult:
@@ -287,7 +287,7 @@ def finish_run(run: Run, x: torch.Tensor, **info) -> SampleResult:
     ``ValueError``, naming the sampler otherwise)."""
     t_end = float(run.grid[-1])
     if run.denoise:
-        x, t_end = x0_of(run.net, x, run.grid[-1]), 0.0
+        x, t_end = x0_of(run.counted_model, x, run.grid[-1]), 0.0
         run.bar.update(1)
     run.bar.close()
     x = x.to(run.dtype)
@@ -296,4 +296,4 @@ def finish_run(run: Run, x: torch.Tensor, **info) -> SampleResult:
         bad = int((~finite).sum())
         raise NonFiniteResult(f"{run.name} sampler: {bad} of {x.numel()} values of the result are not finite "
                          f"(NaN or inf); check the model's ε (model.eps) and the sampler's options")
-    return SampleResult(x=x, nfe=run.net.nfe, t_end=t_end, info={"grid": run.grid, **info})
+    return SampleResult(x=x, nfe=run.counted_model.nfe, t_end=t_end, info={"grid": run.grid, **info})

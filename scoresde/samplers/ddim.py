@@ -52,12 +52,12 @@ def ddim(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, 
     run = open_run("ddim", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
                    options=options, defaults=_DEFAULTS, descent=True, cost=lambda k: k)
     eta = check_number("eta", run.opts["eta"], low=0, high=1, low_closed=True, high_closed=True)
-    grid, net = run.grid, run.net
+    grid, counted = run.grid, run.counted_model
     alpha, sigma = run.sde.alpha(grid), run.sde.sigma(grid)  # float64
     _, trans_var = run.sde.transition(grid[1:], grid[:-1])  # v_k of τ_{k+1} → τ_k
     x = x_T
     for k in range(grid.numel() - 1):  # τ_k → τ_{k+1} (decreasing)
-        eps = eps_of(net, x, grid[k])
+        eps = eps_of(counted, x, grid[k])
         x0_hat = (x - float(sigma[k]) * eps) / float(alpha[k])
         s_k = float(eta * sigma[k + 1] / sigma[k] * torch.sqrt(trans_var[k]))  # eq. 16
         direction = float(torch.clamp(sigma[k + 1] ** 2 - s_k**2, min=0.0).sqrt())

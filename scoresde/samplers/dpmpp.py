@@ -87,7 +87,7 @@ def dpmpp(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None,
     run = open_run("dpmpp", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
                    options=options, defaults=_DEFAULTS, cost=lambda k: k)
     opts = _check_options(run.opts)
-    grid, net = run.grid, run.net  # 1 → t_eps
+    grid, counted = run.grid, run.counted_model  # 1 → t_eps
     lower_final = opts["lower_order_final"]
     if lower_final is None:
         lower_final = float(grid[-1]) <= run.sde.sampling_eps * (1 + 1e-9)
@@ -96,7 +96,7 @@ def dpmpp(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None,
     lam = (0.5 * run.sde.log_snr(grid)).tolist()  # half log-SNR λ = log(α/σ)
 
     x = x_T
-    m = x0_of(net, x, grid[0]) if k > 0 else None
+    m = x0_of(counted, x, grid[0]) if k > 0 else None
     history: list[tuple[float, torch.Tensor]] = []  # (λ_j, x̂_0 at τ_j), newest last
     for i in range(k):
         history = history[-2:] + [(lam[i], m)]
@@ -105,7 +105,7 @@ def dpmpp(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None,
             order = min(order, 1 if k < 15 else 2)
         x_pred = _step(x, history, order, lam[i + 1], sigma[i + 1] / sigma[i], alpha[i + 1])
         if i < k - 1:
-            m = x0_of(net, x_pred, grid[i + 1])
+            m = x0_of(counted, x_pred, grid[i + 1])
             if opts["corrector"]:
                 x_pred = _correct(x, history[-order:] + [(lam[i + 1], m)], sigma[i + 1] / sigma[i], alpha[i + 1])
         x = x_pred

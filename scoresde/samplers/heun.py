@@ -83,26 +83,26 @@ def _scaled_grid(run):
 
 def _heun_steps(run, x):
     """Algorithm 1's Heun steps over the run's grid (``2K`` calls)."""
-    grid, net, k = run.grid, run.net, run.grid.numel() - 1  # 1 → t_eps
+    grid, counted, k = run.grid, run.counted_model, run.grid.numel() - 1  # 1 → t_eps
     alpha, sigma_k = _scaled_grid(run)
-    d = eps_of(net, x, grid[0]) if k > 0 else None
+    d = eps_of(counted, x, grid[0]) if k > 0 else None
     for i in range(k):
         delta = sigma_k[i + 1] - sigma_k[i]
         x_tilde = x / alpha[i]
         x_pred = (x_tilde + delta * d) * alpha[i + 1]  # Euler predictor, back to x = α x̃
-        d_pred = eps_of(net, x_pred, grid[i + 1])
+        d_pred = eps_of(counted, x_pred, grid[i + 1])
         x = (x_tilde + delta * 0.5 * (d + d_pred)) * alpha[i + 1]  # trapezoidal corrector
         if i < k - 1:
-            d = eps_of(net, x, grid[i + 1])
+            d = eps_of(counted, x, grid[i + 1])
         run.bar.update(1)
     return x
 
 
 def _euler_steps(run, x):
     """The few-step rule: Euler in ``σ̃`` (DDIM, η = 0) over the run's grid (``K`` calls)."""
-    grid, net, k = run.grid, run.net, run.grid.numel() - 1
+    grid, counted, k = run.grid, run.counted_model, run.grid.numel() - 1
     alpha, sigma_k = _scaled_grid(run)
     for i in range(k):
-        x = (x / alpha[i] + (sigma_k[i + 1] - sigma_k[i]) * eps_of(net, x, grid[i])) * alpha[i + 1]
+        x = (x / alpha[i] + (sigma_k[i + 1] - sigma_k[i]) * eps_of(counted, x, grid[i])) * alpha[i + 1]
         run.bar.update(1)
     return x

@@ -36,13 +36,13 @@ def _check_ode_options(opts: dict, steps) -> tuple[dict, int | None]:
     return opts, steps
 
 
-def _solve(net, x, t_from: float, t_to: float, steps, progress: bool, desc: str, opts) -> torch.Tensor:
+def _solve(counted, x, t_from: float, t_to: float, steps, progress: bool, desc: str, opts) -> torch.Tensor:
     """The end state (in ``ode_dtype``) of the probability flow from ``t_from`` to ``t_to``."""
     method = opts["method"]
     total = steps * STAGES[method] if method in STAGES else None
     bar = progress_bar(total, progress, desc)
     try:
-        sol = integrate_flow(net, x, t_from, t_to, method=method, rtol=opts["rtol"], atol=opts["atol"],
+        sol = integrate_flow(counted, x, t_from, t_to, method=method, rtol=opts["rtol"], atol=opts["atol"],
                              steps=steps, divergence=None, dtype=opts["ode_dtype"],
                              on_eval=lambda _: bar.update(1))
     finally:
@@ -77,7 +77,7 @@ def ode(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, p
     opts, steps = _check_ode_options(run.opts, steps)
     t_eps = float(run.grid[-1])
     try:
-        x = _solve(run.net, x_T, 1.0, t_eps, steps, progress, "ode", opts)
+        x = _solve(run.counted_model, x_T, 1.0, t_eps, steps, progress, "ode", opts)
     except (ValueError, RuntimeError, AssertionError) as err:  # an adaptive solve driven off by a non-finite ε
         if "model.eps returned" in str(err):
             raise
@@ -100,8 +100,8 @@ def encode(model, x0: torch.Tensor, *, steps: int | None = None, progress: bool 
     if steps is not None:
         steps = check_steps(steps)
     opts, steps = _check_ode_options(opts, steps)
-    net = NFECounter(model)
-    t_eps = check_t_eps(t_eps, net.sde)
-    z = _solve(net, x0, t_eps, 1.0, steps, progress, "encode", opts)
-    return SampleResult(x=z.to(x0.dtype), nfe=net.nfe, t_end=1.0,
+    counted = NFECounter(model)
+    t_eps = check_t_eps(t_eps, counted.sde)
+    z = _solve(counted, x0, t_eps, 1.0, steps, progress, "encode", opts)
+    return SampleResult(x=z.to(x0.dtype), nfe=counted.nfe, t_end=1.0,
                         info={"method": opts["method"], "t_eps": t_eps})

@@ -52,9 +52,9 @@ def _corrector_steps(options: dict) -> int:
     return m if isinstance(m, int) and not isinstance(m, bool) and m >= 0 else 0
 
 
-def _langevin(net, x, t, mean2: float, snr: float, norms: str, generator):
+def _langevin(counted, x, t, mean2: float, snr: float, norms: str, generator):
     """One corrector step at time ``t`` (Song et al. 2021, Algorithm 5, lines 7–9)."""
-    score = score_of(net, x, t)
+    score = score_of(counted, x, t)
     z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     z_norm = z.flatten(1).norm(dim=1)  # (B,)
     s_norm = score.flatten(1).norm(dim=1)
@@ -97,7 +97,7 @@ def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, pr
                    options=options, defaults=_DEFAULTS,
                    cost=lambda k: k * (1 + _corrector_steps(options)))
     opts = _check(run.opts)
-    grid, net = run.grid, run.net  # 1 → t_eps
+    grid, counted = run.grid, run.counted_model  # 1 → t_eps
     if opts["predictor"] == "ancestral":
         require_variance_preserving(run.sde)
     trans_mean, trans_var = run.sde.transition(grid[1:], grid[:-1])  # m_k, v_k of τ_{k+1} → τ_k
@@ -106,7 +106,7 @@ def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, pr
     for k in range(grid.numel() - 1):  # τ_k → τ_{k+1} (decreasing)
         var = float(trans_var[k])  # v_k (β'_k = 1 - ᾱ_k/ᾱ_{k+1} for VP)
         mean = float(trans_mean[k])  # m_k (√(1 - β'_k) for VP)
-        score = score_of(net, x, grid[k])
+        score = score_of(counted, x, grid[k])
         z = randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         if opts["predictor"] == "reverse_diffusion":  # eq. 46: x - f_k + G_k² s + G_k z
             x = (2 - mean) * x + var * score
@@ -114,7 +114,7 @@ def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, pr
             x = (x + var * score) / mean
         x = x + var**0.5 * z
         for _ in range(opts["corrector_steps"]):
-            x = _langevin(net, x, grid[k + 1], mean**2, float(opts["snr"]), opts["norms"], generator)
+            x = _langevin(counted, x, grid[k + 1], mean**2, float(opts["snr"]), opts["norms"], generator)
         run.bar.update(1 + opts["corrector_steps"])  # one tick per ε evaluation, as the total counts
     return finish_run(run, x, predictor=opts["predictor"], corrector_steps=opts["corrector_steps"],
                       snr=float(opts["snr"]), norms=opts["norms"])

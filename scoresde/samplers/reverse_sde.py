@@ -103,7 +103,7 @@ def reverse_sde(model, x_T: torch.Tensor, *, steps: int | None = None, generator
     y = x_T.reshape(x_T.shape[0], -1)  # (B, D)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator,
                              device=generator.device if generator is not None else "cpu"))
-    sde = ReverseSDE(run.net, x_T.shape)
+    sde = ReverseSDE(run.counted_model, x_T.shape)
     if len(s_grid) > 1:
         bm = torchsde.BrownianInterval(
             t0=s_grid[0], t1=s_grid[-1], size=tuple(y.shape), dtype=y.dtype, device=y.device,
