@@ -62,6 +62,7 @@ LAYER = {
     "scoresde/samplers/ode.py": "samplers",
     "scoresde/samplers/pc.py": "samplers",
     "scoresde/samplers/reverse_sde.py": "samplers",
+    "scoresde/samplers/impute.py": "samplers",
     # likelihood: the bits/dim estimators
     "scoresde/likelihood/__init__.py": "likelihood",
     "scoresde/likelihood/ode.py": "likelihood",

@@ -218,6 +218,60 @@ class GaussianMixture(EpsModel):
         xt, _ = self.sde.marginal_sample(x0, t, generator=generator)
         return xt.to(dtype=dtype, device="cpu" if device is None else device)
 
+    # Conditioning on observed coordinates ---------------------------------------------
+    def condition(self, mask, x_obs) -> GaussianMixture:
+        """The exact conditional of the unobserved coordinates given the observed ones.
+
+        For ``x = (x_u, x_o)`` and each component ``N(μ, Σ)``, ``x_u | x_o`` is Gaussian with mean
+        ``μ_u + Σ_uo Σ_oo⁻¹ (x_o - μ_o)`` and covariance ``Σ_uu - Σ_uo Σ_oo⁻¹ Σ_ou`` (the Schur
+        complement), and the component's weight becomes ``∝ w_k N(x_o; μ_o,k, Σ_oo,k)``, its
+        marginal likelihood of the observation. So ``p(x_u | x_o)`` is again a mixture, returned as a
+        :class:`GaussianMixture` in ``D_u`` dimensions (event shape ``(D_u,)``, the unobserved
+        coordinates in their flattened order) joined to this mixture's SDE: ``sample`` and
+        ``log_prob`` give exact conditional draws and log-densities. Components whose weight
+        underflows to 0 in float64 (relative weight below ~1e-308) are dropped.
+
+        Args:
+            mask: boolean tensor of the event shape (or ``(D,)``), ``True`` = observed; at least
+                one coordinate must be unobserved. With nothing observed the result is the
+                mixture itself (flattened to ``(D,)``).
+            x_obs: one example (the event shape, ``(D,)`` or ``(1, *event_shape)``); only its
+                entries at observed positions are read, and those must be finite.
+        """
+        d = self.dim
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            what = f"a tensor of dtype {mask.dtype}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask: got {what}; expected a torch.bool tensor of shape {self.event_shape}")
+        if mask.numel() != d or tuple(mask.shape) not in (self.event_shape, (d,)):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}: expected {self.event_shape}")
+        x_obs = torch.as_tensor(x_obs)
+        if x_obs.numel() != d or tuple(x_obs.shape) not in (self.event_shape, (d,), (1, *self.event_shape)):
+            raise ValueError(f"x_obs has shape {tuple(x_obs.shape)}: expected {self.event_shape}")
+        o = mask.detach().reshape(d).cpu()
+        u = ~o
+        if not bool(u.any()):
+            raise ValueError("mask: every coordinate is observed; expected at least one unobserved coordinate")
+        xo = x_obs.detach().reshape(d).to(device="cpu", dtype=torch.float64)[o]
+        if not bool(torch.isfinite(xo).all()):
+            raise ValueError("x_obs: expected finite values at the observed positions (mask True)")
+        if not bool(o.any()):
+            return GaussianMixture(self.weights, self.means, self.covs, sde=self.sde)
+        s_oo = self.covs[:, o][:, :, o]  # (K, O, O)
+        s_uo = self.covs[:, u][:, :, o]  # (K, U, O)
+        s_uu = self.covs[:, u][:, :, u]  # (K, U, U)
+        chol = torch.linalg.cholesky(s_oo)
+        resid = (xo[None] - self.means[:, o])[..., None]  # (K, O, 1)
+        white = torch.linalg.solve_triangular(chol, resid, upper=False)  # L⁻¹ (x_o - μ_o)
+        log_lik = -0.5 * (white**2).sum((1, 2)) - torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(1) \
+            - 0.5 * int(o.sum()) * math.log(2 * math.pi)  # log N(x_o; μ_o, Σ_oo), (K,)
+        gain = torch.linalg.solve_triangular(chol, s_uo.transpose(1, 2), upper=False)  # L⁻¹ Σ_ou, (K, O, U)
+        means = self.means[:, u] + (gain.transpose(1, 2) @ white)[..., 0]
+        covs = s_uu - gain.transpose(1, 2) @ gain
+        covs = 0.5 * (covs + covs.transpose(1, 2))
+        weights = torch.softmax(torch.log(self.weights) + log_lik, 0)
+        keep = weights > 0
+        return GaussianMixture(weights[keep], means[keep], covs[keep], sde=self.sde)
+
 
 def _full_covs(covs: torch.Tensor, k: int, d: int) -> torch.Tensor:
     """Expand a scalar, ``(K,)``, ``(K, D)`` or ``(K, D, D)`` covariance spec to ``(K, D, D)``."""

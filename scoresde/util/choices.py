@@ -10,7 +10,7 @@ __all__ = ["SAMPLERS", "SPACINGS", "VLB_SPACINGS", "ADAPTIVE_METHODS", "FIXED_ME
            "SDE_METHODS", "TRACES", "PROBES", "VARIANCES",
            "SDE_KINDS", "VP_SCHEDULES", "VE_SCHEDULES", "SCHEDULES", "MODEL_KINDS", "MODEL_BASES",
            "WEIGHTINGS", "TIME_SAMPLINGS", "SPLITS", "TIME_EMBEDDINGS",
-           "COMPILE_MODES"]
+           "COMPILE_MODES", "IMPUTE_METHODS", "IMPUTE_SAMPLERS", "INPAINT_MASKS"]
 
 # Samplers (scoresde.samplers.SAMPLERS maps each name to its function; a test keeps them equal).
 SAMPLERS = ("ancestral", "ddim", "dpmpp", "heun", "ode", "pc", "sde")
@@ -40,3 +40,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 # Data splits (scoresde.data.table).
 SPLITS = ("train", "test")
+# Imputation (scoresde.samplers.impute): methods, the samplers whose step replacement and RePaint
+# wrap (a memoryless step from one grid time to the next), the inpainting masks of images.
+IMPUTE_METHODS = ("replacement", "repaint", "smc")
+IMPUTE_SAMPLERS = ("ddim", "ancestral", "sde", "pc", "heun")
+INPAINT_MASKS = ("bottom", "right", "center", "random:P")
