@@ -228,8 +228,8 @@ class GaussianMixture(EpsModel):
         marginal likelihood of the observation. So ``p(x_u | x_o)`` is again a mixture, returned as a
         :class:`GaussianMixture` in ``D_u`` dimensions (event shape ``(D_u,)``, the unobserved
         coordinates in their flattened order) joined to this mixture's SDE: ``sample`` and
-        ``log_prob`` give exact conditional draws and log-densities. Components whose weight
-        underflows to 0 in float64 (relative weight below ~1e-308) are dropped.
+        ``log_prob`` give exact conditional draws and log-densities. Component ``k`` of the result is
+        component ``k`` conditioned (a weight that underflows in float64 is kept at ~2e-308).
 
         Args:
             mask: boolean tensor of the event shape (or ``(D,)``), ``True`` = observed; at least
@@ -268,9 +268,10 @@ class GaussianMixture(EpsModel):
         means = self.means[:, u] + (gain.transpose(1, 2) @ white)[..., 0]
         covs = s_uu - gain.transpose(1, 2) @ gain
         covs = 0.5 * (covs + covs.transpose(1, 2))
-        weights = torch.softmax(torch.log(self.weights) + log_lik, 0)
-        keep = weights > 0
-        return GaussianMixture(weights[keep], means[keep], covs[keep], sde=self.sde)
+        # a weight that underflows to 0 is kept at the smallest positive float64: component k stays
+        # component k (the class k of the labelled oracle)
+        weights = torch.softmax(torch.log(self.weights) + log_lik, 0).clamp_min(torch.finfo(torch.float64).tiny)
+        return GaussianMixture(weights, means, covs, sde=self.sde)
 
 
 def _full_covs(covs: torch.Tensor, k: int, d: int) -> torch.Tensor:
