@@ -76,6 +76,7 @@ LAYER = {
     "scoresde/evaluation/metrics.py": "evaluation",
     "scoresde/evaluation/images.py": "evaluation",
     "scoresde/evaluation/report.py": "evaluation",
+    "scoresde/evaluation/inpaint.py": "evaluation",
     "scoresde/evaluation/fid.py": "evaluation",
     # training: config, building, the training state and its files
     "scoresde/training/__init__.py": "training",
