@@ -220,6 +220,10 @@ EXCEPTIONS = {
     "scoresde/likelihood/vlb.py::ddpm_vlb_bits_per_dim": "public estimator signature (keyword options)",
     "scoresde/nets/unet.py::UNet.__init__": "the U-Net's layer table, built in one place",
     "scoresde/samplers/base.py::open_run": "every sampler's opening: the shared sampler options in one call",
+    "scoresde/samplers/impute.py::impute": "public front door: the samplers' keywords, each method's options, "
+                                           "their checks and the two edge cases (all or nothing observed)",
+    "scoresde/evaluation/inpaint.py::inpaint": "public: the --inpaint flags as keywords",
+    "scoresde/evaluation/inpaint.py::write_inpainting": "the --inpaint program body: its flags as keywords",
 }
 
 

@@ -41,6 +41,7 @@ Values of ``observed`` at unobserved positions are never read (NaN may mark them
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -137,14 +138,15 @@ def impute(model, observed: torch.Tensor, mask: torch.Tensor, *, method: str = "
     if bool(mask.all()):  # nothing to impute
         return SampleResult(x=observed.clone(), nfe=0, t_end=0.0, info=info)
     net = NFECounter(model)
-    x_T = net.sde.prior_sample(observed.shape, generator=generator, dtype=observed.dtype, device=observed.device)
     if not bool(mask.any()):  # plain sampling with the method's sampler
+        x_T = _prior(net.sde, observed, generator)
         res = step_fn(net, x_T, times=grid, denoise=True, generator=generator, progress=progress, **step_opts)
         return SampleResult(x=res.x, nfe=net.nfe, t_end=0.0, info={**info, "grid": res.info["grid"]})
     if method == "smc":
-        x, extra = _smc(net, observed, mask, x_T, grid, particles, threshold, generator, progress)
+        x, extra = _smc(net, observed, mask, grid, particles, threshold, generator, progress)
     else:
-        x = _replace(net, observed, mask, x_T, grid, step_fn, step_opts, resamplings, generator, progress)
+        step = functools.partial(step_fn, denoise=False, generator=generator, **step_opts)
+        x = _replace(net, observed, mask, grid, step, resamplings, generator, progress)
         extra = {"sampler": sampler, "sampler_options": step_opts}
         if method == "repaint":
             extra["resamplings"] = resamplings
@@ -205,14 +207,20 @@ def _check_gaussian_sde(sde, method: str) -> None:
 
 
 # Replacement and RePaint ---------------------------------------------------------------------
-def _replace(net, y, mask, x, grid, step_fn, step_opts, resamplings, generator, progress):
-    """Song et al.'s replacement (``resamplings = 1``) or RePaint (``resamplings = r``)."""
+def _prior(sde, observed, generator):
+    return sde.prior_sample(observed.shape, generator=generator, dtype=observed.dtype, device=observed.device)
+
+
+def _replace(net, y, mask, grid, step, resamplings, generator, progress):
+    """Song et al.'s replacement (``resamplings = 1``) or RePaint (``resamplings = r``); ``step(net, x,
+    times=...)`` one step of the sampler."""
     sde = net.sde
+    x = _prior(sde, y, generator)
     bar = progress_bar(grid.numel() - 1, progress, "impute")
     x = torch.where(mask, _diffuse(sde, y, grid[0], generator), x)
     for k in range(grid.numel() - 1):
         for u in range(resamplings):
-            x = step_fn(net, x, times=grid[k:k + 2], denoise=False, generator=generator, **step_opts).x
+            x = step(net, x, times=grid[k:k + 2]).x
             x = torch.where(mask, _diffuse(sde, y, grid[k + 1], generator), x)
             if u < resamplings - 1:  # jump back: x_{τ_k} ~ q(x_{τ_k} | x_{τ_{k+1}})
                 m, v = sde.transition(grid[k + 1], grid[k])
@@ -230,7 +238,7 @@ def _diffuse(sde, y, t, generator):
 
 
 # Sequential Monte Carlo ----------------------------------------------------------------------
-def _smc(net, observed, mask, x_T, grid, particles, threshold, generator, progress):
+def _smc(net, observed, mask, grid, particles, threshold, generator, progress):
     sde = net.sde
     b = observed.shape[0]
     dev, dt = observed.device, observed.dtype
@@ -248,13 +256,9 @@ def _smc(net, observed, mask, x_T, grid, particles, threshold, generator, progre
         lp = -0.5 * (value - mean) ** 2 / var - 0.5 * math.log(2 * math.pi * var)
         return (lp * obs64).flatten(1).sum(1).reshape(b, particles)
 
-    # Start: the observed part from prior × g_1 (a constant weight per example), the rest from the prior.
-    x = rep(x_T).to(torch.float64)
-    prior_std = float(sde.prior_std)
-    a1, s1 = float(alpha[0]), float(sigma[0])
-    prec = 1.0 / prior_std**2 + 1.0 / s1**2
-    x = torch.where(obs, (a1 * y / s1**2) / prec + x / (prior_std * math.sqrt(prec)), x)
-    log_w -= log_gauss(x, a1 * y, s1**2)  # prior/proposal ∝ 1/g_1 on the observed part
+    x = _smc_start(sde, _prior(sde, y.to(dt), generator).to(torch.float64), y, obs, float(alpha[0]),
+                   float(sigma[0]))  # P independent prior draws per example
+    log_w -= log_gauss(x, float(alpha[0]) * y, float(sigma[0]) ** 2)  # prior/proposal ∝ 1/g_1 on the observed part
     last = grid.numel() - 1
     for k in range(grid.numel()):
         t, at, st = grid[k], float(alpha[k]), float(sigma[k])
@@ -267,9 +271,8 @@ def _smc(net, observed, mask, x_T, grid, particles, threshold, generator, progre
             break
         tw = log_gauss(at * y, x, st**2)  # the twist g_t(x_t)
         log_w += tw
-        ess = _ess(log_w)
-        ess_rows.append(ess)
-        need = ess < threshold * particles
+        ess_rows.append(_ess(log_w))
+        need = ess_rows[-1] < threshold * particles
         resampled_rows.append(need)
         if bool(need.any()):
             idx = _systematic(log_w, generator)
@@ -291,13 +294,17 @@ def _smc(net, observed, mask, x_T, grid, particles, threshold, generator, progre
         log_q = -0.5 * (z**2).flatten(1).sum(1) - torch.log(q_std / math.sqrt(var)).flatten(1).sum(1)
         log_w += (log_p - log_q).reshape(b, particles) - tw
     bar.close()
-    pick = _categorical(log_w, generator)  # (B,)
-    x0 = x0.reshape(b, particles, *x0.shape[1:])[torch.arange(b, device=dev), pick]
-    info = {"particles": particles, "ess_threshold": threshold,
-            "ess": torch.stack(ess_rows).cpu(),
-            "resampled": (torch.stack(resampled_rows) if resampled_rows
-                          else torch.zeros(0, b, dtype=torch.bool, device=dev)).cpu()}
-    return x0, info
+    x0 = x0.reshape(b, particles, *x0.shape[1:])[torch.arange(b, device=dev), _categorical(log_w, generator)]
+    resampled = torch.stack(resampled_rows) if resampled_rows else torch.zeros(0, b, dtype=torch.bool)
+    return x0, {"particles": particles, "ess_threshold": threshold, "ess": torch.stack(ess_rows).cpu(),
+                "resampled": resampled.cpu()}
+
+
+def _smc_start(sde, x, y, obs, a1: float, s1: float) -> torch.Tensor:
+    """Prior draws ``x`` with the observed part moved to a draw of prior × g_1 (a product of Gaussians)."""
+    prior_std = float(sde.prior_std)
+    prec = 1.0 / prior_std**2 + 1.0 / s1**2
+    return torch.where(obs, (a1 * y / s1**2) / prec + x / (prior_std * math.sqrt(prec)), x)
 
 
 def _f64(v: float, device) -> torch.Tensor:
