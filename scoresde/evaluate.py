@@ -67,6 +67,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, help=f"seed of dequantization, probes and VLB noise ({_RUN} seed)")
     p.add_argument("--threads", type=int, help=f"torch CPU threads ({_RUN} train.threads)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
+    p.add_argument("--no-mixture", action="store_true",
+                   help="class-conditional runs: skip p(x) by the class mixture (it costs classes × the ODE's NFE)")
     return p
 
 
@@ -114,7 +116,7 @@ def _main(argv) -> int:
     if threads:
         torch.set_num_threads(threads)
     data = evaluation_data(run, args.data, root=args.data_root, levels=args.levels, split=args.split)
-    return print_likelihood(run, data, settings, split=args.split, device=device)
+    return print_likelihood(run, data, settings, split=args.split, device=device, mixture=not args.no_mixture)
 
 
 def main(argv=None) -> int:
