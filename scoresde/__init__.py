@@ -5,6 +5,7 @@ is the ``python -m scoresde.sample`` program).
 """
 
 from scoresde.core.analytic import GaussianMixture
+from scoresde.core.conditional import condition
 from scoresde.core.model import EpsModel, ScoreModel, eps_of, score_of, x0_of
 from scoresde.core.schedules import (
     CosineSchedule,
@@ -40,6 +41,7 @@ __all__ = [
     "VPSDE",
     "append_dims",
     "bits_per_dim",
+    "condition",
     "ddpm_vlb_bits_per_dim",
     "eps_of",
     "evaluate_likelihood",

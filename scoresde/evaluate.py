@@ -75,6 +75,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--steps", type=int, help=f"sampler steps of the FID samples ({_RUN} sample.steps)")
     p.add_argument("--fid-batch", type=int, default=250, help="samples per batch of the FID (default 250)")
     p.add_argument("--fid-features", default="inception", help="inception (torch-fidelity's) | random (a check)")
+    p.add_argument("--no-mixture", action="store_true",
+                   help="class-conditional runs: skip p(x) by the class mixture (it costs classes × the ODE's NFE)")
     return p
 
 
@@ -135,7 +137,7 @@ def _main(argv) -> int:
         if not (args.bpd or args.vlb):
             return 0
     data = evaluation_data(run, args.data, root=args.data_root, levels=args.levels, split=args.split)
-    return print_likelihood(run, data, settings, split=args.split, device=device)
+    return print_likelihood(run, data, settings, split=args.split, device=device, mixture=not args.no_mixture)
 
 
 def main(argv=None) -> int:

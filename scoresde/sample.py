@@ -4,6 +4,12 @@
     python -m scoresde.sample --ckpt runs/digits/ema.safetensors --sampler ddim --steps 50 --out x.png
     python -m scoresde.sample --ckpt runs/digits --inpaint bottom --n 16 [--method smc] [--steps 100]
 
+A class-conditional run (``model.num_classes``; docs/conditioning.md) samples a class with
+classifier-free guidance, or one row per class (``--n`` per class)::
+
+    python -m scoresde.sample --ckpt runs/digits_cond --class 3 --guidance 2 --n 64
+    python -m scoresde.sample --ckpt runs/digits_cond --class all --n 8
+
 Writes a PNG (image grid, or scatter plot for 2-D data) and an ``.npz`` with ``samples``
 (``(n, *shape)`` float32 in model space) next to it. ``--ckpt`` is a run folder, a
 checkpoint ``.pt``, an ``ema.safetensors`` file or a diffusers DDPM folder
@@ -47,6 +53,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--method", help=f"with --inpaint: one of {', '.join(IMPUTE_METHODS)}, or all (default)")
     p.add_argument("--particles", type=int, default=16, help="with --inpaint: SMC particles (default 16)")
     p.add_argument("--completions", type=int, default=3, help="with --inpaint: completions per image (default 3)")
+    p.add_argument("--class", dest="label", metavar="K|all",
+                   help="class-conditional runs: sample class K, or one row of --n per class (all)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w ≥ 0 with --class (default 0)")
     return p
 
 
@@ -70,7 +79,7 @@ def _main(argv) -> int:
     device = resolve_device(args.device)
     run = load_model(args.ckpt, device=device)
     return write_samples(run, args.ckpt, sampler=args.sampler, n=args.n, steps=args.steps, seed=args.seed,
-                         out=args.out, device=device)
+                         out=args.out, device=device, label=args.label, guidance=args.guidance)
 
 
 def _inpaint(args) -> int:

@@ -73,6 +73,7 @@ LAYER = {
     "scoresde/evaluation/__init__.py": "evaluation",
     "scoresde/evaluation/bpd_eval.py": "evaluation",
     "scoresde/evaluation/conditional.py": "evaluation",
+    "scoresde/evaluation/guidance.py": "evaluation",
     "scoresde/evaluation/metrics.py": "evaluation",
     "scoresde/evaluation/images.py": "evaluation",
     "scoresde/evaluation/report.py": "evaluation",
@@ -219,6 +220,7 @@ EXCEPTIONS = {
     "scoresde/likelihood/vlb.py::vlb_term": "public: one term of the bound with its grid and variance options",
     "scoresde/likelihood/vlb.py::ddpm_vlb_bits_per_dim": "public estimator signature (keyword options)",
     "scoresde/nets/unet.py::UNet.__init__": "the U-Net's layer table, built in one place",
+    "scoresde/evaluation/report.py::write_samples": "the sample program's flags as keywords, class and guidance too",
     "scoresde/samplers/base.py::open_run": "every sampler's opening: the shared sampler options in one call",
     "scoresde/samplers/impute.py::impute": "public front door: the samplers' keywords, each method's options, "
                                            "their checks and the two edge cases (all or nothing observed)",

@@ -296,7 +296,7 @@ def _bad_folders(root: Path) -> dict:
     (p / "unet" / "config.json").write_text(json.dumps({**cfg, "_class_name": "UNet2DConditionModel"}))
     cases["conditional"] = (p, "conditional UNet (UNet2DConditionModel")
     p = root / "classes"
-    save_pipeline(p, tiny_unet(9, num_class_embeds=10), diffusers.DDPMScheduler(num_train_timesteps=N))
+    save_pipeline(p, tiny_unet(9, class_embed_type="identity"), diffusers.DDPMScheduler(num_train_timesteps=N))
     cases["classes"] = (p, "class embeddings")
     p = copy("latent")
     (p / "vae").mkdir()

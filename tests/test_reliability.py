@@ -58,6 +58,7 @@ def world(tmp_path_factory):
     train_run(root / "tiny.yaml", root / "run", TINY_TOY, train={"steps": 2})
     digits = dict(TINY_TOY, data={"name": "digits", "n": 64}, sample={"n": 0})
     train_run(root / "digits.yaml", root / "digits", digits, train={"steps": 1})
+    train_run(root / "cond.yaml", root / "cond", TINY_TOY, model={"num_classes": 8}, train={"steps": 2})
     run = root / "run"
     good_path = run / "checkpoints" / "ckpt_000000002.pt"
     good = torch.load(good_path, weights_only=True)
@@ -339,6 +340,30 @@ CASES = [
      _raise_in(run_module, "atomic_write", DISK_FULL)),
     ("sample-disk-full", "sample", "--ckpt {root}/run --out {tmp}/s.png", ["No space left"], 74,
      _raise_in(report_module, "save_samples", DISK_FULL)),
+    # class labels and guidance (issue 22)
+    ("sample-class-out-of-range", "sample", "--ckpt {root}/cond --class 8", ["--class 8", "0..7"], 2, None),
+    ("sample-class-negative", "sample", "--ckpt {root}/cond --class -1", ["--class -1", "0..7"], 2, None),
+    ("sample-class-not-a-number", "sample", "--ckpt {root}/cond --class three", ["--class three", "all"], 2, None),
+    ("sample-class-unconditional", "sample", "--ckpt {root}/run --class 3", ["--class 3", "unconditional"], 2, None),
+    ("sample-guidance-unconditional", "sample", "--ckpt {root}/run --class 3 --guidance 2",
+     ["--guidance 2", "unconditional"], 2, None),
+    ("sample-guidance-negative", "sample", "--ckpt {root}/cond --class 1 --guidance -1", ["--guidance -1", "≥ 0"], 2,
+     None),
+    ("sample-guidance-nan", "sample", "--ckpt {root}/cond --class 1 --guidance nan", ["--guidance nan", "finite"], 2,
+     None),
+    ("sample-guidance-inf", "sample", "--ckpt {root}/cond --class all --guidance inf", ["--guidance inf", "finite"],
+     2, None),
+    ("sample-guidance-without-class", "sample", "--ckpt {root}/cond --guidance 1", ["--guidance 1", "--class"], 2,
+     None),
+    ("num-classes-without-labels", "train", N + "--set data.name=swissroll model.num_classes=3",
+     ["model.num_classes", "swissroll", "no class labels"], 2, None),
+    ("num-classes-mismatch", "train", N + "--set model.num_classes=3", ["model.num_classes", "8 classes"], 2, None),
+    ("label-dropout-unconditional", "train", N + "--set train.label_dropout=0.2", ["train.label_dropout", "null"], 2,
+     None),
+    ("label-dropout-nan", "train", N + "--set model.num_classes=8 train.label_dropout=.nan",
+     ["train.label_dropout", "finite"], 2, None),
+    ("evaluate-no-mixture-unconditional", "evaluate", "--ckpt {root}/digits --bpd --no-mixture",
+     ["--no-mixture", "class-conditional"], 2, None),
 ]
 
 

@@ -288,10 +288,15 @@ def evaluation_data(run, name: str | None = None, *, root=None, levels: int | No
     return data
 
 
-def print_likelihood(run, data, settings: EvalSettings, *, split: str, device) -> int:
+def print_likelihood(run, data, settings: EvalSettings, *, split: str, device, mixture: bool = True) -> int:
     """What ``python -m scoresde.evaluate`` prints for a loaded ``--ckpt`` (``run``) on ``data``: what
     is evaluated, the settings, the results (:meth:`LikelihoodReport.lines`). Sizes are checked
-    against memory first. Returns the exit status 0."""
+    against memory first. Returns the exit status 0. A class-conditional model gets the three kinds of
+    bits/dim (:func:`scoresde.evaluation.conditional.evaluate_conditional_likelihood`; the class
+    mixture unless ``mixture=False``)."""
+    from scoresde.evaluation.conditional import check_conditional_request  # conditional.py uses this module
+
+    classes = check_conditional_request(run.model, data, mixture)
     if data.levels is None or data.x_int is None:
         raise ValueError(f"data set {data.name!r} has no integer levels: bits/dim needs integer data "
                          f"(digits, mnist, cifar10)")
@@ -306,7 +311,11 @@ def print_likelihood(run, data, settings: EvalSettings, *, split: str, device) -
           f"D = {data.dim}, {data.levels} levels, {device}")
     print(f"settings: {settings.describe()}")
     try:
-        report = evaluate_likelihood(run.model, data, settings, progress=sys.stderr.isatty())
+        if classes:  # p(x | y), p(x) by the null label and by the class mixture (docs/conditioning.md)
+            from scoresde.evaluation.conditional import evaluate_run_conditional
+            report = evaluate_run_conditional(run, data, settings, mixture=mixture)
+        else:
+            report = evaluate_likelihood(run.model, data, settings, progress=sys.stderr.isatty())
     except RuntimeError as e:  # e.g. an ODE solve that fails: one line, not a traceback
         raise ValueError(str(e)) from None
     for line in report.lines():

@@ -23,6 +23,7 @@ Figures (:meth:`ConditionalReport.figures`): ``bpd_cond_ode``, ``bpd_cond_vlb``,
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from scoresde.core.bpd import BpdResult, bpd_offset, summarize
 from scoresde.core.conditional import condition, num_classes_of
 from scoresde.core.model import model_device
 from scoresde.core.sde import is_variance_preserving
+from scoresde.data.loader import load_dataset
 from scoresde.evaluation.bpd_eval import (
     EvalSettings,
     evaluate_likelihood,
@@ -40,7 +42,8 @@ from scoresde.evaluation.bpd_eval import (
     vlb_skipped_note,
 )
 
-__all__ = ["ConditionalReport", "evaluate_conditional_likelihood", "class_log_prior_of"]
+__all__ = ["ConditionalReport", "evaluate_conditional_likelihood", "class_log_prior_of", "check_conditional_request",
+           "evaluate_run_conditional"]
 
 
 @dataclass
@@ -66,6 +69,21 @@ class ConditionalReport:
                             f"bpd_{key}_nfe": int(r.nfe), f"bpd_{key}_seconds": self.seconds.get(key, 0.0)})
         if out:
             out["bpd_n"] = self.n
+        return out
+
+    def lines(self) -> list[str]:
+        """The result lines ``python -m scoresde.evaluate`` prints for a class-conditional model."""
+        names = {"cond_ode": "p(x | y), ODE", "cond_vlb": "p(x | y), DDPM bound",
+                 "null_ode": "p(x) by the null label, ODE", "null_vlb": "p(x) by the null label, DDPM bound",
+                 "mixture_ode": "p(x) by the class mixture, ODE"}
+        out = []
+        for key, name in names.items():
+            r = getattr(self, key)
+            if r is not None:
+                out.append(f"bits/dim ({name}): {r.bpd:.4f} ± {r.stderr:.4f}   NFE {r.nfe}, "
+                           f"{self.seconds.get(key, 0.0):.1f} s")
+        figures = {k: v for k, v in self.figures().items() if not k.endswith("_seconds")}
+        out.append("figures: " + ", ".join(f"{k}={v!r}" for k, v in figures.items()))
         return out
 
 
@@ -173,3 +191,26 @@ def _mixture(model, x_int, levels: int, s: EvalSettings, log_prior: torch.Tensor
     values = torch.stack(draws)  # (draws, B)
     bpd, stderr = summarize(values)
     return BpdResult(bpd, stderr, nfe, values.mean(0), info={"classes": k, "passes": k * s.dequant})
+
+
+def check_conditional_request(model, data, mixture: bool) -> int:
+    """``python -m scoresde.evaluate``'s checks for a (possibly) class-conditional model: labelled data,
+    ``--no-mixture`` only for a conditional model. Returns the number of classes (0: unconditional)."""
+    classes = num_classes_of(model)
+    if classes and data.labels is None:
+        raise ValueError(f"--data {data.name}: has no class labels; a class-conditional model's bits/dim of "
+                         f"p(x | y) need labelled data (digits, mnist, cifar10)")
+    if not mixture and not classes:
+        raise ValueError("--no-mixture: only for a class-conditional model (model.num_classes ≥ 1)")
+    return classes
+
+
+def evaluate_run_conditional(run, data, settings: EvalSettings, *, mixture: bool = True) -> ConditionalReport:
+    """:func:`evaluate_conditional_likelihood` of a loaded run with ``log p(y)`` its training split's
+    label frequencies (as its report used; uniform for a model without a config)."""
+    k, cfg, log_prior = num_classes_of(run.model), run.config, None
+    if cfg is not None:
+        train = load_dataset(cfg.data.name, "train", root=cfg.data.root, n=cfg.data.n, seed=cfg.seed)
+        log_prior = class_log_prior_of(train.labels, k) if train.labels is not None else None
+    return evaluate_conditional_likelihood(run.model, data, settings, class_log_prior=log_prior, mixture=mixture,
+                                           progress=sys.stderr.isatty())

@@ -197,6 +197,11 @@ class DigitsFeatures:
         return self._split_stats
 
     @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The class (``0..9``, int64 ``(N,)``, CPU) this classifier assigns to images ``(N, 1, 8, 8)``."""
+        return self.head(self.features(x).float()).argmax(1)
+
+    @torch.no_grad()
     def accuracy(self, split: str = "test") -> float:
         d = load_dataset("digits", split)
         logits = self.head(self.features(d.x).float())

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scoresde.core.conditional import num_classes_of
 from scoresde.data.loader import load_dataset
 from scoresde.data.table import dataset_info
 from scoresde.data.toy import toy_oracle
@@ -35,7 +36,9 @@ __all__ = ["draw_samples", "save_samples", "sample_metrics", "model_shape", "wri
 
 
 def draw_samples(model, sampler: str, n: int, *, steps: int, seed: int, device, progress: bool = False):
-    """``n`` samples of ``model`` by ``sampler``; returns ``(x (n, *shape) on the CPU, nfe, seconds)``."""
+    """``n`` samples of ``model`` by ``sampler``; returns ``(x (n, *shape) on the CPU, nfe, seconds)``.
+    A class-conditional model is sampled as ``condition(model, y, guidance=w)``
+    (:func:`scoresde.core.conditional.condition`): the same prior draw as without labels."""
     shape = tuple(model_shape(model))
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = model.sde.prior_sample((n, *shape), generator=g, device=device)  # (n, *shape)
@@ -110,28 +113,38 @@ def write_report(model, cfg, run: Path, train_data, test_data, device, summary: 
 
             ref = train_data if cfg.data.n is None else load_dataset(cfg.data.name, "train", root=cfg.data.root)
             summary.update(fid.report_fid(x, ref, device=device, cache_dir=run, seed=cfg.seed, progress=progress))
-    lk = evaluate_likelihood(model, test_data, EvalSettings.from_config(cfg), progress=progress)
-    summary["notes"] += lk.notes
-    summary.update(lk.figures())
+    if num_classes_of(model):  # classes, guidance and the three kinds of bits/dim
+        from scoresde.evaluation.guidance import conditional_report  # guidance.py draws with draw_samples
+        conditional_report(model, cfg, run, train_data, test_data, device, summary, progress=progress)
+    else:
+        lk = evaluate_likelihood(model, test_data, EvalSettings.from_config(cfg), progress=progress)
+        summary["notes"] += lk.notes
+        summary.update(lk.figures())
     summary["wall_seconds"] = time.perf_counter() - start
     atomic_write(run / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     for note in summary["notes"]:
         print(f"note: {note}")
     figures = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
-               if k not in ("notes", "samples_png", "rank_param_sha256")]
+               if k not in ("notes", "samples_png", "rank_param_sha256", "guidance", "guidance_png", "classes_png")]
     print("summary: " + ", ".join(figures))
     print(f"wrote {run / 'summary.json'}")
     return 0
 
 
-def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, seed: int, out, device) -> int:
+def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, seed: int, out, device,
+                  label=None, guidance: float | None = None) -> int:
     """Samples of a loaded ``--ckpt`` (``run``: ``.model``, ``.config``, ``.step``, ``.source``; ``ckpt``
     the path it was named by) written as a PNG and an ``.npz`` beside it; prints one line.
 
     ``sampler``/``steps`` ``None``: the run's ``sample.*`` (a diffusers folder:
     ``DiffusersModel.default_sampling``); ``out`` ``None``: ``RUN/samples/<sampler>_seed<S>.png``.
-    Sizes and paths are checked before sampling; non-finite samples stop with nothing written."""
+    Sizes and paths are checked before sampling; non-finite samples stop with nothing written.
+    ``label`` (``--class``: a class or ``"all"``, one row of ``n`` per class) and ``guidance``
+    (``--guidance``) sample a class-conditional model (:func:`scoresde.evaluation.guidance.class_request`)."""
+    from scoresde.evaluation.guidance import class_request, save_class_grid  # guidance.py uses draw_samples
+
     cfg = run.config
+    model, per_class, n, tag = class_request(run.model, label, guidance, n, ckpt)
     default_sampler, default_steps = ((cfg.sample.sampler, cfg.sample.steps) if cfg is not None
                                       else run.model.default_sampling)
     sampler, steps = sampler or default_sampler, steps or default_steps
@@ -139,11 +152,11 @@ def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, 
     check_memory("--n", n, 8.0 * dim * n, "the samples (x_T and x, float32)")
     check_memory("--steps", steps, 8.0 * (steps + 1), "the sampler's time grid (float64)")
     run_dir = Path(ckpt) if Path(ckpt).is_dir() else run.source.parent
-    out = Path(out) if out else run_dir / "samples" / f"{sampler}_seed{seed}.png"
+    out = Path(out) if out else run_dir / "samples" / f"{sampler}{tag}_seed{seed}.png"
     _check_writable(out)
     start = time.perf_counter()
     try:
-        x, nfe, _ = draw_samples(run.model, sampler, n, steps=steps, seed=seed, device=device,
+        x, nfe, _ = draw_samples(model, sampler, n, steps=steps, seed=seed, device=device,
                                  progress=sys.stderr.isatty())
     except NonFiniteResult as e:
         raise NonFiniteResult(f"non-finite samples of {run.source}: {e}; nothing was written") from None
@@ -153,7 +166,10 @@ def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, 
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # folders this run creates
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_samples(out, x, background, f"{sampler}, {nfe} NFE")
+        title = f"{sampler}, {nfe} NFE" + (tag.replace("_", ", ") if tag else "")
+        save_samples(out, x, background, title)
+        if per_class:  # one row per class: the grid replaces the square one (written after the .npz)
+            save_class_grid(out, x, per_class, title)
     except OSError as e:
         for folder in made:  # innermost first; a folder another process filled meanwhile stays
             try:

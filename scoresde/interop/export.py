@@ -1,11 +1,15 @@
 """A trained scoresde U-Net run written as a diffusers ``DDPMPipeline`` folder (weight surgery included).
 
 The inverse of :mod:`scoresde.interop.loader`: :func:`export_diffusers` maps the project's U-Net
-onto ``UNet2DModel`` where that can express it (docs/interop.md).
+onto ``UNet2DModel`` where that can express it (docs/interop.md). A class-conditional run's label
+table (``K`` classes + the null label) becomes ``num_class_embeds = K + 1`` (diffusers'
+``class_embedding``, added to the time embedding as ours is), and ``unet/config.json`` names the
+null label's row (``scoresde_null_class = K``) for :func:`~scoresde.interop.loader.load_diffusers`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -15,7 +19,7 @@ from pathlib import Path
 import torch
 
 from scoresde.core.model import ScoreModel
-from scoresde.interop.loader import diffusers_module
+from scoresde.interop.loader import NULL_CLASS_KEY, diffusers_module
 from scoresde.nets.unet import AttnBlock, Downsample, UNet, Upsample, group_norm
 from scoresde.training.checkpoint import load_run
 
@@ -59,7 +63,8 @@ def _export_config(net, config) -> dict:
         layers_per_block=int(m.num_res_blocks), mid_block_scale_factor=1, downsample_padding=1,
         downsample_type="conv", upsample_type="conv", dropout=float(m.dropout), act_fn="silu",
         attention_head_dim=head_dim, norm_num_groups=groups.pop(), norm_eps=1e-6, add_attention=True,
-        resnet_time_scale_shift="default")
+        resnet_time_scale_shift="default",
+        **({"num_class_embeds": net.num_classes + 1} if net.num_classes else {}))  # + the null label's row
 
 
 def _export_weights(net) -> dict:
@@ -113,6 +118,8 @@ def _export_weights(net) -> dict:
     res("mid_block.resnets.1", net.mid[2])
     put("conv_norm_out", net.norm_out)
     put("conv_out", net.conv_out)
+    if net.num_classes:  # our label table (row K: the null label) is diffusers' class_embedding
+        out["class_embedding.weight"] = net.label.table.weight
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in out.items()}
 
 
@@ -153,6 +160,10 @@ def export_diffusers(run_dir, out=None):
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:  # written beside, then renamed: a killed export leaves no half folder under the final name
         d.DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(tmp)
+        if model.net.num_classes:  # name the null label's row, for load_diffusers (diffusers ignores the key)
+            unet_json = tmp / "unet" / "config.json"
+            unet_json.write_text(json.dumps({**json.loads(unet_json.read_text()),
+                                             NULL_CLASS_KEY: model.net.num_classes}, indent=2, sort_keys=True))
         os.rename(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,7 +5,7 @@ scheduler objects, into the adapter. The SDE is the exact discrete VP-SDE of the
 ``betas`` (whatever ``beta_schedule`` or ``trained_betas`` built them): ``VPSDE(DiscreteSchedule(betas))``.
 
 What cannot work is refused with one ``ValueError`` naming what was found: a conditional
-UNet (``UNet2DConditionModel``, class embeddings), a latent-diffusion pipeline (``vae``/
+UNet (``UNet2DConditionModel``; class embeddings other than integer labels), a latent-diffusion pipeline (``vae``/
 ``vqvae``: the UNet models latents, not images), a scheduler without a VP ``betas`` schedule
 (VE/EDM sigma schedules, zero terminal SNR), missing files.
 """
@@ -23,8 +23,9 @@ from scoresde.core.sde import VPSDE
 from scoresde.interop.adapter import PREDICTION_TYPES, DiffusersModel
 from scoresde.training.bounds import check_scheduler_config, check_unet_config
 
-__all__ = ["load_diffusers", "is_diffusers_folder", "diffusers_module"]
+__all__ = ["load_diffusers", "is_diffusers_folder", "diffusers_module", "NULL_CLASS_KEY"]
 
+NULL_CLASS_KEY = "scoresde_null_class"  # unet/config.json: the class-embedding row of the null label
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _LATENT_PARTS = ("vae", "vqvae", "text_encoder")
 _SAMPLING_ONLY = ("timestep_spacing", "steps_offset", "clip_sample", "thresholding", "use_karras_sigmas",
@@ -51,10 +52,11 @@ def _check_unet(unet, where: str) -> None:
     if not isinstance(unet, d.UNet2DModel):
         raise ValueError(f"{where}: found {name}: expected a diffusers UNet2DModel")
     cfg = unet.config
-    if cfg.get("class_embed_type") is not None or cfg.get("num_class_embeds") is not None:
-        raise ValueError(f"{where}: UNet2DModel with class embeddings (class_embed_type="
-                         f"{cfg.get('class_embed_type')!r}, num_class_embeds={cfg.get('num_class_embeds')!r}) "
-                         f"needs class labels: expected an unconditional UNet2DModel")
+    kind, n = cfg.get("class_embed_type"), cfg.get("num_class_embeds")
+    if kind not in (None, "timestep") or (kind == "timestep" and n is None):
+        raise ValueError(f"{where}: UNet2DModel with class embeddings class_embed_type={kind!r}, num_class_embeds="
+                         f"{n!r}: expected integer class labels (class_embed_type None or 'timestep' with "
+                         f"num_class_embeds, the number of classes) or an unconditional UNet2DModel")
     if cfg.get("time_embedding_type", "positional") == "fourier":
         raise ValueError(f"{where}: UNet2DModel with time_embedding_type='fourier' is a VE (noise-level) "
                          f"network: expected a DDPM-type UNet with positional time embedding")
@@ -122,7 +124,7 @@ def _listing(folder: Path) -> str:
     return ", ".join(names[:12]) + (", …" if len(names) > 12 else "") if names else "nothing"
 
 
-def _load_folder(folder: Path, device, dtype) -> DiffusersModel:
+def _load_folder(folder: Path, device, dtype, null_class=None) -> DiffusersModel:
     d = diffusers_module()
     index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
     latent = [p for p in _LATENT_PARTS if p in index or (folder / p).is_dir()]
@@ -172,19 +174,42 @@ def _load_folder(folder: Path, device, dtype) -> DiffusersModel:
     _check_unet(unet, str(unet_dir))
     _check_channels(unet, learned, str(unet_dir))
     info.update(unet=type(unet).__name__, pipeline=index.get("_class_name"))
+    info["null_class"] = unet_cfg.get(NULL_CLASS_KEY) if null_class is None else null_class
     return _finish(unet, sde, pred, learned, folder, info, device, dtype)
 
 
+def _classes(unet, null_class, where: str) -> tuple[int, int | None]:
+    """``(num_classes, null table row)`` of a UNet: 0 without class embeddings; with a null row
+    (``null_class``) the classes are the other ``num_class_embeds - 1`` rows, which must come first."""
+    n = unet.config.get("num_class_embeds")
+    if n is None:
+        if null_class is not None:
+            raise ValueError(f"{where}: null class {null_class!r} given for a UNet2DModel without class embeddings")
+        return 0, None
+    if null_class is None:
+        return int(n), None
+    if isinstance(null_class, bool) or not isinstance(null_class, int) or null_class != n - 1:
+        raise ValueError(f"{where}: null class {null_class!r}: expected the last of num_class_embeds={n} rows "
+                         f"({n - 1})")
+    return int(n) - 1, int(null_class)
+
+
 def _finish(unet, sde, pred, learned, source, info, device, dtype) -> DiffusersModel:
+    """The adapter (eval mode, frozen); ``info["null_class"]``: the null label's class-embedding row."""
     if dtype is not None and unet.dtype != dtype:
         unet = unet.to(dtype=dtype)
     if device is not None:
         unet = unet.to(device)
-    model = DiffusersModel(unet, sde, pred, learned_variance=learned, source=source, info=info)
+    k, null = _classes(unet, info.pop("null_class", None), "unet" if source is None else str(source))
+    if k:
+        info.update(num_classes=k, null_class=null)
+    model = DiffusersModel(unet, sde, pred, learned_variance=learned, source=source, info=info,
+                           num_classes=k, null_class=null)
     return model.eval().requires_grad_(False)
 
 
-def load_diffusers(source, scheduler=None, *, device=None, dtype: torch.dtype | None = None) -> DiffusersModel:
+def load_diffusers(source, scheduler=None, *, device=None, dtype: torch.dtype | None = None,
+                   null_class: int | None = None) -> DiffusersModel:
     """A diffusers DDPM as a scoresde model (eval mode, weights frozen).
 
     Args:
@@ -196,6 +221,9 @@ def load_diffusers(source, scheduler=None, *, device=None, dtype: torch.dtype | 
         device: where the UNet runs (default: where it is; ``cpu`` for a folder).
         dtype: the UNet's parameter dtype (e.g. ``torch.float16``; default: as stored). Time
             stays float64/float32 whatever it is, and ``eps`` returns its input's dtype.
+        null_class: a class-conditional UNet's (``num_class_embeds``) null-label row, the last one
+            (default: a folder's ``unet/config.json`` key ``scoresde_null_class``, else none: then
+            its ``num_class_embeds`` rows are all classes and guidance is not possible).
 
     Raises ``ValueError`` (one line naming what was found) for anything listed in the module doc.
     """
@@ -213,7 +241,7 @@ def load_diffusers(source, scheduler=None, *, device=None, dtype: torch.dtype | 
         if not folder.is_dir():
             raise ValueError(f"{str(folder)!r} not found: expected a diffusers folder (model_index.json, "
                              f"unet/, scheduler/)")
-        return _load_folder(folder, device, dtype)
+        return _load_folder(folder, device, dtype, null_class)
     if not isinstance(source, nn.Module):
         raise ValueError(f"source={type(source).__name__}: expected a folder path or a diffusers UNet2DModel")
     if scheduler is None:
@@ -221,5 +249,5 @@ def load_diffusers(source, scheduler=None, *, device=None, dtype: torch.dtype | 
     _check_unet(source, "unet")
     sde, pred, learned, info = _schedule(scheduler, "scheduler")
     _check_channels(source, learned, "unet")
-    info.update(unet=type(source).__name__)
+    info.update(unet=type(source).__name__, null_class=null_class)
     return _finish(source, sde, pred, learned, None, info, device, dtype)

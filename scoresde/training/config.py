@@ -116,6 +116,7 @@ class EvalConfig:
     bpd_trace: str = "hutchinson"        # hutchinson | exact
     bpd_probes: int = 1
     vlb: bool = True                     # DDPM variational bound in bits/dim
+    mixture: bool = False                # conditional runs: also p(x) by the class mixture (K × the ODE's NFE)
     vlb_terms: int | None = None      # random subset of the N terms (None: all)
     ode_sigma: float | None = None    # ODE from σ(t_eps) = ode_sigma (None: t_eps = 1e-5)
     vlb_sigma: float | None = None    # VLB on vlb_steps log-SNR steps from σ = vlb_sigma (None: i/N)

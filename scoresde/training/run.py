@@ -197,7 +197,8 @@ def check_writable(run: Path, cfg) -> None:
         raise ValueError(f"{ckpts}: {why}; expected a writable folder of checkpoints")
     bad = first_non_file([run / "config.yaml", run / "metrics.jsonl", run / "ema.safetensors",
                           run / "summary.json", ckpts / "latest", run / f"samples_{cfg.sample.sampler}.png",
-                          run / f"samples_{cfg.sample.sampler}.npz"])
+                          run / f"samples_{cfg.sample.sampler}.npz"]
+                         + ([run / "samples_classes.png", run / "guidance.png"] if cfg.model.num_classes else []))
     if bad is not None:
         raise ValueError(f"{bad}: is a folder or special file; expected a file that can be replaced")
     log = run / "metrics.jsonl"
