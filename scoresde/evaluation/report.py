@@ -90,7 +90,7 @@ def write_report(model, cfg, run: Path, train_data, test_data, device, summary: 
     run's ``sample.*``/``eval.*`` settings, added to ``summary`` and written to ``RUN/summary.json``
     (``wall_seconds`` counted from ``start``); prints the summary line. Returns the exit status 0."""
     summary.update(sampler=cfg.sample.sampler, sample_steps=cfg.sample.steps, notes=[])
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, else a line every 10 s (scoresde.util.progress)
     if cfg.sample.n > 0:
         try:
             x, nfe, secs = draw_samples(model, cfg.sample.sampler, cfg.sample.n, steps=cfg.sample.steps,
@@ -144,7 +144,7 @@ def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, 
     start = time.perf_counter()
     try:
         x, nfe, _ = draw_samples(run.model, sampler, n, steps=steps, seed=seed, device=device,
-                                 progress=sys.stderr.isatty())
+                                 progress=True)
     except NonFiniteResult as e:
         raise NonFiniteResult(f"non-finite samples of {run.source}: {e}; nothing was written") from None
     background = None
