@@ -21,13 +21,15 @@ line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import torch
 
-from scoresde.cli import ArgumentParser, run_cli
+from scoresde.cli import SMOKE_EXAMPLES, ArgumentParser, run_cli, smoke
 from scoresde.evaluation import fid as fid_lib
 from scoresde.evaluation.bpd_eval import EvalSettings, evaluation_data, print_likelihood
+from scoresde.likelihood.vlb import check_vp
 from scoresde.training.checkpoint import load_model
 from scoresde.util.checks import check_choice, check_int
 from scoresde.util.choices import PROBES, SAMPLERS, SPLITS, TRACES, VARIANCES
@@ -126,6 +128,14 @@ def _main(argv) -> int:
     device = resolve_device(args.device)
     run = load_model(args.ckpt, device=device)
     settings = settings_from_args(run.config, args)
+    if settings.vlb:
+        try:
+            check_vp(run.model.sde)
+        except ValueError as e:  # before any work: a sub-VP or VE model has no DDPM bound
+            raise ValueError(f"--vlb: {e} (--bpd; docs/sdes.md)") from None
+    if smoke("scoresde.evaluate"):
+        settings = dataclasses.replace(settings, limit=min(settings.limit or SMOKE_EXAMPLES, SMOKE_EXAMPLES),
+                                       vlb_terms=min(settings.vlb_terms or SMOKE_EXAMPLES, SMOKE_EXAMPLES))
     threads = args.threads or (run.config.train.threads if run.config is not None else None)
     if threads:
         torch.set_num_threads(threads)

@@ -19,7 +19,6 @@ the model runs beyond floating-point round-off.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -306,7 +305,7 @@ def print_likelihood(run, data, settings: EvalSettings, *, split: str, device) -
           f"D = {data.dim}, {data.levels} levels, {device}")
     print(f"settings: {settings.describe()}")
     try:
-        report = evaluate_likelihood(run.model, data, settings, progress=sys.stderr.isatty())
+        report = evaluate_likelihood(run.model, data, settings, progress=True)
     except RuntimeError as e:  # e.g. an ODE solve that fails: one line, not a traceback
         raise ValueError(str(e)) from None
     for line in report.lines():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -138,7 +137,8 @@ def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, 
     dim = math.prod(model_shape(run.model))
     check_memory("--n", n, 8.0 * dim * n, "the samples (x_T and x, float32)")
     check_memory("--steps", steps, 8.0 * (steps + 1), "the sampler's time grid (float64)")
-    run_dir = Path(ckpt) if Path(ckpt).is_dir() else run.source.parent
+    # A run's samples go into its folder; a diffusers folder is someone else's model: ./samples/
+    run_dir = Path(".") if cfg is None else Path(ckpt) if Path(ckpt).is_dir() else run.source.parent
     out = Path(out) if out else run_dir / "samples" / f"{sampler}_seed{seed}.png"
     _check_writable(out)
     start = time.perf_counter()
