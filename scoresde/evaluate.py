@@ -27,9 +27,9 @@ import sys
 import torch
 
 from scoresde.cli import SMOKE_EXAMPLES, ArgumentParser, run_cli, smoke
+from scoresde.core.sde import not_vp_reason
 from scoresde.evaluation import fid as fid_lib
 from scoresde.evaluation.bpd_eval import EvalSettings, evaluation_data, print_likelihood
-from scoresde.likelihood.vlb import check_vp
 from scoresde.training.checkpoint import load_model
 from scoresde.util.checks import check_choice, check_int
 from scoresde.util.choices import PROBES, SAMPLERS, SPLITS, TRACES, VARIANCES
@@ -128,11 +128,8 @@ def _main(argv) -> int:
     device = resolve_device(args.device)
     run = load_model(args.ckpt, device=device)
     settings = settings_from_args(run.config, args)
-    if settings.vlb:
-        try:
-            check_vp(run.model.sde)
-        except ValueError as e:  # before any work: a sub-VP or VE model has no DDPM bound
-            raise ValueError(f"--vlb: {e} (--bpd; docs/sdes.md)") from None
+    if settings.vlb and not_vp_reason(run.model.sde):  # before any work: sub-VP and VE have no DDPM bound
+        raise ValueError(f"--vlb: {not_vp_reason(run.model.sde)} (--bpd; docs/sdes.md)")
     if smoke("scoresde.evaluate"):
         settings = dataclasses.replace(settings, limit=min(settings.limit or SMOKE_EXAMPLES, SMOKE_EXAMPLES),
                                        vlb_terms=min(settings.vlb_terms or SMOKE_EXAMPLES, SMOKE_EXAMPLES))
