@@ -40,7 +40,7 @@ PROMISES = {
 
 
 def _documented_statuses() -> set[int]:
-    text = (ROOT / "docs" / "training.md").read_text()
+    text = (ROOT / "docs/training.md").read_text()
     table = text.split("### Exit status", 1)[1].split("\n\n", 1)[0]
     statuses = set()
     for row in table.splitlines():
@@ -70,7 +70,7 @@ def test_every_documented_exit_status_is_held_by_tests():
 
 def _subvp_quote() -> str:
     """The line docs/sdes.md quotes for ``evaluate --vlb`` on a sub-VP run."""
-    m = re.search(r"`(scoresde\.evaluate: error: --vlb: [^`]+)`", (ROOT / "docs" / "sdes.md").read_text())
+    m = re.search(r"`(scoresde\.evaluate: error: --vlb: [^`]+)`", (ROOT / "docs/sdes.md").read_text())
     assert m, "docs/sdes.md quotes no evaluate --vlb line"
     return m.group(1)
 
