@@ -17,7 +17,7 @@ import sys
 from scoresde.util.errors import NumericalGuardError, WriteFailed, one_line
 
 __all__ = ["ArgumentParser", "WriteFailed", "run_cli", "EXIT_IO", "EXIT_INPUT", "SMOKE_ENV", "SMOKE_TRAIN", "SMOKE_N",
-           "SMOKE_EXAMPLES", "smoke"]
+           "SMOKE_EXAMPLES", "smoke", "smoke_cap"]
 
 EXIT_INPUT = 2   # bad input: nothing was written
 EXIT_IO = 74     # an I/O error after the input was accepted (sysexits.h EX_IOERR)
@@ -39,6 +39,11 @@ def smoke(prog: str) -> bool:
               f"{SMOKE_N}; evaluate at most {SMOKE_EXAMPLES} examples and VLB terms): the figures mean nothing",
               file=sys.stderr, flush=True)
     return on
+
+
+def smoke_cap(value: int | None, cap: int = SMOKE_EXAMPLES) -> int:
+    """``value`` capped at ``cap``; ``0`` or ``None`` (all) becomes ``cap``."""
+    return min(value or cap, cap)
 
 
 class ArgumentParser(argparse.ArgumentParser):
