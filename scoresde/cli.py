@@ -16,10 +16,34 @@ import sys
 
 from scoresde.util.errors import NumericalGuardError, WriteFailed, one_line
 
-__all__ = ["ArgumentParser", "WriteFailed", "run_cli", "EXIT_IO", "EXIT_INPUT"]
+__all__ = ["ArgumentParser", "WriteFailed", "run_cli", "EXIT_IO", "EXIT_INPUT", "SMOKE_ENV", "SMOKE_TRAIN", "SMOKE_N",
+           "SMOKE_EXAMPLES", "smoke", "smoke_cap"]
 
 EXIT_INPUT = 2   # bad input: nothing was written
 EXIT_IO = 74     # an I/O error after the input was accepted (sysexits.h EX_IOERR)
+
+# Smoke-test sizes (docs/testing.md, "Documentation tested as code"): with SCORESDE_SMOKE=1 every
+# documented command finishes in seconds. train: these overrides after the command's own;
+# sample: at most SMOKE_N samples; evaluate: at most SMOKE_EXAMPLES examples and VLB terms.
+SMOKE_ENV = "SCORESDE_SMOKE"
+SMOKE_TRAIN = ("train.steps=4", "sample.n=8", "eval.bpd_n=4", "eval.vlb_terms=4")
+SMOKE_N = 8
+SMOKE_EXAMPLES = 4
+
+
+def smoke(prog: str) -> bool:
+    """Whether ``SCORESDE_SMOKE`` asks for smoke-test sizes (set and not ``0``); says so on stderr."""
+    on = os.environ.get(SMOKE_ENV, "").strip() not in ("", "0")
+    if on and os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: {SMOKE_ENV}=1: smoke-test sizes (train: {' '.join(SMOKE_TRAIN)}; sample at most "
+              f"{SMOKE_N}; evaluate at most {SMOKE_EXAMPLES} examples and VLB terms): the figures mean nothing",
+              file=sys.stderr, flush=True)
+    return on
+
+
+def smoke_cap(value: int | None, cap: int = SMOKE_EXAMPLES) -> int:
+    """``value`` capped at ``cap``; ``0`` or ``None`` (all) becomes ``cap``."""
+    return min(value or cap, cap)
 
 
 class ArgumentParser(argparse.ArgumentParser):

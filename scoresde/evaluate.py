@@ -25,7 +25,8 @@ import sys
 
 import torch
 
-from scoresde.cli import ArgumentParser, run_cli
+from scoresde.cli import ArgumentParser, run_cli, smoke, smoke_cap
+from scoresde.core.sde import not_vp_reason
 from scoresde.evaluation import fid as fid_lib
 from scoresde.evaluation.bpd_eval import EvalSettings, evaluation_data, print_likelihood
 from scoresde.training.checkpoint import load_model
@@ -98,12 +99,11 @@ def _check_args(args) -> None:
     check_choice("--fid-features", args.fid_features, ("inception", "random"))
     if args.sampler is not None:
         check_choice("--sampler", args.sampler, SAMPLERS)
-    for flag, value, low in (("--fid", args.fid, 2), ("--steps", args.steps, 1), ("--fid-batch", args.fid_batch, 1)):
+    for flag, value, low in (("--fid", args.fid, 2), ("--steps", args.steps, 1), ("--fid-batch", args.fid_batch, 1),
+                             ("--threads", args.threads, 1)):
         if value is not None:
             check_int(flag, value, low)
     check_choice("--split", args.split, SPLITS)
-    if args.threads is not None:
-        check_int("--threads", args.threads, 1)
     if args.seed is not None and not args.seed < 2**63:
         raise ValueError(f"--seed {args.seed}: expected an integer in [0, 2**63)")
     if args.levels is not None and not 2 <= check_int("--levels", args.levels, 2) <= 256:
@@ -128,6 +128,10 @@ def _main(argv) -> int:
     device = resolve_device(args.device)
     run = load_model(args.ckpt, device=device)
     settings = settings_from_args(run.config, args)
+    if settings.vlb and not_vp_reason(run.model.sde):  # before any work: sub-VP and VE have no DDPM bound
+        raise ValueError(f"--vlb: {not_vp_reason(run.model.sde)} (--bpd; docs/sdes.md)")
+    settings = settings.replace(limit=smoke_cap(settings.limit), vlb_terms=smoke_cap(settings.vlb_terms)) \
+        if smoke("scoresde.evaluate") else settings  # smoke-test sizes: docs/testing.md
     threads = args.threads or (run.config.train.threads if run.config is not None else None)
     if threads:
         torch.set_num_threads(threads)

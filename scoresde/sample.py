@@ -13,7 +13,8 @@ classifier-free guidance, or one row per class (``--n`` per class)::
 Writes a PNG (image grid, or scatter plot for 2-D data) and an ``.npz`` with ``samples``
 (``(n, *shape)`` float32 in model space) next to it. ``--ckpt`` is a run folder, a
 checkpoint ``.pt``, an ``ema.safetensors`` file or a diffusers DDPM folder
-(:mod:`scoresde.interop`; its default sampler and steps are ``DiffusersModel.default_sampling``).
+(:mod:`scoresde.interop`; its default sampler and steps are ``DiffusersModel.default_sampling``;
+its samples go to ``./samples/``, never into the model's folder).
 
 ``--inpaint bottom|right|center|random:P`` instead completes the first ``--n`` test images with
 their masked part hidden, by each imputation method (``--method``, default all three) at about
@@ -26,7 +27,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from scoresde.cli import ArgumentParser, run_cli
+from scoresde.cli import SMOKE_N, ArgumentParser, run_cli, smoke
 from scoresde.evaluation.inpaint import write_inpainting
 from scoresde.evaluation.report import write_samples
 from scoresde.samplers.impute import inpaint_mask
@@ -45,7 +46,8 @@ def build_parser() -> ArgumentParser:
                                      f"(default: the run's sample.sampler)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's sample.steps)")
-    p.add_argument("--out", help="PNG path (default RUN/samples/<sampler>_seed<S>.png); .npz beside it")
+    p.add_argument("--out", help="PNG path (default RUN/samples/<sampler>_seed<S>.png, for a diffusers folder "
+                                 "./samples/<sampler>_seed<S>.png); .npz beside it")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draw and sampler noise")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:K")
     p.add_argument("--inpaint", metavar="MASK", help=f"complete test images with a hidden region: "
@@ -76,6 +78,8 @@ def _main(argv) -> int:
         raise ValueError(f"--seed {args.seed}: expected an integer in [0, 2**63)")
     if args.out is not None and Path(args.out).suffix.lower() != ".png":
         raise ValueError(f"--out {args.out}: expected a file name ending in .png")
+    if smoke("scoresde.sample"):
+        args.n = min(args.n, SMOKE_N)
     device = resolve_device(args.device)
     run = load_model(args.ckpt, device=device)
     return write_samples(run, args.ckpt, sampler=args.sampler, n=args.n, steps=args.steps, seed=args.seed,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from scoresde.cli import ArgumentParser, run_cli
+from scoresde.cli import SMOKE_TRAIN, ArgumentParser, run_cli, smoke
 from scoresde.training.config import DEFAULT_CONFIG
 from scoresde.training.run import RunRequest, train_run
 
@@ -42,6 +42,8 @@ def request_from_args(args) -> RunRequest:
                        ("sample.steps", args.sample_steps), ("device", args.device)):
         if value is not None:
             overrides.append(f"{key}={value}")
+    if smoke("scoresde.train"):
+        overrides += SMOKE_TRAIN
     return RunRequest(config=args.config, out=args.out, resume=args.resume, overrides=tuple(overrides))
 
 

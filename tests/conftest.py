@@ -17,3 +17,5 @@ settings.register_profile("dev", deadline=None, max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(int(os.environ.get("SCORESDE_TEST_THREADS", "1")))
+# Progress lines depend on the machine's speed: off in the suite (tests of them set their own interval)
+os.environ.setdefault("SCORESDE_PROGRESS_EVERY", "1e9")

@@ -7,8 +7,8 @@ from __future__ import annotations
 class RecordingBar:
     """Takes the place of :func:`scoresde.util.progress.progress_bar`'s tqdm bar."""
 
-    def __init__(self, made: list, total, enabled, desc):
-        self.total, self.enabled, self.desc, self.n = total, enabled, desc, 0
+    def __init__(self, made: list, total, enabled, desc, unit="it"):
+        self.total, self.enabled, self.desc, self.unit, self.n = total, enabled, desc, unit, 0
         self.updates, self.postfix, self.closed = [], [], False
         made.append(self)
 
@@ -27,8 +27,8 @@ def record_bars(monkeypatch, *modules) -> list:
     """Replace ``progress_bar`` in each module by :class:`RecordingBar`; returns the list of bars made."""
     made: list = []
 
-    def make(total, enabled, desc):
-        return RecordingBar(made, total, enabled, desc)
+    def make(total, enabled, desc, *, unit="it"):
+        return RecordingBar(made, total, enabled, desc, unit)
 
     for module in modules:
         monkeypatch.setattr(module, "progress_bar", make)

@@ -383,9 +383,11 @@ def test_log_likelihood_progress_bar_counts_the_clock_in_thousandths(bars, capsy
     log_likelihood(gm, x, **FIXED)
     assert capsys.readouterr().err == ""  # progress off by default
     (bar,) = bars
-    assert (bar.total, bar.enabled, bar.desc) == (1000, False, "log-likelihood")
-    # rk4 evaluates at u, u + h/2 (twice), u + h per step: the last evaluation is at the end
-    assert bar.n == 1000 and all(k >= 0 for k in bar.updates) and len(bar.updates) == 8 and bar.closed
+    assert (bar.total, bar.enabled, bar.desc, bar.unit) == (1000, False, "log-likelihood", "‰ of the time span")
+    # rk4 (torchdiffeq's 3/8 rule), 2 steps: evaluations at u, u + h/3, u + 2h/3, u + h, i.e. at the
+    # sixths of the span; the bar moves forward to ⌊1000 · share⌋ and never back (no empty or negative ticks)
+    assert bar.updates == [int(1000 * k / 6) - int(1000 * (k - 1) / 6) for k in range(1, 7)]
+    assert bar.n == 1000 and bar.closed
     log_likelihood(gm, x, progress=True, **FIXED)
     assert bars[1].enabled is True
 
@@ -416,9 +418,11 @@ def test_bits_per_dim_transcribed_on_the_same_draws(trace, bars):
     assert torch.equal(got.per_sample, per_sample) and got.per_sample.device.type == "cpu"
     assert got.bpd == float(per_sample.mean()) and got.stderr == float(per_sample.std() / math.sqrt(5))
     assert got.nfe == nfe == 6 * 8 and got.info == {"nfe_per_solve": 8.0, "offset": math.log2(LEVELS) - 1}
-    # the bar: one tick per solve, the running mean of the values so far
+    # the bar counts examples (5 per round), moving within each solve with its time span: a batch of
+    # two ticks once half way (rk4's evaluations fall on the sixths of the span) and once at the end
     (bar,) = [b for b in bars if b.desc == "bits/dim"]
-    assert (bar.total, bar.enabled, bar.desc) == (6, False, "bits/dim") and bar.updates == [1] * 6
+    assert (bar.total, bar.enabled, bar.desc, bar.unit) == (10, False, "bits/dim", "examples")
+    assert bar.updates == [1] * 10 and bar.n == 10
     assert [p["bpd"] for p in bar.postfix] == running and bar.closed
 
 
@@ -430,7 +434,7 @@ def test_bits_per_dim_defaults_one_round_batches_of_256_no_bar(bars, capsys):
     assert one.nfe == 8 and math.isnan(one.stderr) and one.per_sample.shape == (1,)
     many = bits_per_dim(gm, _x_int(257, 1), LEVELS, generator=_gen(), **FIXED)
     outer = [b for b in bars if b.desc == "bits/dim"]
-    assert many.nfe == 16 and many.info["nfe_per_solve"] == 8.0 and outer[1].total == 2
+    assert many.nfe == 16 and many.info["nfe_per_solve"] == 8.0 and outer[1].total == 257 == outer[1].n
     assert capsys.readouterr().err == "" and not outer[1].enabled
 
 

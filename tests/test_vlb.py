@@ -254,7 +254,9 @@ def test_vlb_loop_transcribed_on_the_same_draws(variance, bars):
     assert got.bpd == float(per_sample.mean()) and got.stderr == float(per_sample.std() / math.sqrt(5))
     assert got.terms == {k: float(v.mean() / (2 * math.log(2))) for k, v in zip(("L_T", "L_sum", "L_0"), parts)}
     assert got.nfe == 3 * n_terms and got.info == {"N": N, "n_terms": n_terms}
-    assert (bars[0].total, bars[0].enabled, bars[0].desc, bars[0].n) == (9, False, "variational bound", 9)
+    # progress in examples: a batch of b moves the bar by b/n_terms per term (rounded down, carried)
+    assert (bars[0].total, bars[0].enabled, bars[0].desc, bars[0].n) == (5, False, "variational bound", 5)
+    assert bars[0].unit == "examples" and bars[0].updates == [1] * 5
 
 
 def test_vlb_all_terms_in_order_with_the_ith_noise_draw():
@@ -278,7 +280,7 @@ def test_vlb_defaults(bars, capsys):
     default = ddpm_vlb_bits_per_dim(gm, x_int, LEVELS, generator=_gen())
     beta = ddpm_vlb_bits_per_dim(gm, x_int, LEVELS, variance="beta", batch_size=256, generator=_gen())
     assert torch.equal(default.per_sample, beta.per_sample) and default.nfe == 2 * 4
-    assert bars[0].total == 8 and not bars[0].enabled and capsys.readouterr().err == ""
+    assert bars[0].total == 257 and not bars[0].enabled and capsys.readouterr().err == ""
     tilde = ddpm_vlb_bits_per_dim(gm, x_int, LEVELS, variance="beta_tilde", generator=_gen())
     assert not torch.equal(tilde.per_sample, default.per_sample)
     cont = GaussianMixture.random(1, 2, seed=0, sde=VPSDE.linear())

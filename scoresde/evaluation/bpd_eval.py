@@ -19,7 +19,6 @@ the model runs beyond floating-point round-off.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -315,7 +314,7 @@ def print_likelihood(run, data, settings: EvalSettings, *, split: str, device, m
             from scoresde.evaluation.conditional import evaluate_run_conditional
             report = evaluate_run_conditional(run, data, settings, mixture=mixture)
         else:
-            report = evaluate_likelihood(run.model, data, settings, progress=sys.stderr.isatty())
+            report = evaluate_likelihood(run.model, data, settings, progress=True)
     except RuntimeError as e:  # e.g. an ODE solve that fails: one line, not a traceback
         raise ValueError(str(e)) from None
     for line in report.lines():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -93,7 +92,7 @@ def write_report(model, cfg, run: Path, train_data, test_data, device, summary: 
     run's ``sample.*``/``eval.*`` settings, added to ``summary`` and written to ``RUN/summary.json``
     (``wall_seconds`` counted from ``start``); prints the summary line. Returns the exit status 0."""
     summary.update(sampler=cfg.sample.sampler, sample_steps=cfg.sample.steps, notes=[])
-    progress = sys.stderr.isatty()
+    progress = True  # a bar on a terminal, else a line every 10 s (scoresde.util.progress)
     if cfg.sample.n > 0:
         try:
             x, nfe, secs = draw_samples(model, cfg.sample.sampler, cfg.sample.n, steps=cfg.sample.steps,
@@ -151,13 +150,14 @@ def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, 
     dim = math.prod(model_shape(run.model))
     check_memory("--n", n, 8.0 * dim * n, "the samples (x_T and x, float32)")
     check_memory("--steps", steps, 8.0 * (steps + 1), "the sampler's time grid (float64)")
-    run_dir = Path(ckpt) if Path(ckpt).is_dir() else run.source.parent
+    # A run's samples go into its folder; a diffusers folder is someone else's model: ./samples/
+    run_dir = Path(".") if cfg is None else Path(ckpt) if Path(ckpt).is_dir() else run.source.parent
     out = Path(out) if out else run_dir / "samples" / f"{sampler}{tag}_seed{seed}.png"
     _check_writable(out)
     start = time.perf_counter()
     try:
         x, nfe, _ = draw_samples(model, sampler, n, steps=steps, seed=seed, device=device,
-                                 progress=sys.stderr.isatty())
+                                 progress=True)
     except NonFiniteResult as e:
         raise NonFiniteResult(f"non-finite samples of {run.source}: {e}; nothing was written") from None
     background = None

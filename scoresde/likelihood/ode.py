@@ -25,7 +25,7 @@ from scoresde.core.bpd import BpdResult, bpd_offset, check_int_data, dequantize,
 from scoresde.core.flow import check_solver, integrate_flow
 from scoresde.util.checks import check_choice, check_int, check_model, check_t_eps
 from scoresde.util.choices import PROBES, TRACES
-from scoresde.util.progress import progress_bar
+from scoresde.util.progress import Ticks, progress_bar
 from scoresde.util.rng import rand, randint, randn
 
 __all__ = ["LikelihoodResult", "BpdResult", "log_likelihood", "bits_per_dim", "summarize", "TRACES", "PROBES"]
@@ -64,7 +64,7 @@ def log_likelihood(model, x: torch.Tensor, *, trace: str = "exact", probe: str =
                    n_probes: int = 1, t_eps: float = 1e-5, method: str = "dopri5",
                    rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                    dtype: torch.dtype = torch.float64, generator: torch.Generator | None = None,
-                   progress: bool = False) -> LikelihoodResult:
+                   progress: bool = False, on_eval=None) -> LikelihoodResult:
     """``log p_{t_eps}(x)`` in nats by the probability-flow ODE, ``t_eps`` → 1 (Song et al. 2021, eq. 39).
 
     Args:
@@ -83,6 +83,10 @@ def log_likelihood(model, x: torch.Tensor, *, trace: str = "exact", probe: str =
         dtype: dtype of the augmented ODE state (float64 by default).
         generator: for the Hutchinson probes: a CPU generator or one on ``x``'s device; the
             probes are drawn on the generator's device and moved to ``x``'s (:mod:`scoresde.util.rng`).
+        progress: report progress (the share of the time span solved) on standard error
+            (:mod:`scoresde.util.progress`).
+        on_eval: instead of ``progress``, a callable given that share (0..1) at every evaluation
+            (:func:`bits_per_dim` turns it into examples done).
 
     Returns tensors on ``x``'s device.
     """
@@ -103,13 +107,18 @@ def log_likelihood(model, x: torch.Tensor, *, trace: str = "exact", probe: str =
     if trace == "hutchinson":
         divergence = _draw_probes(probe, (n_probes,) + tuple(x.shape), generator, dtype, x.device)
 
-    bar = progress_bar(1000, progress, "log-likelihood")
+    if on_eval is None:
+        bar = progress_bar(1000, progress, "log-likelihood", unit="‰ of the time span")
+        on_eval = Ticks(bar, 1000)
+    else:
+        bar = None
     try:
         sol = integrate_flow(model, x, t_eps, 1.0, method=method, rtol=rtol, atol=atol, steps=steps,
                              divergence=divergence, dtype=dtype,
-                             on_eval=lambda frac: bar.update(int(1000 * frac) - bar.n))
+                             on_eval=on_eval)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     z, div_int = sol.x, sol.divergence  # (B, *dims), (P, B)
     prior = model.sde.prior_log_prob(z)
     stderr = None
@@ -137,20 +146,25 @@ def bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_dequant: int = 1,
     n_dequant = check_int("n_dequant", n_dequant)
     batch_size = check_int("batch_size", batch_size)
     offset = bpd_offset(levels)
-    values = torch.empty((n_dequant, x_int.shape[0]), dtype=torch.float64, device="cpu")
+    n = x_int.shape[0]
+    values = torch.empty((n_dequant, n), dtype=torch.float64, device="cpu")
     nfe = solves = 0
-    starts = range(0, x_int.shape[0], batch_size)
-    bar = progress_bar(n_dequant * len(starts), progress, "bits/dim")
+    starts = range(0, n, batch_size)
+    # Progress in examples (each round counts them again), advancing with each solve's time span.
+    bar = progress_bar(n_dequant * n, progress, "bits/dim", unit="examples")
+    ticks = Ticks(bar, 1)
     try:
         for r in range(n_dequant):
             for s in starts:
                 chunk = x_int[s:s + batch_size]
                 u = rand(chunk.shape, generator=generator, dtype=torch.float64, device=chunk.device)
                 z = dequantize(chunk, levels, u=u, dtype=torch.float64)
-                res = log_likelihood(model, z, generator=generator, **options)
+                done, b = r * n + s, chunk.shape[0]
+                res = log_likelihood(model, z, generator=generator,
+                                     on_eval=lambda f, d=done, b=b: ticks(d + f * b), **options)
                 values[r, s:s + batch_size] = nats_to_bpd(-res.log_prob.cpu(), dim) + offset
                 nfe, solves = nfe + res.nfe, solves + 1
-                bar.update(1)
+                ticks(done + b)
                 bar.set_postfix(bpd=f"{float(values[:r + 1, :s + len(chunk)].mean()):.4f}")
     finally:
         bar.close()

@@ -24,7 +24,7 @@ from scoresde.core.model import eps_of
 from scoresde.core.sde import append_dims, discrete_steps_of, require_variance_preserving
 from scoresde.util.checks import check_choice, check_int, check_model
 from scoresde.util.choices import VARIANCES
-from scoresde.util.progress import progress_bar
+from scoresde.util.progress import Ticks, progress_bar
 from scoresde.util.rng import rand, randn
 
 __all__ = ["ddpm_vlb_bits_per_dim", "ddpm_tables", "vlb_prior_term", "vlb_term", "normal_kl",
@@ -156,7 +156,8 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
     parts = torch.zeros((3, B), dtype=torch.float64, device="cpu")  # L_T, Σ L_{i-1}, L_0 in nats
     nfe = 0
     starts = range(0, B, batch_size)
-    bar = progress_bar(len(starts) * n_terms, progress, "variational bound")
+    bar = progress_bar(B, progress, "variational bound", unit="examples")  # a batch's share per term
+    ticks = Ticks(bar, 1)
     try:
         for s in starts:
             x0 = to_model_space(x_int[s:s + batch_size], levels, dtype=torch.float64)
@@ -173,7 +174,7 @@ def ddpm_vlb_bits_per_dim(model, x_int: torch.Tensor, levels: int, *, n_terms: i
                 parts[1, s:s + b] += torch.where(i > 1, term, 0.0)
                 parts[2, s:s + b] += torch.where(i == 1, term, 0.0)
                 nfe += 1
-                bar.update(1)
+                ticks(s + (j + 1) * b / n_terms)
     finally:
         bar.close()
     per_draw = nats_to_bpd(parts.sum(0, keepdim=True), dim)  # (1, B)

@@ -278,7 +278,8 @@ def open_run(name: str, model, x_T, *, steps, t_eps, denoise, progress, options:
         intervals = check_steps(steps) - (1 if descent and denoise else 0)
         grid = sampler_grid(sde, intervals, t_eps, denoise, opts.get("spacing", "uniform"), opts.get("rho", 7.0))
     total = None if cost is None else cost(grid.numel() - 1) + int(denoise)
-    return Run(name, counted, sde, opts, grid, denoise, progress_bar(total, progress, name), x_T.dtype)
+    return Run(name, counted, sde, opts, grid, denoise, progress_bar(total, progress, name, unit="NFE"),
+               x_T.dtype)
 
 
 def finish_run(run: Run, x: torch.Tensor, **info) -> SampleResult:

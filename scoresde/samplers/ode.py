@@ -22,6 +22,7 @@ from scoresde.samplers.base import (
     progress_bar,
 )
 from scoresde.util.checks import check_choice, check_t_eps
+from scoresde.util.progress import Ticks
 
 __all__ = ["ode", "encode"]
 
@@ -39,12 +40,16 @@ def _check_ode_options(opts: dict, steps) -> tuple[dict, int | None]:
 def _solve(counted, x, t_from: float, t_to: float, steps, progress: bool, desc: str, opts) -> torch.Tensor:
     """The end state (in ``ode_dtype``) of the probability flow from ``t_from`` to ``t_to``."""
     method = opts["method"]
-    total = steps * STAGES[method] if method in STAGES else None
-    bar = progress_bar(total, progress, desc)
+    if method in STAGES:  # fixed steps: one tick per ε evaluation
+        bar = progress_bar(steps * STAGES[method], progress, desc, unit="NFE")
+        on_eval = lambda _: bar.update(1)  # noqa: E731
+    else:  # adaptive: the share of the solver's clock reached, in thousandths (NFE are not known ahead)
+        bar = progress_bar(1000, progress, desc, unit="‰ of the time span")
+        on_eval = Ticks(bar, 1000)
     try:
         sol = integrate_flow(counted, x, t_from, t_to, method=method, rtol=opts["rtol"], atol=opts["atol"],
                              steps=steps, divergence=None, dtype=opts["ode_dtype"],
-                             on_eval=lambda _: bar.update(1))
+                             on_eval=on_eval)
     finally:
         bar.close()
     return sol.x

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from scoresde.data.loader import load_dataset
 from scoresde.evaluation.report import write_report
@@ -59,6 +58,7 @@ from scoresde.training.trainer import Trainer, check_batch
 from scoresde.util.atomic import atomic_write, first_non_file, nearest_existing, remove_temp_files, writable_folder
 from scoresde.util.errors import WriteFailed, one_line
 from scoresde.util.host import resolve_device
+from scoresde.util.progress import progress_bar
 
 __all__ = ["RunRequest", "train_run", "choose_folder", "claim_folder", "resolve_config",
            "check_writable", "train_loop", "save"]
@@ -245,8 +245,9 @@ def save(trainer: Trainer, run: Path, dist) -> Path | None:
 def train_loop(trainer: Trainer, run: Path, log: MetricsLog, dist, say, interrupt) -> int | None:
     """Train to ``train.steps``; returns the exit status if a signal stopped it, else ``None``."""
     tc = trainer.cfg.train
-    bar = tqdm(total=tc.steps, initial=trainer.step, desc="train", dynamic_ncols=True,
-               disable=not (dist.is_main and sys.stderr.isatty()))
+    terminal = dist.is_main and sys.stderr.isatty()
+    # a bar on a terminal; otherwise a progress line every 10 s besides the log lines below
+    bar = progress_bar(tc.steps, dist.is_main, "train", unit="steps", initial=trainer.step)
     start, tick, tick_step = time.perf_counter(), time.perf_counter(), trainer.step
     while trainer.step < tc.steps:
         nxt = trainer.step + 1  # figures are read back (a GPU sync) only on logging and checkpoint steps
@@ -264,7 +265,7 @@ def train_loop(trainer: Trainer, run: Path, log: MetricsLog, dist, say, interrup
                    "bad_steps": trainer.bad_steps, "steps_per_s": rate, "time": now - start}
             log.write(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rate:.1f}")
-            if bar.disable:  # no terminal: plain log lines instead of the bar
+            if not terminal:  # no terminal: plain log lines
                 say(f"step {step}/{tc.steps} loss {rec['loss']:.4f} lr {out['lr']:.2e} "
                     f"grad {out['grad_norm']:.3f} {rate:.1f} steps/s", flush=True)
             tick, tick_step = now, step
