@@ -15,8 +15,7 @@ from :class:`~scoresde.evaluation.bpd_eval.EvalSettings`' defaults and ``--data`
 folder of integer images with ``--levels`` levels (default 256).
 ``--fid N``: FID and KID of N samples against the training split, :func:`scoresde.evaluation.fid.print_fid`
 (Inception via ``pip install -e ".[fid]"``, or ``--fid-features random``: a pipeline check; docs/fid.md).
-Bad input (missing or corrupt checkpoint, bad flag, data without levels, CUDA missing) is one
-line on stderr and exit status 2.
+Bad input (missing or corrupt checkpoint, bad flag, data without levels, no CUDA): one line, exit 2.
 """
 
 from __future__ import annotations
@@ -76,8 +75,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--steps", type=int, help=f"sampler steps of the FID samples ({_RUN} sample.steps)")
     p.add_argument("--fid-batch", type=int, default=250, help="samples per batch of the FID (default 250)")
     p.add_argument("--fid-features", default="inception", help="inception (torch-fidelity's) | random (a check)")
-    p.add_argument("--no-mixture", action="store_true",
-                   help="class-conditional runs: skip p(x) by the class mixture (it costs classes × the ODE's NFE)")
+    p.add_argument("--no-mixture", action="store_true", help="conditional runs: skip p(x) by the class mixture")
     return p
 
 
