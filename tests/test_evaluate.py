@@ -75,7 +75,7 @@ def test_bad_flags(runs, capsys, extra, message):
 
 def test_nothing_to_do(runs, capsys):
     assert evaluate_main(["--ckpt", runs / "digits"]) == 2
-    assert "expected --bpd and/or --vlb" in capsys.readouterr().err
+    assert "nothing to evaluate: expected --bpd, --vlb and/or --fid N" in capsys.readouterr().err
 
 
 def test_data_without_levels(runs, capsys):
