@@ -81,7 +81,8 @@ class _UNetEps(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         labels = self.class_labels(y, x.shape[0], x.device)
-        out = self.unet(x, self.timestep(t), class_labels=labels).sample
+        extra = {} if labels is None else {"class_labels": labels}  # an unconditional UNet is called as before
+        out = self.unet(x, self.timestep(t), **extra).sample
         if self.learned_variance:
             out = out[:, : x.shape[1]]
         if self.prediction_type == "epsilon":
