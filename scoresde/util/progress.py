@@ -114,6 +114,12 @@ class LineProgress:
         print(text, file=self.stream, flush=True)
         self.last = _LAST_LINE[self.clock] = now
 
+    def __enter__(self):  # as tqdm: ``with progress_bar(...) as bar:`` closes the bar on the way out
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.closed:
             return
