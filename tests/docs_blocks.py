@@ -9,8 +9,8 @@ docs/*.md is a test, collected by Sybil (``conftest.py`` at the repository root 
 - ``python`` blocks start from an empty namespace: every name a block uses is defined in it,
   unless its first line is ``# continues the "HEADING" block``, naming the section whose block
   ran before it in the same document.
-- The documents other than README.md start with ``runs/digits``: a copy of one tiny digits run
-  (README's set-up block trains its own).
+- The documents other than README.md that name ``runs/digits`` start with it: a copy of one tiny
+  digits run (README's set-up block trains its own).
 - ``<!-- skip: next "reason" -->`` before a block marks it as not run, with the reason (it needs
   a GPU, a download, several machines): pytest reports it as skipped with that reason.
 """
@@ -168,9 +168,10 @@ def docs_workdir(request, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("docs-" + doc.stem.lower())
     for name in LINKED:
         (work / name).symlink_to(ROOT / name, target_is_directory=True)
-    if doc.name != "README.md":
+    text = doc.read_text()
+    if doc.name != "README.md" and "runs/digits" in text:
         shutil.copytree(request.getfixturevalue("docs_digits_run"), work / "runs" / "digits")
-    if "models/ddpm-cifar10-32" in doc.read_text():
+    if "models/ddpm-cifar10-32" in text:
         stand_ins = request.getfixturevalue("docs_stand_ins")
         for name in ("models", "data"):
             (work / name).symlink_to(stand_ins / name, target_is_directory=True)

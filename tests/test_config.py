@@ -23,9 +23,9 @@ from scoresde.training.config import (
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
 
-def test_the_shipped_configs_are_the_documented_seven():
-    assert {p.stem for p in CONFIGS} == {"toy2d", "digits", "digits_cond", "digits_subvp", "digits_ve", "mnist",
-                                         "cifar10_ddpmpp"}
+def test_the_shipped_configs_are_the_documented_eight():
+    assert {p.stem for p in CONFIGS} == {"toy2d", "digits", "digits_cond", "digits_subvp", "digits_ve", "digits_export",
+                                         "mnist", "cifar10_ddpmpp"}
     assert DEFAULT_CONFIG.name == "digits.yaml"
 
 

@@ -65,16 +65,21 @@ def test_stored_notebook_reads_without_running():
 @pytest.mark.slow
 def test_likelihood_notebook_runs_and_its_figures_hold(tmp_path, monkeypatch):
     """Executed as CI would: no trained run at hand, so the notebook trains the default config for
-    its documented 600 steps and evaluates 64 test digits with the run's settings."""
+    its documented 600 steps and evaluates 64 test digits with the run's settings. Its temporary run
+    folder (``likelihood_nb_*`` in the system's temporary folder) is gone afterwards."""
     monkeypatch.setenv("SCORESDE_LIKELIHOOD_CKPT", "")  # train in the notebook
     monkeypatch.setenv("SCORESDE_LIKELIHOOD_N_TEST", "64")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the kernel's temporary folder
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     out = _stdout(nb)
     _check_figures(out)
     assert "trained the default config for 600 steps" in out
+    assert not list(scratch.glob("likelihood_nb_*"))
 
 
 # --- notebooks/conditional.ipynb (issue 22) ----------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 
 from scoresde.core.model import ScoreModel
 from scoresde.interop.loader import NULL_CLASS_KEY, diffusers_module
-from scoresde.nets.unet import AttnBlock, Downsample, UNet, Upsample, group_norm
+from scoresde.nets.unet import AttnBlock, Downsample, UNet, Upsample
 from scoresde.training.checkpoint import load_run
 
 __all__ = ["export_diffusers", "EXPORT_N"]
@@ -38,12 +38,13 @@ def _export_config(net, config) -> dict:
     c_img, height, width = net.data_shape
     if height != width:
         raise ValueError(f"image size {height}x{width}: expected square images (UNet2DModel's sample_size)")
-    widths = {mod.num_channels for mod in net.modules() if isinstance(mod, torch.nn.GroupNorm)}
-    groups = {group_norm(w).num_groups for w in widths}
+    norms = [mod for mod in net.modules() if isinstance(mod, torch.nn.GroupNorm)]
+    widths, groups = {mod.num_channels for mod in norms}, {mod.num_groups for mod in norms}
     if len(groups) != 1:
         raise ValueError(f"group norms of {len(groups)} sizes ({', '.join(map(str, sorted(groups)))} groups for "
                          f"widths {', '.join(map(str, sorted(widths)))}): UNet2DModel has one norm_num_groups; "
-                         f"expected widths that all give 32 groups (model.channels a multiple of 128)")
+                         f"expected model.norm_groups set (e.g. configs/digits_export.yaml), or widths that "
+                         f"all give 32 groups (model.channels a multiple of 128)")
     attended = {mod.qkv.in_channels for mod in net.modules() if isinstance(mod, AttnBlock)}
     if m.num_heads == 1:
         head_dim = None  # UNet2DModel: one head of the block's width

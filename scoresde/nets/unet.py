@@ -20,12 +20,13 @@ from scoresde.util.checks import check_int, check_number, check_shape
 __all__ = ["UNet", "group_norm", "count_parameters"]
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with the most groups ≤ 32 that divide ``channels`` and keep ≥ 4 channels
-    per group (DDPM: 32 groups; 128 → 32, 96 → 24, 32 → 8)."""
-    groups = max(1, min(32, channels // 4))
-    while channels % groups:
-        groups -= 1
+def group_norm(channels: int, groups: int | None = None) -> nn.GroupNorm:
+    """GroupNorm of ``groups`` groups; by default the most groups ≤ 32 that divide ``channels``
+    and keep ≥ 4 channels per group (DDPM: 32 groups; 128 → 32, 96 → 24, 32 → 8)."""
+    if groups is None:
+        groups = max(1, min(32, channels // 4))
+        while channels % groups:
+            groups -= 1
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
@@ -38,11 +39,11 @@ def _zero(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """``x + conv(drop(SiLU(GN(conv(SiLU(GN(x))) + W temb))))``, 1×1 shortcut when channels change."""
 
-    def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float):
+    def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float, norm=group_norm):
         super().__init__()
-        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.temb = nn.Linear(temb_dim, c_out)
-        self.norm2, self.drop = group_norm(c_out), nn.Dropout(dropout)
+        self.norm2, self.drop = norm(c_out), nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -56,10 +57,10 @@ class ResBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Multi-head self-attention over the ``H·W`` positions, residual, output projection zeroed."""
 
-    def __init__(self, channels: int, num_heads: int):
+    def __init__(self, channels: int, num_heads: int, norm=group_norm):
         super().__init__()
         self.heads = num_heads
-        self.norm = group_norm(channels)
+        self.norm = norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -103,6 +104,8 @@ class UNet(nn.Module):
         dropout: dropout rate in the residual blocks.
         num_heads: attention heads; must divide every attended width.
         time_embedding: ``"sinusoidal"`` (of ``1000·t``) or ``"fourier"``.
+        norm_groups: groups of every GroupNorm (must divide every normalized width: with one
+            count the network is a diffusers ``UNet2DModel``); ``None``: :func:`group_norm`'s rule.
         num_classes: ``K ≥ 1``: class-conditional, ``forward(x, t, y)`` with labels ``y`` (B,) in
             ``0..K`` (``K``: the learned null label; ``None``: null for all) embedded and added to
             the time embedding after its MLP (as diffusers' ``num_class_embeds``). 0 (default):
@@ -111,7 +114,8 @@ class UNet(nn.Module):
 
     def __init__(self, data_shape: tuple, *, channels: int = 128, channel_mult=(1, 2, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.1,
-                 num_heads: int = 1, time_embedding: str = "sinusoidal", num_classes: int = 0):
+                 num_heads: int = 1, time_embedding: str = "sinusoidal", num_classes: int = 0,
+                 norm_groups: int | None = None):
         super().__init__()
         self.data_shape = check_shape("data_shape", data_shape)
         if len(self.data_shape) != 3:
@@ -128,6 +132,14 @@ class UNet(nn.Module):
                             ("num_heads", num_heads, 1)):
             check_int(name, v, lo)
         check_number("dropout", dropout, low=0, high=1, low_closed=True)
+        if norm_groups is not None:
+            check_int("norm_groups", norm_groups, 1)
+
+        def norm(width: int) -> nn.GroupNorm:
+            if norm_groups is not None and width % norm_groups:
+                raise ValueError(f"norm_groups={norm_groups}: expected a divisor of every normalized width "
+                                 f"(the level widths and their concatenations), not of {width}")
+            return group_norm(width, norm_groups)
         attn_res = {int(r) for r in attn_resolutions}
         attended = [channels * m for i, m in enumerate(mult) if min(height, width) >> i in attn_res]
         for width_ in attended + [channels * mult[-1]]:  # + the middle block's attention
@@ -143,10 +155,10 @@ class UNet(nn.Module):
         skips, ch, res = [channels], channels, min(height, width)
         for level, m in enumerate(mult):
             for _ in range(num_res_blocks):
-                layer = nn.ModuleList([ResBlock(ch, channels * m, temb_dim, dropout)])
+                layer = nn.ModuleList([ResBlock(ch, channels * m, temb_dim, dropout, norm)])
                 ch = channels * m
                 if res in attn_res:
-                    layer.append(AttnBlock(ch, num_heads))
+                    layer.append(AttnBlock(ch, num_heads, norm))
                 self.down.append(layer)
                 skips.append(ch)
             if level < len(mult) - 1:
@@ -154,24 +166,24 @@ class UNet(nn.Module):
                 skips.append(ch)
                 res //= 2
 
-        self.mid = nn.ModuleList([ResBlock(ch, ch, temb_dim, dropout), AttnBlock(ch, num_heads),
-                                  ResBlock(ch, ch, temb_dim, dropout)])
+        self.mid = nn.ModuleList([ResBlock(ch, ch, temb_dim, dropout, norm), AttnBlock(ch, num_heads, norm),
+                                  ResBlock(ch, ch, temb_dim, dropout, norm)])
 
         # Up path: num_res_blocks + 1 blocks per level, each eating one skip.
         self.up = nn.ModuleList()
         for level in reversed(range(len(mult))):
             for _ in range(num_res_blocks + 1):
                 layer = nn.ModuleList([ResBlock(ch + skips.pop(), channels * mult[level], temb_dim,
-                                                dropout)])
+                                                dropout, norm)])
                 ch = channels * mult[level]
                 if res in attn_res:
-                    layer.append(AttnBlock(ch, num_heads))
+                    layer.append(AttnBlock(ch, num_heads, norm))
                 self.up.append(layer)
             if level > 0:
                 self.up.append(nn.ModuleList([Upsample(ch)]))
                 res *= 2
 
-        self.norm_out = group_norm(ch)
+        self.norm_out = norm(ch)
         self.conv_out = _zero(nn.Conv2d(ch, c_img, 3, padding=1))
         self.num_classes = check_int("num_classes", num_classes, 0)
         if self.num_classes:  # created last and zero-initialised: no draw from torch's RNG

@@ -57,7 +57,7 @@ def build_net(config: Config) -> nn.Module:
     if m.kind == "unet":
         return UNet(shape, channels=m.channels, channel_mult=tuple(m.channel_mult),
                     num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
-                    dropout=m.dropout, num_heads=m.num_heads, num_classes=m.num_classes)
+                    dropout=m.dropout, num_heads=m.num_heads, norm_groups=m.norm_groups, num_classes=m.num_classes)
     raise ValueError(f"model.kind={m.kind!r}: expected mlp or unet")
 
 

@@ -65,6 +65,7 @@ class ModelConfig:
     num_res_blocks: int = 2
     attn_resolutions: list[int] = field(default_factory=lambda: [16])
     num_heads: int = 1
+    norm_groups: int | None = None       # unet: groups of every GroupNorm (null: ≤ 32, ≥ 4 channels each)
     base: str = "none"                   # none | lattice: ε = exact ε* of per-pixel levels + net
     num_classes: int = 0                 # 0: unconditional; K: class-conditional on the data set's K labels
 

@@ -48,6 +48,7 @@ _RANGES = [
     ("model.num_res_blocks", lambda v: v >= 1, "an integer ≥ 1"),
     ("model.attn_resolutions", lambda v: all(r >= 1 for r in v), "a list of integers ≥ 1"),
     ("model.num_heads", lambda v: v >= 1, "an integer ≥ 1"),
+    ("model.norm_groups", lambda v: v >= 1, "an integer ≥ 1 or null"),
     ("model.num_classes", lambda v: v >= 0, "an integer ≥ 0 (0: unconditional)"),
     ("train.label_dropout", lambda v: 0 <= v < 1, "a number in [0, 1) or null"),
     ("loss.t_eps", lambda v: 0 < v < 1, "a number in (0, 1) or null"),
@@ -168,7 +169,7 @@ def validate(cfg) -> None:
 _RELEVANT = {
     "mlp": ("kind", "base", "dropout", "hidden", "depth", "time_dim"),
     "unet": ("kind", "base", "dropout", "channels", "channel_mult", "num_res_blocks", "attn_resolutions",
-             "num_heads"),
+             "num_heads", "norm_groups"),
     "linear": ("schedule", "beta_min", "beta_max"),
     "ddpm": ("schedule", "beta_min", "beta_max", "n_steps"),
     "cosine": ("schedule", "cosine_s"),
