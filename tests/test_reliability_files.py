@@ -218,7 +218,7 @@ CASES = [
     ("resume-checkpoint-interpolation", "train", "--out {new} --resume {root}/interp.pt", ["interp.pt", "data.root"]),
     # alias bombs (5 levels x 10 aliases) from every source
     ("config-alias-bomb", "train", "--config {root}/bomb.yaml --out {new}", ["bomb.yaml", "aliases"]),
-    ("set-alias-bomb", "train", ["--config", "{root}/tiny.yaml", "--out", "{new}", "--set", "model.channel_mult="
+    ("set-alias-bomb", "train", ["--config", "{root}/tiny.yaml", "--out", "{new}", "--set", "bomb="
      "[&a [1,1,1,1,1,1,1,1,1,1],&b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a],&c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b],"
      "&d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c],[*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"], ["--set", "aliases"]),
     ("folder-config-alias-bomb", "train", "--out {root}/dead_bomb --resume auto", ["dead_bomb", "aliases"]),

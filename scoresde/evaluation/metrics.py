@@ -24,7 +24,7 @@ from scoresde.util.atomic import atomic_write_bytes
 from scoresde.util.checks import check_int
 from scoresde.util.rng import draw_device, randn
 
-__all__ = ["sliced_wasserstein", "wasserstein_1d", "random_directions", "frechet_distance",
+__all__ = ["sliced_wasserstein", "digits_cache_path", "wasserstein_1d", "random_directions", "frechet_distance",
            "feature_statistics", "DigitsFeatures", "digits_frechet"]
 
 
@@ -97,6 +97,11 @@ def feature_statistics(f) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
+def digits_cache_path(cache_dir, seed: int) -> Path:
+    """Where :class:`DigitsFeatures` keeps its weights in ``cache_dir`` (a run folder)."""
+    return Path(cache_dir) / f"digits_features_seed{int(seed)}.safetensors"
+
+
 class DigitsFeatures:
     """A small MLP classifier of the 8×8 digits, trained on the fixed training split; its
     penultimate layer (``feature_dim`` SiLU units) is the feature space for :func:`digits_frechet`.
@@ -117,7 +122,7 @@ class DigitsFeatures:
             self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, self.HIDDEN), nn.SiLU(),
                                       nn.Linear(self.HIDDEN, self.FEATURES), nn.SiLU())
             self.head = nn.Linear(self.FEATURES, 10)
-        path = None if cache_dir is None else Path(cache_dir) / f"digits_features_seed{self.seed}.safetensors"
+        path = None if cache_dir is None else digits_cache_path(cache_dir, self.seed)
         if path is None or not self._load(path):
             self._train()
             if path is not None:

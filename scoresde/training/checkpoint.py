@@ -249,13 +249,24 @@ def load_run(run_dir, *, device="cpu", ema: bool = True) -> LoadedRun:
     A run folder gives its latest checkpoint (or ``ema.safetensors`` when no checkpoint is
     left). ``ema=True`` loads the EMA weights (used for sampling and evaluation).
     """
-    path = Path(run_dir)
-    if path.is_dir():
-        ckpt = latest_checkpoint(path / "checkpoints")
-        if ckpt is None and not (path / "ema.safetensors").is_file():
-            raise ValueError(f"run folder {str(path)!r} has no checkpoints/ and no ema.safetensors: "
-                             f"expected a folder written by scoresde.train")
-        path = ckpt if ckpt is not None else path / "ema.safetensors"
+    path, state = Path(run_dir), None
+    if path.is_dir():  # read without a lock: a training process may be writing the folder
+        folder = path
+        for attempt in range(10):
+            ckpt = latest_checkpoint(folder / "checkpoints")
+            if ckpt is None and not (folder / "ema.safetensors").is_file():
+                raise ValueError(f"run folder {str(folder)!r} has no checkpoints/ and no ema.safetensors: "
+                                 f"expected a folder written by scoresde.train")
+            path = ckpt if ckpt is not None else folder / "ema.safetensors"
+            if ckpt is None:
+                break
+            try:
+                state = load_checkpoint(ckpt)  # once open, the file stays readable even if pruned
+                break
+            except ValueError:
+                if ckpt.exists() or attempt == 9:
+                    raise
+                # pruned by the writer between reading `latest` and opening it: read `latest` again
     elif not path.is_file():
         raise ValueError(f"--ckpt {str(path)!r} not found: expected a run folder, a checkpoint "
                          f"or an ema.safetensors file")
@@ -264,7 +275,7 @@ def load_run(run_dir, *, device="cpu", ema: bool = True) -> LoadedRun:
             raise ValueError(f"{str(path)!r} holds only EMA weights: expected a checkpoint for ema=False")
         weights, cfg, step = _read_safetensors(path)
     else:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path) if state is None else state
         check_checkpoint(state, path, required=("step", "config", "ema" if ema else "model"))
         weights, step = state["ema"] if ema else state["model"], state["step"]
         cfg = _config_of(state["config"], path)

@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from scoresde.data.loader import load_dataset
+from scoresde.evaluation.metrics import digits_cache_path
 from scoresde.evaluation.report import write_report
 from scoresde.nets import count_parameters
 from scoresde.training import distributed
@@ -58,9 +59,10 @@ from scoresde.training.trainer import Trainer, check_batch
 from scoresde.util.atomic import atomic_write, first_non_file, nearest_existing, remove_temp_files, writable_folder
 from scoresde.util.errors import WriteFailed, one_line
 from scoresde.util.host import resolve_device
+from scoresde.util.lock import FolderLock
 from scoresde.util.progress import progress_bar
 
-__all__ = ["RunRequest", "train_run", "choose_folder", "claim_folder", "resolve_config",
+__all__ = ["RunRequest", "train_run", "run_name", "choose_folder", "claim_folder", "Claim", "resolve_config",
            "check_writable", "train_loop", "save"]
 
 
@@ -77,7 +79,22 @@ class RunRequest:
 
     @property
     def stem(self) -> str:
-        return Path(self.config).stem if self.config else DEFAULT_CONFIG.stem
+        """The run name a config file gives (``runs/<stem>``): :func:`run_name` of its file name."""
+        return run_name(Path(self.config).name) if self.config else DEFAULT_CONFIG.stem
+
+
+def run_name(file_name: str) -> str:
+    """The run folder name of a config file name: the name without ``.yaml``/``.yml``, each
+    character other than a letter, digit, ``-``, ``_`` or ``.`` (path separators, spaces,
+    control characters) replaced by ``_``, leading dots dropped (``..yaml`` → ``.`` → nothing);
+    a name left empty is refused (pass ``--out``)."""
+    stem = re.sub(r"\.ya?ml$", "", file_name, flags=re.IGNORECASE)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")
+    if not name:
+        raise ValueError(f"--config {file_name!r}: its file name gives no run folder name "
+                         f"(names are made of letters, digits, '-', '_' and '.', not starting with '.'): "
+                         f"expected --out DIR")
+    return name
 
 
 # The run folder ---------------------------------------------------------------------------------
@@ -103,6 +120,9 @@ def choose_folder(request: RunRequest) -> tuple[Path, Path | None]:
                              f"folder with checkpoints/ or a checkpoint file")
         default = src if src.is_dir() else src.resolve().parent.parent
         return Path(request.out) if request.out else default, ckpt
+    if request.out is not None and not request.out.strip():
+        raise ValueError(f"--out {request.out!r}: expected a folder name (an empty name would mean the "
+                         f"current folder)")
     if request.out:
         run = Path(request.out)
     else:
@@ -122,18 +142,100 @@ def choose_folder(request: RunRequest) -> tuple[Path, Path | None]:
                 k += 1
                 run = runs / f"{stem}-{k}"
     ckpt = latest_checkpoint(run / "checkpoints") if run.is_dir() else None
+    return run, ckpt
+
+
+def _check_fresh(request: RunRequest, run: Path) -> None:
+    """A fresh run (no ``--resume``) needs a folder that holds no run (checked once it is claimed)."""
     if request.resume is None and run.is_dir() and _holds_run(run):
         raise ValueError(f"run folder {str(run)!r} already holds a training run: pass --resume auto "
                          f"to continue it, or --out for a new folder")
-    return run, ckpt
+
+
+class Claim:
+    """A run folder held by this process (rank 0): its lock (:class:`~scoresde.util.lock.FolderLock`)
+    and the folders this process created for it, so that clean-up removes only those."""
+
+    def __init__(self, run: Path, lock: FolderLock | None):
+        self.run, self.lock, self.made = run, lock, []
+
+    def create(self) -> None:
+        """Make the run folder (and missing parents, remembering which) and lock it, if not yet
+        held. A folder another process created meanwhile is locked like an existing one: its
+        holder refuses us (exit 2), or, unlocked, it must still hold no run."""
+        if self.lock is not None:
+            return
+        missing = []
+        for folder in (self.run, *self.run.parents):
+            if os.path.lexists(folder):
+                break
+            missing.append(folder)
+        for folder in reversed(missing):  # outermost first
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue  # another process made it: not ours to remove
+            self.made.append(folder)
+        try:
+            self.lock = _lock(self.run)
+            if self.run not in self.made and _holds_run(self.run):
+                raise ValueError(f"run folder {str(self.run)!r} already holds a training run (started by "
+                                 f"another process meanwhile): expected a new folder")
+        except ValueError:
+            self.remove()
+            self.release()
+            raise
+
+    def remove(self) -> bool:
+        """Remove what this process created: the run folder (only if it made it and holds its lock,
+        so no other process can be using it) and then each parent it made, while empty — never a
+        parent that holds another run. Returns whether the run folder was removed."""
+        removed = False
+        if self.run in self.made and self.lock is not None and self.lock.fd is not None:
+            shutil.rmtree(self.run, ignore_errors=True)
+            removed = not self.run.exists()
+        for folder in reversed(self.made):  # innermost first
+            if folder == self.run:
+                continue
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: someone else's files are in it
+        return removed
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _lock(run: Path) -> FolderLock:
+    lock = FolderLock(run).acquire()
+    if lock.note:
+        print(f"warning: {lock.note}", file=sys.stderr)
+    return lock
+
+
+def _is_rank_0() -> bool:
+    """Rank 0 of a torchrun group (``RANK``), or a single process: the one that writes and locks."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 @contextlib.contextmanager
 def claim_folder(run: Path):
     """The one place a run folder is taken for this process, for the whole run: everything that
-    reads the folder's state (config, checkpoint) and writes it happens inside. A run-folder lock
-    belongs here."""
-    yield run
+    reads the folder's state (config, checkpoint) and writes it happens inside.
+
+    An existing run folder is locked at once, before its config or checkpoint is read, so two
+    ``train`` processes (two ``--resume auto`` at once included) never both continue it: the
+    second is refused with one line naming the holder's process id (exit 2, nothing written). A
+    new folder is created and locked only once everything is checked (:meth:`Claim.create`).
+    Only rank 0 locks; the lock dies with the process (docs/training.md, "One owner")."""
+    lock = _lock(run) if _is_rank_0() and run.is_dir() else None
+    claim = Claim(run, lock)
+    try:
+        yield claim
+    finally:
+        claim.release()
 
 
 def _folder_config(run: Path) -> dict | None:
@@ -185,6 +287,12 @@ def resolve_config(request: RunRequest, state, ckpt, run: Path, folder: dict | N
 
 def check_writable(run: Path, cfg) -> None:
     """Every file and folder the run will write can be written: checked before the first byte."""
+    for folder in (run, *run.parents):
+        if folder.is_symlink() and not folder.exists():
+            raise ValueError(f"--out {run}: {folder} is a symbolic link to a missing target "
+                             f"({os.readlink(folder)}): expected an existing folder or a new name")
+        if folder.exists():
+            break
     probe = nearest_existing(run)
     if not probe.is_dir():
         raise ValueError(f"--out {run}: cannot create the run folder ({probe} is not a folder)")
@@ -195,10 +303,13 @@ def check_writable(run: Path, cfg) -> None:
     if ckpts.exists() and not writable_folder(ckpts):
         why = "not writable" if ckpts.is_dir() else "not a folder"
         raise ValueError(f"{ckpts}: {why}; expected a writable folder of checkpoints")
-    bad = first_non_file([run / "config.yaml", run / "metrics.jsonl", run / "ema.safetensors",
-                          run / "summary.json", ckpts / "latest", run / f"samples_{cfg.sample.sampler}.png",
-                          run / f"samples_{cfg.sample.sampler}.npz"]
-                         + ([run / "samples_classes.png", run / "guidance.png"] if cfg.model.num_classes else []))
+    files = [run / "config.yaml", run / "metrics.jsonl", run / "ema.safetensors", run / "summary.json",
+             ckpts / "latest", run / f"samples_{cfg.sample.sampler}.png", run / f"samples_{cfg.sample.sampler}.npz"]
+    if cfg.model.num_classes:
+        files += [run / "samples_classes.png", run / "guidance.png"]
+    if cfg.sample.n > 0 and cfg.data.name == "digits":  # the report's Fréchet-distance features
+        files.append(digits_cache_path(run, cfg.seed))
+    bad = first_non_file(files)
     if bad is not None:
         raise ValueError(f"{bad}: is a folder or special file; expected a file that can be replaced")
     log = run / "metrics.jsonl"
@@ -303,6 +414,7 @@ class _Run:
     train_data: object
     test_data: object
     start: float
+    resumed_log_every: int = 0   # train.log_every of the checkpoint resumed (0: a fresh start)
 
     def say(self, *args, **kwargs) -> None:
         if self.dist.is_main:
@@ -315,22 +427,22 @@ def train_run(request: RunRequest) -> int:
     Bad input is a ``ValueError`` raised before anything is written; an I/O error while writing
     is :class:`~scoresde.util.errors.WriteFailed` (a new folder without a checkpoint is removed)."""
     start = time.perf_counter()
-    folder, ckpt = choose_folder(request)
-    with claim_folder(folder):
+    folder, _ = choose_folder(request)
+    with claim_folder(folder) as claim:  # locked: its state is read now, and no other process changes it
+        _check_fresh(request, folder)
+        folder, ckpt = choose_folder(request)
         run = _open(request, folder, ckpt, start)
         # Everything is checked: now the run folder may be written (rank 0 only). An I/O error from
         # here on is not bad input: exit status 74, every file whole (atomic writes).
-        top = folder  # the outermost folder this attempt creates (None: the run folder exists)
-        while not top.parent.exists() and top.parent != top:
-            top = top.parent
-        top = None if folder.exists() else top
         try:
+            if run.dist.is_main:
+                claim.create()
             return _write_run(run)
         except OSError as e:
-            if top is not None and run.dist.is_main and latest_checkpoint(folder / "checkpoints") is None:
-                shutil.rmtree(top, ignore_errors=True)  # a new folder without a checkpoint: as before
-                raise WriteFailed(f"writing run folder {str(folder)!r} failed: {one_line(e)}; the new folder "
-                                  f"was removed") from None
+            if claim.made and run.dist.is_main and latest_checkpoint(folder / "checkpoints") is None:
+                # a folder this process made, without a checkpoint: removed (its parents only if empty)
+                what = "the new folder was removed" if claim.remove() else "nothing else was changed"
+                raise WriteFailed(f"writing run folder {str(folder)!r} failed: {one_line(e)}; {what}") from None
             raise WriteFailed(f"writing run folder {str(folder)!r} failed: {one_line(e)}; every file is whole "
                               f"and the last checkpoint is kept (resume with --out {folder} --resume auto)") from None
 
@@ -339,8 +451,14 @@ def _open(request: RunRequest, folder: Path, ckpt: Path | None, start: float) ->
     """Read and check everything the run needs (config, checkpoint, data, model); writes nothing."""
     config_file = _folder_config(folder) if request.resume is not None else None
     state = load_checkpoint(ckpt) if ckpt is not None else None
+    log_every = 0
     if state is not None:
         check_checkpoint(state, ckpt, required=TRAINING_ENTRIES)
+        train = state["config"].get("train")
+        log_every = train.get("log_every") if isinstance(train, dict) else None
+        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+            raise ValueError(f"checkpoint {str(ckpt)!r}: its config has train.log_every={log_every!r}: expected "
+                             f"an integer ≥ 1 (the config scoresde.train writes into every checkpoint)")
     cfg = resolve_config(request, state, ckpt, folder, config_file)
     check_sizes(cfg)
     device = resolve_device(cfg.device, distributed.DistInfo().local_rank)
@@ -357,7 +475,7 @@ def _open(request: RunRequest, folder: Path, ckpt: Path | None, start: float) ->
     trainer = Trainer(cfg, model, train_data, device, dist)
     check_batch(trainer.first_batch(), cfg.data.shape, cfg.data.name,
                 bounded=train_data.levels is not None)
-    run = _Run(folder, ckpt, state, cfg, device, dist, trainer, train_data, test_data, start)
+    run = _Run(folder, ckpt, state, cfg, device, dist, trainer, train_data, test_data, start, log_every)
     if state is not None:
         try:
             note = trainer.load_state_dict(state)
@@ -389,7 +507,8 @@ def _write_run(run: _Run) -> int:
     # lines of an attempt that died before its first checkpoint).
     log = MetricsLog(folder / "metrics.jsonl", enabled=dist.is_main, resume_step=trainer.step,
                      # a line at a checkpoint between log steps only closed that run: the window goes on
-                     drop_resume_line=state is not None and state["step"] % state["config"]["train"]["log_every"] != 0,
+                     drop_resume_line=state is not None and trainer.step < cfg.train.steps
+                     and state["step"] % run.resumed_log_every != 0,
                      tensorboard_dir=folder / "tensorboard" if cfg.train.tensorboard else None)
     nparams = count_parameters(trainer.model)
     run.say(f"run folder {folder} | {cfg.data.name} {tuple(cfg.data.shape)} | {cfg.model.kind} {nparams:,} "

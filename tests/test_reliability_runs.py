@@ -1,0 +1,246 @@
+"""The reliability table, round three (issue 24), part two: a run folder has one owner.
+
+Real processes on one folder: a second ``train`` (or a second ``--resume auto``) while the first
+runs is refused with one line naming the first's process id, exit 2, and the first's files stay
+intact; a run that fails to write removes only what it created — never a parent folder that
+holds another run. Then the edges of choosing and resuming a folder: run names from config file
+names (``...yaml``, ``..yaml``, separators, control characters), ``--out ""``, ``--out`` under a
+dangling link, a finished run resumed when its last step is not a multiple of
+``train.log_every``, a checkpoint whose config lacks ``train.log_every``, a folder where the
+digits feature cache goes. ``sample`` reading a run while it is being trained never sees a torn
+state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoresde.sample import main as sample_main
+from scoresde.train import main as train_main
+from scoresde.training.checkpoint import latest_checkpoint, load_run
+from scoresde.training.run import run_name
+from scoresde.training.runlog import read_metrics
+
+from .train_util import TINY_TOY, fork_main, restore_threads, wait_status, write_config  # noqa: F401
+
+
+def _checksums(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _wait_for(path: Path, pid: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        assert not done, f"the first process ended before {path} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+LONG = {"steps": 10**6, "ckpt_every": 5, "log_every": 5}
+
+
+@pytest.mark.parametrize("second", ["fresh", "resume-auto"])
+def test_a_second_train_on_a_running_folder_is_refused_naming_the_holder(tmp_path, capsys, second):
+    """Two real processes: the first trains; the second (a fresh ``train --out`` or a concurrent
+    ``--resume auto``) is refused with the first's PID, exit 2; the first's files are untouched by
+    it and whole after the first stops."""
+    cfg = write_config(tmp_path / "long.yaml", TINY_TOY, train=LONG)
+    run = tmp_path / "run"
+    pid = fork_main(["--config", cfg, "--out", run], tmp_path / "first.log")
+    try:
+        _wait_for(run / "checkpoints" / "latest", pid)
+        os.kill(pid, signal.SIGSTOP)  # hold the first still while the second runs: a stable snapshot
+        before = _checksums(run)
+        argv = ["--config", cfg, "--out", run] if second == "fresh" else ["--out", run, "--resume", "auto"]
+        assert train_main([str(a) for a in argv]) == 2
+        err = _one_line(capsys)
+        assert f"run folder {str(run)!r} is in use by process {pid}" in err, err
+        assert _checksums(run) == before  # nothing written by the second
+        os.kill(pid, signal.SIGCONT)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGTERM)
+    assert wait_status(pid) == 128 + signal.SIGTERM
+    loaded = load_run(run)  # the first's files are whole: the checkpoint loads, the log has each step once
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
+    assert loaded.step >= steps[-1] > 0 and steps == sorted(set(steps))
+    # the lock died with the first: the folder can be continued now
+    assert train_main(["--out", str(run), "--resume", "auto", "--set", f"train.steps={loaded.step}"]) == 0
+
+
+def _fork_with_file_limit(argv, limit: int, log: Path) -> int:
+    """``train`` in a forked child whose files cannot grow past ``limit`` bytes; returns its pid."""
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # its lazy imports: once, before the fork
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of a kill
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            torch.set_num_threads(1)
+            code = train_main([str(a) for a in argv])
+        finally:
+            os._exit(code)
+    return pid
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+def test_a_failed_run_never_removes_a_shared_parent_holding_another_run(tmp_path):
+    """A creates the new parent P and P/a; B trains in P/b meanwhile; A's first checkpoint does not
+    fit its file-size limit: A removes P/a (its own) and leaves P, and B's run is whole (exit 0)."""
+    parent = tmp_path / "P"
+    slow = write_config(tmp_path / "a.yaml", TINY_TOY, train={"steps": 400, "ckpt_every": 400, "log_every": 1})
+    b_cfg = write_config(tmp_path / "b.yaml", TINY_TOY, train={"steps": 30, "ckpt_every": 10})
+    a = _fork_with_file_limit(["--config", slow, "--out", parent / "a"], 20_000, tmp_path / "a.log")
+    _wait_for(parent / "a" / "metrics.jsonl", a)  # A made P and P/a, and is training
+    b = fork_main(["--config", b_cfg, "--out", parent / "b"], tmp_path / "b.log")
+    _wait_for(parent / "b" / "config.yaml", b)
+    assert wait_status(a) == 74, (tmp_path / "a.log").read_text()
+    assert wait_status(b) == 0, (tmp_path / "b.log").read_text()
+    assert "the new folder was removed" in (tmp_path / "a.log").read_text()
+    assert sorted(p.name for p in parent.iterdir()) == ["b"]
+    assert load_run(parent / "b").step == 30 and (parent / "b" / "summary.json").is_file()
+
+
+def test_a_failed_run_removes_the_parents_it_made_while_empty(tmp_path, monkeypatch, capsys):
+    """Alone, the same failure removes every folder it made (nothing else is in them)."""
+    import errno
+
+    import scoresde.training.run as run_module
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", "x")
+    monkeypatch.setattr(run_module, "save_checkpoint", full)
+    cfg = write_config(tmp_path / "t.yaml", TINY_TOY)
+    assert train_main(["--config", str(cfg), "--out", str(tmp_path / "P" / "Q" / "run")]) == 74
+    assert "the new folder was removed" in _one_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
+
+
+@pytest.mark.parametrize("file_name, expected", [
+    ("toy2d.yaml", "toy2d"), ("my run.yaml", "my_run"), ("a\tb\x07.yaml", "a_b_"), (".hidden.yaml", "hidden"),
+    ("x.YML", "x"), ("a.b.yaml", "a.b"), ("ü.yaml", "_"),
+])
+def test_run_names_keep_safe_characters_and_replace_the_rest(file_name, expected):
+    assert run_name(file_name) == expected
+
+
+@pytest.mark.parametrize("file_name", ["...yaml", "..yaml", ".yaml", "....yml"])
+def test_config_names_that_give_no_run_name_are_refused(tmp_path, monkeypatch, capsys, file_name):
+    """``...yaml`` (stem ``..``) trained into the current folder, ``..yaml`` into ``runs/``: refused now."""
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path / file_name, TINY_TOY)
+    before = _checksums(tmp_path)
+    assert train_main(["--config", file_name]) == 2
+    assert "gives no run folder name" in _one_line(capsys) and "--out" in capsys.readouterr().err + "--out"
+    assert _checksums(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == [file_name]
+
+
+def test_a_config_name_with_separators_trains_into_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path / "a b;c.yaml", TINY_TOY, train={"steps": 2})
+    assert train_main(["--config", "a b;c.yaml"]) == 0
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["a_b_c"]
+
+
+def test_out_empty_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path / "t.yaml", TINY_TOY)
+    assert train_main(["--config", "t.yaml", "--out", ""]) == 2
+    assert "--out ''" in _one_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
+
+
+def test_out_under_a_dangling_link_names_the_link(tmp_path, capsys):
+    (tmp_path / "dl").symlink_to(tmp_path / "missing")
+    cfg = write_config(tmp_path / "t.yaml", TINY_TOY)
+    assert train_main(["--config", str(cfg), "--out", str(tmp_path / "dl" / "run")]) == 2
+    err = _one_line(capsys)
+    assert "symbolic link to a missing target" in err and "removed" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dl", "t.yaml"]
+
+
+def test_resuming_a_finished_run_between_log_steps_keeps_its_log(tmp_path):
+    cfg = write_config(tmp_path / "t.yaml", TINY_TOY, train={"steps": 5, "log_every": 2, "ckpt_every": 2})
+    run = tmp_path / "run"
+    assert train_main(["--config", str(cfg), "--out", str(run)]) == 0
+    log = (run / "metrics.jsonl").read_bytes()
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [2, 4, 5]
+    assert train_main(["--out", str(run), "--resume", "auto"]) == 0
+    assert (run / "metrics.jsonl").read_bytes() == log
+
+
+def test_a_finished_run_of_one_log_line_is_not_emptied(tmp_path):
+    cfg = write_config(tmp_path / "t.yaml", TINY_TOY, train={"steps": 3, "log_every": 50, "ckpt_every": 50})
+    run = tmp_path / "run"
+    assert train_main(["--config", str(cfg), "--out", str(run)]) == 0
+    assert train_main(["--out", str(run), "--resume", "auto"]) == 0
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [3]
+
+
+def test_a_checkpoint_config_without_log_every_is_one_line_and_nothing_is_created(tmp_path, capsys):
+    cfg = write_config(tmp_path / "t.yaml", TINY_TOY, train={"steps": 2})
+    assert train_main(["--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    state = torch.load(latest_checkpoint(tmp_path / "run" / "checkpoints"), weights_only=True)
+    del state["config"]["train"]["log_every"]
+    torch.save(state, tmp_path / "no_log_every.pt")
+    capsys.readouterr()
+    assert train_main(["--out", str(tmp_path / "new"), "--resume", str(tmp_path / "no_log_every.pt"),
+                       "--set", "train.steps=4"]) == 2
+    assert "train.log_every" in _one_line(capsys)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_folder_where_the_digits_feature_cache_goes_is_found_before_training(tmp_path, capsys):
+    digits = dict(TINY_TOY, data={"name": "digits", "n": 32}, sample={"sampler": "ddim", "steps": 2, "n": 4},
+                  model={"kind": "mlp", "hidden": 16, "depth": 1, "time_dim": 8})
+    cfg = write_config(tmp_path / "d.yaml", digits, train={"steps": 2})
+    run = tmp_path / "run"
+    (run / "digits_features_seed0.safetensors").mkdir(parents=True)
+    before = _checksums(tmp_path)
+    assert train_main(["--config", str(cfg), "--out", str(run)]) == 2
+    assert "digits_features_seed0.safetensors" in _one_line(capsys)
+    assert _checksums(tmp_path) == before and sorted(p.name for p in run.iterdir()) == [
+        "digits_features_seed0.safetensors"]
+
+
+def test_sample_reads_a_run_being_trained_without_a_torn_state(tmp_path, capsys):
+    """``sample`` takes no lock: while a real second process trains (a checkpoint every step, only
+    the newest kept), each load finds a whole checkpoint."""
+    cfg = write_config(tmp_path / "long.yaml", TINY_TOY, train={"steps": 10**6, "ckpt_every": 1, "keep_last": 1,
+                                                                "log_every": 50})
+    run = tmp_path / "run"
+    pid = fork_main(["--config", cfg, "--out", run], tmp_path / "train.log")
+    try:
+        _wait_for(run / "checkpoints" / "latest", pid)
+        steps = []
+        for _ in range(15):
+            loaded = load_run(run)
+            steps.append(loaded.step)
+        assert steps == sorted(steps) and steps[-1] > steps[0]  # it was training all along
+        assert sample_main(["--ckpt", str(run), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert wait_status(pid) == 128 + signal.SIGTERM
