@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
 from scoresde.cli import ArgumentParser, run_cli, smoke, smoke_cap
 from scoresde.core.sde import not_vp_reason
 from scoresde.evaluation import fid as fid_lib
@@ -31,7 +29,7 @@ from scoresde.evaluation.bpd_eval import EvalSettings, evaluation_data, print_li
 from scoresde.training.checkpoint import load_model
 from scoresde.util.checks import check_choice, check_int
 from scoresde.util.choices import PROBES, SAMPLERS, SPLITS, TRACES, VARIANCES
-from scoresde.util.host import resolve_device
+from scoresde.util.host import resolve_device, use_threads
 
 __all__ = ["main", "build_parser"]
 
@@ -130,9 +128,7 @@ def _main(argv) -> int:
         raise ValueError(f"--vlb: {not_vp_reason(run.model.sde)} (--bpd; docs/sdes.md)")
     settings = settings.replace(limit=smoke_cap(settings.limit), vlb_terms=smoke_cap(settings.vlb_terms)) \
         if smoke("scoresde.evaluate") else settings  # smoke-test sizes: docs/testing.md
-    threads = args.threads or (run.config.train.threads if run.config is not None else None)
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(args.threads, run.config)
     if args.fid is not None:
         ref = evaluation_data(run, args.data, root=args.data_root, levels=args.levels, split="train")
         fid_lib.print_fid(run, ref, args, device)

@@ -34,7 +34,7 @@ from scoresde.samplers.impute import inpaint_mask
 from scoresde.training.checkpoint import load_model
 from scoresde.util.checks import check_choice, check_int
 from scoresde.util.choices import IMPUTE_METHODS, IMPUTE_SAMPLERS, INPAINT_MASKS, SAMPLERS
-from scoresde.util.host import resolve_device
+from scoresde.util.host import resolve_device, use_threads
 
 __all__ = ["main", "build_parser"]
 
@@ -58,6 +58,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--class", dest="label", metavar="K|all",
                    help="class-conditional runs: sample class K, or one row of --n per class (all)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight w ≥ 0 with --class (default 0)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="samples the network sees at once; a larger --n runs in chunks (default 256)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
     return p
 
 
@@ -67,6 +70,9 @@ def _main(argv) -> int:
     if args.steps is not None:
         check_int("--steps", args.steps)
     check_int("--seed", args.seed, 0)
+    check_int("--batch-size", args.batch_size)
+    if args.threads is not None:
+        check_int("--threads", args.threads)
     if args.inpaint is not None:
         return _inpaint(args)
     for flag in ("method", "particles", "completions"):
@@ -82,8 +88,10 @@ def _main(argv) -> int:
         args.n = min(args.n, SMOKE_N)
     device = resolve_device(args.device)
     run = load_model(args.ckpt, device=device)
+    use_threads(args.threads, run.config)
     return write_samples(run, args.ckpt, sampler=args.sampler, n=args.n, steps=args.steps, seed=args.seed,
-                         out=args.out, device=device, label=args.label, guidance=args.guidance)
+                         out=args.out, device=device, label=args.label, guidance=args.guidance,
+                         batch_size=args.batch_size)
 
 
 def _inpaint(args) -> int:
@@ -109,6 +117,7 @@ def _inpaint(args) -> int:
         raise ValueError(f"--out {args.out}: expected a file name ending in .png")
     device = resolve_device(args.device)
     run = load_model(args.ckpt, device=device)
+    use_threads(args.threads, run.config)
     return write_inpainting(run, args.ckpt, kind=kind, methods=methods, nfe=nfe, particles=args.particles,
                             completions=args.completions, sampler=args.sampler, n=args.n, seed=args.seed,
                             out=args.out, device=device)

@@ -19,7 +19,8 @@ from torch import nn
 
 from scoresde.core.sde import GaussianSDE, append_dims, as_time, remember_time
 
-__all__ = ["EpsModel", "ScoreModel", "batch_time", "check_labels", "eps_of", "score_of", "x0_of", "model_device"]
+__all__ = ["EpsModel", "ScoreModel", "batch_time", "check_labels", "eps_of", "score_of", "x0_of", "model_device",
+           "activation_bytes"]
 
 
 def batch_time(t, x: torch.Tensor) -> torch.Tensor:
@@ -180,3 +181,35 @@ def model_device(model) -> torch.device:
             if first is not None:
                 return first.device
     return torch.device("cpu")
+
+
+def activation_bytes(model, device, *, grad: bool = False) -> float:
+    """Bytes one example's network activations take, measured on a probe batch of 2 at ``t = ½``
+    (``model.net.data_shape``; a class-conditional model with the null label): the outputs of every
+    submodule (an upper bound of what is alive at once) or, with ``grad``, also what autograd saves
+    for the backward pass (the likelihood's divergence). What memory checks count per example."""
+    total = [0]
+
+    def count(tensor) -> torch.Tensor:
+        if isinstance(tensor, torch.Tensor):
+            total[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    def hook(module, inputs, output) -> None:
+        for o in output if isinstance(output, (tuple, list)) else (output,):
+            count(o)
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    handles = [m.register_forward_hook(hook) for m in modules]
+    x = torch.zeros((2, *model.net.data_shape), device=device, requires_grad=grad)
+    t = torch.full((2,), 0.5, dtype=torch.float64, device=device)
+    try:
+        if grad:
+            with torch.autograd.graph.saved_tensors_hooks(count, lambda packed: packed):
+                eps_of(model, x, t)
+        else:
+            with torch.no_grad():
+                eps_of(model, x, t)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] / 2

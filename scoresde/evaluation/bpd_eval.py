@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from scoresde.core.bpd import BpdResult
-from scoresde.core.model import model_device
+from scoresde.core.model import activation_bytes, model_device
 from scoresde.core.sde import is_variance_preserving, not_vp_reason
 from scoresde.data.loader import DATASET_NAMES, load_dataset, load_images
 from scoresde.likelihood.ode import bits_per_dim
@@ -304,6 +304,10 @@ def print_likelihood(run, data, settings: EvalSettings, *, split: str, device, m
     check_memory("--probes", settings.probes, batch * settings.probes, "the Hutchinson probes of one batch")
     check_memory("--dequant", settings.dequant, 8.0 * n * settings.dequant, "the per-draw results (float64)")
     check_memory("--vlb-steps", settings.vlb_steps, 16.0 * (settings.vlb_steps + 1), "the VLB grid (float64)")
+    rows = min(settings.batch_size, n) * (settings.probes if settings.ode else 1)
+    check_memory("--batch-size", settings.batch_size,  # measured on a probe batch, with the backward's tensors
+                 rows * activation_bytes(run.model, device, grad=bool(settings.ode)),
+                 "the network's activations on one batch (measured on a probe batch)")
     what = f"{run.source} (step {run.step})" if run.config is not None else run.model.describe()
     split = f" {split}" if data.name in DATASET_NAMES else ""  # an .npz / image folder is what it is
     print(f"{what}: {data.name}{split}, {n} examples, "

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scoresde.core.conditional import num_classes_of
+from scoresde.core.conditional import Conditioned, num_classes_of
+from scoresde.core.model import activation_bytes
 from scoresde.data.loader import load_dataset
 from scoresde.data.table import dataset_info
 from scoresde.data.toy import toy_oracle
@@ -26,25 +27,53 @@ from scoresde.evaluation import metrics
 from scoresde.evaluation.bpd_eval import EvalSettings, evaluate_likelihood
 from scoresde.evaluation.images import save_samples_png
 from scoresde.samplers import sample
-from scoresde.util.atomic import atomic_write, atomic_write_together, first_non_file, nearest_existing, writable_folder
+from scoresde.samplers.base import MAX_STEPS
+from scoresde.util.atomic import (atomic_write, atomic_write_together, first_non_file, nearest_existing, remove_empty,
+                                  writable_folder)
 from scoresde.util.errors import NonFiniteResult, WriteFailed, one_line
 from scoresde.util.host import check_memory
+from scoresde.util.progress import progress_bar
 
 __all__ = ["draw_samples", "save_samples", "sample_metrics", "model_shape", "write_report",
            "write_samples"]
 
 
-def draw_samples(model, sampler: str, n: int, *, steps: int, seed: int, device, progress: bool = False):
+def draw_samples(model, sampler: str, n: int, *, steps: int, seed: int, device, progress: bool = False,
+                 batch_size: int | None = None):
     """``n`` samples of ``model`` by ``sampler``; returns ``(x (n, *shape) on the CPU, nfe, seconds)``.
     A class-conditional model is sampled as ``condition(model, y, guidance=w)``
-    (:func:`scoresde.core.conditional.condition`): the same prior draw as without labels."""
+    (:func:`scoresde.core.conditional.condition`): the same prior draw as without labels.
+
+    The prior draw ``x_T`` of all ``n`` comes first from the seeded generator. With ``batch_size``
+    below ``n`` the sampler then runs on chunks of ``batch_size`` in turn (the network sees one
+    chunk at a time: bounded memory for any ``n``; ``nfe`` counts every chunk's calls), each chunk's
+    noise drawn from the same generator after the previous chunk's; otherwise on all ``n`` at once
+    (the same samples as without ``batch_size``)."""
     shape = tuple(model_shape(model))
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = model.sde.prior_sample((n, *shape), generator=g, device=device)  # (n, *shape)
     start = time.perf_counter()
-    with torch.no_grad():
-        res = sample(model, sampler, x_T, steps=steps, generator=g, progress=progress)
-    return res.x.float().cpu(), res.nfe, time.perf_counter() - start
+    if batch_size is None or n <= batch_size:
+        with torch.no_grad():
+            res = sample(model, sampler, x_T, steps=steps, generator=g, progress=progress)
+        return res.x.float().cpu(), res.nfe, time.perf_counter() - start
+    out = torch.empty((n, *shape), dtype=torch.float32)  # on the CPU: only a chunk is on the device
+    nfe = 0
+    with torch.no_grad(), progress_bar(math.ceil(n / batch_size), progress, f"{sampler}, chunks") as bar:
+        for lo in range(0, n, batch_size):
+            res = sample(_rows(model, lo, lo + batch_size), sampler, x_T[lo:lo + batch_size], steps=steps, generator=g)
+            out[lo:lo + batch_size] = res.x.float().cpu()
+            nfe += res.nfe
+            bar.update(1)
+    return out, nfe, time.perf_counter() - start
+
+
+def _rows(model, lo: int, hi: int):
+    """``model`` for rows ``lo:hi`` of a batch: a conditioned model with one label per row keeps
+    those rows' labels (``--class all``); any other model is the same for every row."""
+    if isinstance(model, Conditioned) and model.y is not None and model.y.ndim == 1:
+        return Conditioned(model.model, model.y[lo:hi], model.guidance)
+    return model
 
 
 def model_shape(model) -> tuple:
@@ -131,7 +160,7 @@ def write_report(model, cfg, run: Path, train_data, test_data, device, summary: 
 
 
 def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, seed: int, out, device,
-                  label=None, guidance: float | None = None) -> int:
+                  label=None, guidance: float | None = None, batch_size: int | None = None) -> int:
     """Samples of a loaded ``--ckpt`` (``run``: ``.model``, ``.config``, ``.step``, ``.source``; ``ckpt``
     the path it was named by) written as a PNG and an ``.npz`` beside it; prints one line.
 
@@ -139,7 +168,8 @@ def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, 
     ``DiffusersModel.default_sampling``); ``out`` ``None``: ``RUN/samples/<sampler>_seed<S>.png``.
     Sizes and paths are checked before sampling; non-finite samples stop with nothing written.
     ``label`` (``--class``: a class or ``"all"``, one row of ``n`` per class) and ``guidance``
-    (``--guidance``) sample a class-conditional model (:func:`scoresde.evaluation.guidance.class_request`)."""
+    (``--guidance``) sample a class-conditional model (:func:`scoresde.evaluation.guidance.class_request`).
+    ``batch_size``: the samples the network sees at once (``--batch-size``; :func:`draw_samples`)."""
     from scoresde.evaluation.guidance import class_request, save_class_grid  # guidance.py uses draw_samples
 
     cfg = run.config
@@ -147,9 +177,7 @@ def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, 
     default_sampler, default_steps = ((cfg.sample.sampler, cfg.sample.steps) if cfg is not None
                                       else run.model.default_sampling)
     sampler, steps = sampler or default_sampler, steps or default_steps
-    dim = math.prod(model_shape(run.model))
-    check_memory("--n", n, 8.0 * dim * n, "the samples (x_T and x, float32)")
-    check_memory("--steps", steps, 8.0 * (steps + 1), "the sampler's time grid (float64)")
+    _check_sizes(run.model, n, steps, batch_size, device, guided=bool(guidance))
     # A run's samples go into its folder; a diffusers folder is someone else's model: ./samples/
     run_dir = Path(".") if cfg is None else Path(ckpt) if Path(ckpt).is_dir() else run.source.parent
     out = Path(out) if out else run_dir / "samples" / f"{sampler}{tag}_seed{seed}.png"
@@ -157,7 +185,7 @@ def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, 
     start = time.perf_counter()
     try:
         x, nfe, _ = draw_samples(model, sampler, n, steps=steps, seed=seed, device=device,
-                                 progress=True)
+                                 progress=True, batch_size=batch_size)
     except NonFiniteResult as e:
         raise NonFiniteResult(f"non-finite samples of {run.source}: {e}; nothing was written") from None
     background = None
@@ -171,16 +199,30 @@ def write_samples(run, ckpt, *, sampler: str | None, n: int, steps: int | None, 
         if per_class:  # one row per class: the grid replaces the square one (written after the .npz)
             save_class_grid(out, x, per_class, title)
     except OSError as e:
-        for folder in made:  # innermost first; a folder another process filled meanwhile stays
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty(made)  # innermost first; a folder another process filled meanwhile stays
         raise WriteFailed(f"writing {out} failed: {one_line(e)}; no new PNG was written") from None
     print(f"wrote {out} and {out.with_suffix('.npz')}: {n} samples, sampler {sampler}, "
           f"{nfe} NFE, {time.perf_counter() - start:.1f} s ("
           + (f"step {run.step} of {run.source})" if cfg is not None else f"{run.model.describe()})"))
     return 0
+
+
+def _check_sizes(model, n: int, steps: int, batch_size: int | None, device, *, guided: bool) -> None:
+    """``sample``'s sizes against the bounds and the memory available, before anything is drawn:
+    ``steps`` at most :data:`~scoresde.samplers.base.MAX_STEPS` (before any grid is built); all
+    ``n`` samples (``x_T`` and ``x``, float32, on the CPU) and, for one batch of ``batch_size``
+    (guidance runs the network on twice the rows), the network's activations measured on a probe
+    batch (:func:`~scoresde.core.model.activation_bytes`) plus ``x_T``, ``x`` and a few sampler
+    states of the batch."""
+    if steps > MAX_STEPS:
+        raise ValueError(f"--steps={steps}: expected at most {MAX_STEPS:,} (each step is a network call)")
+    dim = math.prod(model_shape(model))
+    check_memory("--n", n, 8.0 * dim * n, "the samples (x_T and x, float32)")
+    check_memory("--steps", steps, 8.0 * (steps + 1), "the sampler's time grid (float64)")
+    batch = n if batch_size is None else min(n, batch_size)
+    rows = batch * (2 if guided else 1)
+    check_memory("--batch-size", batch, rows * activation_bytes(model, device) + 16.0 * dim * batch,
+                 "the network's activations on one batch (measured on a probe batch)")
 
 
 def _check_writable(out: Path) -> None:

@@ -9,9 +9,11 @@ null label's row (``scoresde_null_class = K``) for :func:`~scoresde.interop.load
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +24,7 @@ from scoresde.core.model import ScoreModel
 from scoresde.interop.loader import NULL_CLASS_KEY, diffusers_module
 from scoresde.nets.unet import AttnBlock, Downsample, UNet, Upsample
 from scoresde.training.checkpoint import load_run
+from scoresde.util.atomic import current_umask, remove_empty
 
 __all__ = ["export_diffusers", "EXPORT_N"]
 
@@ -157,16 +160,57 @@ def export_diffusers(run_dir, out=None):
     folder = Path(out)
     if folder.exists():
         raise ValueError(f"{str(folder)!r} exists: expected a new folder for the export (nothing is overwritten)")
+    _write_beside(folder, d.DDPMPipeline(unet=unet.eval(), scheduler=scheduler), model.net.num_classes)
+    return folder
+
+
+def _write_beside(folder: Path, pipeline, num_classes: int) -> None:
+    """``pipeline.save_pretrained`` into a temporary folder beside ``folder``, then renamed to it: a
+    killed export leaves no half folder under the final name (and the next export removes the
+    temporary one), a failed one leaves nothing (the temporary folder and the parents it made
+    are removed); the files follow the umask; a full disk is an ``OSError``."""
+    made = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]  # innermost first
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{glob.escape(folder.name)}.*.tmp"):  # left by a killed export
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:  # written beside, then renamed: a killed export leaves no half folder under the final name
-        d.DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(tmp)
-        if model.net.num_classes:  # name the null label's row, for load_diffusers (diffusers ignores the key)
+    try:
+        try:
+            pipeline.save_pretrained(tmp)
+        except Exception as e:
+            raise _os_error(e, tmp) from None
+        if num_classes:  # name the null label's row, for load_diffusers (diffusers ignores the key)
             unet_json = tmp / "unet" / "config.json"
-            unet_json.write_text(json.dumps({**json.loads(unet_json.read_text()),
-                                             NULL_CLASS_KEY: model.net.num_classes}, indent=2, sort_keys=True))
+            unet_json.write_text(json.dumps({**json.loads(unet_json.read_text()), NULL_CLASS_KEY: num_classes},
+                                            indent=2, sort_keys=True))
+        _follow_umask(tmp)
         os.rename(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(made)
         raise
-    return folder
+
+
+def _follow_umask(root: Path) -> None:
+    """Folders ``0o777`` and files ``0o666`` less the umask, as if created plainly (``mkdtemp``
+    makes ``0o700`` and safetensors writes its weights ``0o600``)."""
+    mask = current_umask()
+    for path in (root, *root.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _os_error(e: Exception, where: Path) -> Exception:
+    """A failed write as the ``OSError`` it is: diffusers, safetensors and torch report a full disk
+    or a file-size limit as their own types (``SafetensorError: ... Os { code: 28 ...``, a
+    ``RuntimeError``); other exceptions are returned unchanged."""
+    cause = e
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    found = re.search(r"Os \{ code: (\d+)|\[Errno (\d+)\]|error code: (\d+)", str(e))
+    if found:
+        code = int(next(g for g in found.groups() if g))
+        return OSError(code, os.strerror(code), str(where))
+    return e

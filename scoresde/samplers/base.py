@@ -76,10 +76,21 @@ def check_x_T(x_T, name: str) -> None:
         raise TypeError(f"x_T: the {name} sampler got {what}; expected a floating-point torch.Tensor")
     if x_T.ndim < 1:
         raise ValueError(f"x_T of shape {tuple(x_T.shape)}: expected (B, *dims)")
+    if x_T.numel() == 0:
+        raise ValueError(f"x_T of shape {tuple(x_T.shape)}: the {name} sampler got an empty tensor; expected "
+                         f"(B, *dims) with B ≥ 1 and every size ≥ 1")
+
+
+MAX_STEPS = 1_000_000  # a million network calls per sample: hours on any machine; more is refused
 
 
 def check_steps(steps) -> int:
-    return check_int("steps", steps)
+    """An integer in ``[1, MAX_STEPS]``: checked before a grid of that size is built."""
+    steps = check_int("steps", steps)
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps={steps}: expected at most {MAX_STEPS:,} (each step is a network call; "
+                         f"the grid alone would take {8 * (steps + 1) / 2**30:.3g} GiB)")
+    return steps
 
 
 def check_options(name: str, options: dict, defaults: dict) -> dict:

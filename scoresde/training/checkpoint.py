@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} not found: expected a file written by scoresde.train")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many kinds for torn or corrupt files
         raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: torn, truncated "
                          f"or not a torch file): expected a complete scoresde checkpoint") from None

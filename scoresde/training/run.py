@@ -56,9 +56,10 @@ from scoresde.training.config import (
 from scoresde.training.config_rules import RESUMABLE_KEYS, run_identity_diff
 from scoresde.training.runlog import MetricsLog
 from scoresde.training.trainer import Trainer, check_batch
-from scoresde.util.atomic import atomic_write, first_non_file, nearest_existing, remove_temp_files, writable_folder
+from scoresde.util.atomic import (atomic_write, first_non_file, nearest_existing, remove_empty, remove_temp_files,
+                                  writable_folder)
 from scoresde.util.errors import WriteFailed, one_line
-from scoresde.util.host import resolve_device
+from scoresde.util.host import resolve_device, set_threads
 from scoresde.util.lock import FolderLock
 from scoresde.util.progress import progress_bar
 
@@ -194,13 +195,7 @@ class Claim:
         if self.run in self.made and self.lock is not None and self.lock.fd is not None:
             shutil.rmtree(self.run, ignore_errors=True)
             removed = not self.run.exists()
-        for folder in reversed(self.made):  # innermost first
-            if folder == self.run:
-                continue
-            try:
-                folder.rmdir()
-            except OSError:
-                break  # not empty: someone else's files are in it
+        remove_empty([f for f in reversed(self.made) if f != self.run])  # innermost first, while empty
         return removed
 
     def release(self) -> None:
@@ -464,8 +459,9 @@ def _open(request: RunRequest, folder: Path, ckpt: Path | None, start: float) ->
     device = resolve_device(cfg.device, distributed.DistInfo().local_rank)
     dist = distributed.init_distributed(device)
     device = resolve_device(cfg.device, dist.local_rank)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    note = set_threads("train.threads", cfg.train.threads)
+    if note and dist.is_main:
+        print(note, file=sys.stderr)
 
     # Data (B, *shape) in [-1, 1]; the model, identical on every rank.
     train_data = load_dataset(cfg.data.name, "train", root=cfg.data.root, n=cfg.data.n, seed=cfg.seed)

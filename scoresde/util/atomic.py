@@ -15,9 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_together", "fsync_dir", "remove_temp_files",
-           "nearest_existing",
-           "writable_folder", "first_non_file"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_together", "current_umask", "fsync_dir",
+           "remove_temp_files", "remove_empty", "nearest_existing", "writable_folder", "first_non_file"]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -30,6 +29,11 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def current_umask() -> int:
+    """The process's umask (read without a race on Linux)."""
+    return _umask()
 
 
 def _umask() -> int:
@@ -157,6 +161,16 @@ def remove_temp_files(folder) -> list[Path]:
                 tmp.unlink(missing_ok=True)
                 gone.append(tmp)
     return gone
+
+
+def remove_empty(folders) -> None:
+    """Remove ``folders`` (innermost first: the folders a failed write made) while each is empty;
+    stop at the first that is not (another process's files are in it)."""
+    for folder in folders:
+        try:
+            Path(folder).rmdir()
+        except OSError:
+            break
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

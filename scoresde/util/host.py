@@ -6,11 +6,13 @@ and by ``scoresde.training.build.check_sizes``.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import torch
 
-__all__ = ["resolve_device", "available_memory", "check_memory"]
+__all__ = ["resolve_device", "available_memory", "check_memory", "cpu_cores", "set_threads", "use_threads"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -55,3 +57,34 @@ def check_memory(name: str, value, nbytes: float, what: str, available: int | No
         what_was = name if value is None else f"{name}={value}"
         raise ValueError(f"{what_was}: needs at least {nbytes / 2**30:.3g} GiB for {what}, more than "
                          f"the {available / 2**30:.3g} GiB of memory available: expected a smaller value")
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(name: str, threads: int | None) -> str | None:
+    """``torch.set_num_threads(threads)``, capped at :func:`cpu_cores` (more threads than cores only
+    contend: 1 000 threads made 20 steps take 44 s instead of 0.5 s); ``None`` leaves torch's
+    default (so does 0). Returns a warning line naming ``name`` when the count was capped, else ``None``."""
+    if not threads:
+        return None
+    cores = cpu_cores()
+    torch.set_num_threads(min(threads, cores))
+    if threads > cores:
+        return f"warning: {name}={threads} is more than the {cores} CPU cores available: using {cores} threads"
+    return None
+
+
+def use_threads(flag: int | None, config) -> None:
+    """The thread count of ``sample``/``evaluate``: ``--threads`` (``flag``), else the run's
+    ``train.threads`` (``config``; ``None`` for a diffusers folder: torch's default), through
+    :func:`set_threads`; the warning line, if capped, on standard error."""
+    threads = flag or (config.train.threads if config is not None else None)
+    note = set_threads("--threads" if flag else "train.threads", threads)
+    if note:
+        print(note, file=sys.stderr)
