@@ -244,3 +244,190 @@ def test_sample_reads_a_run_being_trained_without_a_torn_state(tmp_path, capsys)
     finally:
         os.kill(pid, signal.SIGTERM)
     assert wait_status(pid) == 128 + signal.SIGTERM
+
+
+# --- resources: memory measured, chunks, threads, steps ------------------------------------------
+
+@pytest.fixture(scope="module")
+def ring_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ring")
+    cfg = write_config(root / "t.yaml", TINY_TOY, train={"steps": 2})
+    n = torch.get_num_threads()
+    assert train_main(["--config", str(cfg), "--out", str(root / "run")]) == 0
+    torch.set_num_threads(n)
+    return root / "run"
+
+
+def test_sample_memory_check_counts_the_activations_of_one_batch(ring_run, tmp_path, monkeypatch, capsys):
+    """With 64 MB available: 10⁵ 2-D samples fit (1.6 MB) but not the network's activations on a
+    batch of 10⁵ (measured: the tiny MLP keeps > 1 KB per example); in batches of 256 they run."""
+    import scoresde.util.host as host
+
+    monkeypatch.setattr(host, "available_memory", lambda: 64 * 2**20)
+    out = tmp_path / "s.png"
+    args = ["--ckpt", str(ring_run), "--n", "100000", "--steps", "1", "--out", str(out)]
+    assert sample_main(args + ["--batch-size", "100000"]) == 2
+    err = _one_line(capsys)
+    assert "--batch-size=100000" in err and "activations" in err and not out.exists()
+    assert sample_main(args + ["--batch-size", "256"]) == 0
+    assert np_load(out.with_suffix(".npz")).shape == (100000, 2)
+
+
+def np_load(path):
+    import numpy as np
+
+    with np.load(path) as f:
+        return f["samples"]
+
+
+def test_sample_in_chunks_counts_every_call_and_keeps_small_runs_identical(ring_run, tmp_path, capsys):
+    from scoresde.evaluation.report import draw_samples
+
+    model = load_run(ring_run).model
+    whole = draw_samples(model, "ddim", 10, steps=3, seed=5, device="cpu")
+    same = draw_samples(model, "ddim", 10, steps=3, seed=5, device="cpu", batch_size=10)
+    chunked = draw_samples(model, "ddim", 10, steps=3, seed=5, device="cpu", batch_size=4)
+    assert torch.equal(whole[0], same[0]) and whole[1] == same[1] == 3
+    assert chunked[0].shape == (10, 2) and chunked[1] == 3 * 3  # three chunks of three calls
+    from scoresde.samplers import sample
+
+    g = torch.Generator().manual_seed(5)  # the chunks' rule: all of x_T first, then chunk after chunk
+    x_T = model.sde.prior_sample((10, 2), generator=g)
+    first = sample(model, "ddim", x_T[:4], steps=3, generator=g).x
+    assert torch.equal(chunked[0][:4], first.float())
+    assert sample_main(["--ckpt", str(ring_run), "--n", "10", "--batch-size", "4", "--steps", "3",
+                        "--sampler", "ddim", "--out", str(tmp_path / "c.png")]) == 0
+    assert "10 samples, sampler ddim, 9 NFE" in capsys.readouterr().out
+
+
+def test_thread_counts_are_capped_at_the_cores_with_a_warning(ring_run, tmp_path, capsys):
+    from scoresde.util.host import cpu_cores
+
+    out = str(tmp_path / "a.png")
+    assert sample_main(["--ckpt", str(ring_run), "--n", "4", "--threads", "1000", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert f"--threads=1000 is more than the {cpu_cores()} CPU cores" in err
+    assert torch.get_num_threads() == min(1000, cpu_cores())
+    cfg = write_config(tmp_path / "t.yaml", TINY_TOY, train={"steps": 1, "threads": 1000})
+    assert train_main(["--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert f"train.threads=1000 is more than the {cpu_cores()} CPU cores" in capsys.readouterr().err
+    assert torch.get_num_threads() == cpu_cores()
+
+
+def test_sample_honours_the_runs_train_threads(ring_run, tmp_path):
+    torch.set_num_threads(2)
+    assert sample_main(["--ckpt", str(ring_run), "--n", "4", "--out", str(tmp_path / "a.png")]) == 0
+    assert torch.get_num_threads() == 1  # TINY_TOY's train.threads
+
+
+@pytest.mark.parametrize("flag", ["--steps 100000000", "--steps 1000000000000"])
+def test_sample_steps_beyond_the_bound_are_refused_before_any_grid(ring_run, tmp_path, capsys, flag):
+    start = time.process_time()
+    assert sample_main(["--ckpt", str(ring_run), *flag.split(), "--out", str(tmp_path / "a.png")]) == 2
+    assert flag.replace(" ", " ") in _one_line(capsys) and not (tmp_path / "a.png").exists()
+    assert time.process_time() - start < 5  # no grid of 10⁸ times was built (that took a minute)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "sde", "dpmpp", "ancestral", "heun", "ode", "pc"])
+@pytest.mark.parametrize("steps, n, words", [(10**12, 2, "steps=1000000000000: expected at most 1,000,000"),
+                                             (10**8, 2, "steps=100000000"),
+                                             (3, 0, "x_T of shape (0, 2)")])
+def test_samplers_refuse_huge_steps_and_empty_x_T_with_one_value_error(ring_run, sampler, steps, n, words):
+    from scoresde.samplers import sample
+
+    model = load_run(ring_run).model
+    with pytest.raises(ValueError) as err:
+        sample(model, sampler, torch.zeros(n, 2), steps=steps)
+    assert words in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_a_raw_pickle_as_ckpt_is_one_line_without_torchs_warning(tmp_path, capsys):
+    import pickle
+
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps({"format": "x"}, protocol=4))
+    assert sample_main(["--ckpt", str(tmp_path / "raw.pt"), "--out", str(tmp_path / "s.png")]) == 2
+    err = _one_line(capsys)
+    assert "raw.pt" in err and "Warning" not in err
+
+
+# --- export: one unit, the umask, a full disk ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory):
+    from .test_interop import _random_run
+
+    return _random_run(tmp_path_factory.mktemp("unet") / "run", channels=128)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_files_and_folders_follow_the_umask(unet_run, tmp_path, umask):
+    from scoresde.interop import export_diffusers
+
+    old = os.umask(umask)
+    try:
+        folder = export_diffusers(unet_run, tmp_path / "sub" / "export")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "sub", folder, *folder.rglob("*")):
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o777 if path.is_dir() else 0o666) & ~umask, (path, oct(mode))
+
+
+def test_a_failed_export_is_an_os_error_and_leaves_no_temp_folder(unet_run, tmp_path, monkeypatch):
+    import diffusers
+    from safetensors import SafetensorError
+
+    from scoresde.interop import export_diffusers
+
+    def full(self, *a, **k):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              "message: \"No space left on device\" })")
+    monkeypatch.setattr(diffusers.DDPMPipeline, "save_pretrained", full)
+    (tmp_path / "keep").write_text("an old file")
+    with pytest.raises(OSError) as err:
+        export_diffusers(unet_run, tmp_path / "new" / "export")
+    assert err.value.errno == 28
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]  # no temp folder, no new folder
+    assert (tmp_path / "keep").read_text() == "an old file"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+def test_a_real_file_size_limit_during_export_raises_os_error(unet_run, tmp_path):
+    """In a forked child whose files cannot grow past 4 KB, the export fails with an ``OSError``
+    (errno EFBIG) and leaves nothing behind; the parent folder's old file is whole."""
+    from scoresde.interop import export_diffusers
+
+    (tmp_path / "keep").write_text("an old file")
+    report = tmp_path / "report.txt"
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+            try:
+                export_diffusers(unet_run, tmp_path / "export")
+                text = "no error"
+            except Exception as e:  # noqa: BLE001 - the type is what is tested
+                text = f"{isinstance(e, OSError)} {getattr(e, 'errno', None)} {type(e).__name__}"
+            fd = os.open(report, os.O_WRONLY | os.O_CREAT)
+            os.write(fd, text.encode())
+            os.close(fd)
+            code = 0
+        finally:
+            os._exit(code)
+    assert wait_status(pid) == 0
+    import errno
+
+    is_os_error, code, _ = report.read_text().split()
+    assert is_os_error == "True" and code == str(errno.EFBIG), report.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "report.txt"]
+
+
+def test_a_temp_folder_left_by_a_killed_export_is_removed_by_the_next(unet_run, tmp_path):
+    from scoresde.interop import export_diffusers
+
+    stale = tmp_path / ".export.abc123.tmp"
+    (stale / "unet").mkdir(parents=True)
+    export_diffusers(unet_run, tmp_path / "export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

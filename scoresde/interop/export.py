@@ -202,14 +202,14 @@ def _follow_umask(root: Path) -> None:
 
 def _os_error(e: Exception, where: Path) -> Exception:
     """A failed write as the ``OSError`` it is: diffusers, safetensors and torch report a full disk
-    or a file-size limit as their own types (``SafetensorError: ... Os { code: 28 ...``, a
+    or a file-size limit as their own types (``SafetensorError: ... (os error 27)``, a
     ``RuntimeError``); other exceptions are returned unchanged."""
     cause = e
     while cause is not None:
         if isinstance(cause, OSError):
             return cause
         cause = cause.__cause__ or cause.__context__
-    found = re.search(r"Os \{ code: (\d+)|\[Errno (\d+)\]|error code: (\d+)", str(e))
+    found = re.search(r"Os \{ code: (\d+)|\(os error (\d+)\)|\[Errno (\d+)\]", str(e))
     if found:
         code = int(next(g for g in found.groups() if g))
         return OSError(code, os.strerror(code), str(where))
