@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import stat
-import sys
 import time
 from pathlib import Path
 
@@ -502,23 +501,7 @@ def test_ctrl_c_outside_training_exits_130_with_one_line(world, tmp_path, monkey
 # A real write failure: the file-size limit (RLIMIT_FSIZE) makes writes fail with EFBIG ----------
 def _run_with_file_size_limit(argv, limit: int, log: Path) -> int:
     """``scoresde.train.main(argv)`` in a forked child whose files cannot grow past ``limit`` bytes."""
-    import resource
-
-    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # its lazy imports: once, before the fork
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(fd, 2)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of a kill
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-            torch.set_num_threads(1)
-            code = train_main([str(a) for a in argv])
-        finally:
-            os._exit(code)
-    return wait_status(pid)
+    return wait_status(fork_main(argv, log, file_limit=limit, stdout=False))
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")

@@ -17,7 +17,6 @@ import hashlib
 import os
 import resource
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -85,27 +84,6 @@ def test_a_second_train_on_a_running_folder_is_refused_naming_the_holder(tmp_pat
     assert train_main(["--out", str(run), "--resume", "auto", "--set", f"train.steps={loaded.step}"]) == 0
 
 
-def _fork_with_file_limit(argv, limit: int, log: Path) -> int:
-    """``train`` in a forked child whose files cannot grow past ``limit`` bytes; returns its pid."""
-    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # its lazy imports: once, before the fork
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of a kill
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-            torch.set_num_threads(1)
-            code = train_main([str(a) for a in argv])
-        finally:
-            os._exit(code)
-    return pid
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
 def test_a_failed_run_never_removes_a_shared_parent_holding_another_run(tmp_path):
     """A creates the new parent P and P/a; B trains in P/b meanwhile; A's first checkpoint does not
@@ -113,7 +91,7 @@ def test_a_failed_run_never_removes_a_shared_parent_holding_another_run(tmp_path
     parent = tmp_path / "P"
     slow = write_config(tmp_path / "a.yaml", TINY_TOY, train={"steps": 400, "ckpt_every": 400, "log_every": 1})
     b_cfg = write_config(tmp_path / "b.yaml", TINY_TOY, train={"steps": 30, "ckpt_every": 10})
-    a = _fork_with_file_limit(["--config", slow, "--out", parent / "a"], 20_000, tmp_path / "a.log")
+    a = fork_main(["--config", slow, "--out", parent / "a"], tmp_path / "a.log", file_limit=20_000)
     _wait_for(parent / "a" / "metrics.jsonl", a)  # A made P and P/a, and is training
     b = fork_main(["--config", b_cfg, "--out", parent / "b"], tmp_path / "b.log")
     _wait_for(parent / "b" / "config.yaml", b)

@@ -131,9 +131,11 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
-def fork_main(argv, log_path: Path | None = None) -> int:
+def fork_main(argv, log_path: Path | None = None, *, file_limit: int | None = None, stdout: bool = True) -> int:
     """Run ``scoresde.train.main(argv)`` in a forked child (no interpreter start-up, so many
-    kills stay cheap); returns the child's pid. Its stdout/stderr go to ``log_path``."""
+    kills stay cheap); returns the child's pid. Its stderr (and stdout unless ``stdout=False``)
+    goes to ``log_path``. ``file_limit``: the child's files cannot grow past that many bytes
+    (``RLIMIT_FSIZE``; a write beyond fails with ``EFBIG`` instead of a kill): a real write failure."""
     from scoresde.train import main
 
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # its lazy torch._dynamo import: once, here
@@ -142,10 +144,17 @@ def fork_main(argv, log_path: Path | None = None) -> int:
         code = 99
         try:
             fd = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(fd, 1)
             os.dup2(fd, 2)
-            sys.stdout = open(1, "w", buffering=1, closefd=False)
             sys.stderr = open(2, "w", buffering=1, closefd=False)
+            if stdout:
+                os.dup2(fd, 1)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)
+            if file_limit is not None:
+                import resource
+                import signal
+
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
             torch.set_num_threads(1)
             code = main([str(a) for a in argv])
         finally:

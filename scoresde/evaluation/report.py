@@ -28,8 +28,14 @@ from scoresde.evaluation.bpd_eval import EvalSettings, evaluate_likelihood
 from scoresde.evaluation.images import save_samples_png
 from scoresde.samplers import sample
 from scoresde.samplers.base import MAX_STEPS
-from scoresde.util.atomic import (atomic_write, atomic_write_together, first_non_file, nearest_existing, remove_empty,
-                                  writable_folder)
+from scoresde.util.atomic import (
+    atomic_write,
+    atomic_write_together,
+    first_non_file,
+    nearest_existing,
+    remove_empty,
+    writable_folder,
+)
 from scoresde.util.errors import NonFiniteResult, WriteFailed, one_line
 from scoresde.util.host import check_memory
 from scoresde.util.progress import progress_bar

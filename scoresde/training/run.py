@@ -56,8 +56,14 @@ from scoresde.training.config import (
 from scoresde.training.config_rules import RESUMABLE_KEYS, run_identity_diff
 from scoresde.training.runlog import MetricsLog
 from scoresde.training.trainer import Trainer, check_batch
-from scoresde.util.atomic import (atomic_write, first_non_file, nearest_existing, remove_empty, remove_temp_files,
-                                  writable_folder)
+from scoresde.util.atomic import (
+    atomic_write,
+    first_non_file,
+    nearest_existing,
+    remove_empty,
+    remove_temp_files,
+    writable_folder,
+)
 from scoresde.util.errors import WriteFailed, one_line
 from scoresde.util.host import resolve_device, set_threads
 from scoresde.util.lock import FolderLock
