@@ -132,7 +132,8 @@ def test_config_names_that_give_no_run_name_are_refused(tmp_path, monkeypatch, c
     write_config(tmp_path / file_name, TINY_TOY)
     before = _checksums(tmp_path)
     assert train_main(["--config", file_name]) == 2
-    assert "gives no run folder name" in _one_line(capsys) and "--out" in capsys.readouterr().err + "--out"
+    line = _one_line(capsys)
+    assert "gives no run folder name" in line and "expected --out DIR" in line
     assert _checksums(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == [file_name]
 
 
@@ -143,10 +144,11 @@ def test_a_config_name_with_separators_trains_into_runs(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["a_b_c"]
 
 
-def test_out_empty_is_refused(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("source", [["--config", "t.yaml"], ["--resume", "t.yaml"]])
+def test_out_empty_is_refused(tmp_path, monkeypatch, capsys, source):
     monkeypatch.chdir(tmp_path)
     write_config(tmp_path / "t.yaml", TINY_TOY)
-    assert train_main(["--config", "t.yaml", "--out", ""]) == 2
+    assert train_main([*source, "--out", ""]) == 2
     assert "--out ''" in _one_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
 
@@ -409,3 +411,25 @@ def test_a_temp_folder_left_by_a_killed_export_is_removed_by_the_next(unet_run, 
     (stale / "unet").mkdir(parents=True)
     export_diffusers(unet_run, tmp_path / "export")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_default_folder_taken_while_starting_is_refused_not_swapped(tmp_path, monkeypatch, capsys):
+    """Another ``train`` of the same config makes ``runs/t`` a run between this one's first look and
+    its look under the lock: refused (exit 2), rather than reading one folder and locking another."""
+    import scoresde.training.run as run_module
+
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path / "t.yaml", TINY_TOY)
+    real, calls = run_module.choose_folder, []
+
+    def racing(request):
+        calls.append(1)
+        if len(calls) == 2:  # the other process writes its config.yaml now
+            (tmp_path / "runs" / "t").mkdir(parents=True)
+            (tmp_path / "runs" / "t" / "config.yaml").write_text("seed: 0\n")
+        return real(request)
+    monkeypatch.setattr(run_module, "choose_folder", racing)
+    assert train_main(["--config", "t.yaml"]) == 2
+    assert "taken by another process" in _one_line(capsys)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "runs", "runs/t", "runs/t/config.yaml", "t.yaml"]

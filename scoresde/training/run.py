@@ -119,6 +119,9 @@ def choose_folder(request: RunRequest) -> tuple[Path, Path | None]:
     ``--resume auto`` without ``--out`` continues the one folder ``runs/<stem>`` or
     ``runs/<stem>-K`` holding a run, and refuses when there are several.
     """
+    if request.out is not None and not request.out.strip():
+        raise ValueError(f"--out {request.out!r}: expected a folder name (an empty name would mean the "
+                         f"current folder)")
     if request.resume not in (None, "auto"):
         src = Path(request.resume)
         ckpt = latest_checkpoint(src / "checkpoints") if src.is_dir() else src
@@ -127,9 +130,6 @@ def choose_folder(request: RunRequest) -> tuple[Path, Path | None]:
                              f"folder with checkpoints/ or a checkpoint file")
         default = src if src.is_dir() else src.resolve().parent.parent
         return Path(request.out) if request.out else default, ckpt
-    if request.out is not None and not request.out.strip():
-        raise ValueError(f"--out {request.out!r}: expected a folder name (an empty name would mean the "
-                         f"current folder)")
     if request.out:
         run = Path(request.out)
     else:
@@ -431,7 +431,10 @@ def train_run(request: RunRequest) -> int:
     folder, _ = choose_folder(request)
     with claim_folder(folder) as claim:  # locked: its state is read now, and no other process changes it
         _check_fresh(request, folder)
-        folder, ckpt = choose_folder(request)
+        now, ckpt = choose_folder(request)  # the checkpoint as it is under the lock
+        if now != folder:  # runs/<stem> became a run meanwhile: choosing again would pick another folder
+            raise ValueError(f"run folder {str(folder)!r} was taken by another process while this one "
+                             f"started: expected a free folder (run again, or pass --out)")
         run = _open(request, folder, ckpt, start)
         # Everything is checked: now the run folder may be written (rank 0 only). An I/O error from
         # here on is not bad input: exit status 74, every file whole (atomic writes).
