@@ -280,6 +280,45 @@ def test_sample_in_chunks_counts_every_call_and_keeps_small_runs_identical(ring_
     assert "10 samples, sampler ddim, 9 NFE" in capsys.readouterr().out
 
 
+def test_class_all_in_chunks_keeps_each_rows_label(tmp_path, capsys):
+    """``--class all`` conditions on one label per row: a chunk takes its rows' labels, so the
+    chunked deterministic DDIM draw is the whole draw (to float round-off) with 3x the calls."""
+    cond = tmp_path / "cond"
+    assert train_main(["--config", str(write_config(tmp_path / "c.yaml", TINY_TOY, train={"steps": 1},
+                                                    model={**TINY_TOY["model"], "num_classes": 8})),
+                       "--out", str(cond)]) == 0
+    args = ["--ckpt", str(cond), "--class", "all", "--n", "2", "--sampler", "ddim", "--steps", "3"]
+    assert sample_main(args + ["--out", str(tmp_path / "w.png")]) == 0
+    assert sample_main(args + ["--batch-size", "6", "--out", str(tmp_path / "c.png")]) == 0
+    assert "16 samples, sampler ddim, 9 NFE" in capsys.readouterr().out  # 3 chunks (6 + 6 + 4 rows)
+    whole, chunked = np_load(tmp_path / "w.npz"), np_load(tmp_path / "c.npz")
+    assert whole.shape == chunked.shape == (16, 2) and abs(whole - chunked).max() < 1e-5
+
+
+def test_evaluate_memory_check_counts_the_activations_and_their_backward(tmp_path, monkeypatch, capsys):
+    """bits/dim keeps the network's activations for the divergence's backward pass: measured on a
+    probe batch, a batch that needs more than the memory is refused naming --batch-size."""
+    import scoresde.util.host as host
+    from scoresde.core.model import activation_bytes
+    from scoresde.evaluate import main as evaluate_main
+
+    digits = dict(TINY_TOY, data={"name": "digits", "n": 32}, model={"kind": "mlp", "hidden": 16, "depth": 1,
+                                                                     "time_dim": 8})
+    run = tmp_path / "d"
+    assert train_main(["--config", str(write_config(tmp_path / "d.yaml", digits, train={"steps": 1})),
+                       "--out", str(run)]) == 0
+    rows = 64
+    acts = rows * activation_bytes(load_run(run).model, "cpu", grad=True)
+    inputs = rows * 64 * 4.0  # the float32 batch the probes check counts
+    assert acts > 4 * inputs  # the activations are what needs the memory here
+    monkeypatch.setattr(host, "available_memory", lambda: int(acts / 2))
+    args = ["--ckpt", str(run), "--bpd", "--probes", "1"]
+    assert evaluate_main(args + ["--limit", str(rows), "--batch-size", str(rows)]) == 2
+    err = _one_line(capsys)
+    assert f"--batch-size={rows}" in err and "activations" in err
+    assert evaluate_main(args + ["--limit", "4", "--batch-size", "4"]) == 0  # a quarter of that memory
+
+
 def test_thread_counts_are_capped_at_the_cores_with_a_warning(ring_run, tmp_path, capsys):
     from scoresde.util.host import cpu_cores
 
