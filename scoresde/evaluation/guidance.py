@@ -164,7 +164,7 @@ def conditional_report(model, cfg, run: Path, train_data, test_data, device, sum
         png = save_class_grid(run / "samples_classes.png", x, per_class, f"{s.sampler}, {nfe} NFE, one class per row")
         summary["classes_png"] = png.name
         if cfg.data.name == "digits":
-            features = DigitsFeatures(cache_dir=run, seed=cfg.seed)
+            features = DigitsFeatures(cache_dir=run, seed=cfg.seed, progress=progress)
             rows = guidance_table(model, s.sampler, s.n, steps=s.steps, seed=cfg.seed, device=device,
                                   features=features, progress=progress)
             summary["guidance"] = rows

@@ -22,6 +22,7 @@ from torch import nn
 from scoresde.data.loader import load_dataset
 from scoresde.util.atomic import atomic_write_bytes
 from scoresde.util.checks import check_int
+from scoresde.util.progress import progress_bar
 from scoresde.util.rng import draw_device, randn
 
 __all__ = ["sliced_wasserstein", "digits_cache_path", "wasserstein_1d", "random_directions", "frechet_distance",
@@ -108,14 +109,16 @@ class DigitsFeatures:
 
     Deterministic for a given ``seed`` (full-batch Adam, single-threaded, light Gaussian-noise
     augmentation; a few seconds on a CPU). With ``cache_dir`` the weights are stored as
-    ``digits_features_seed<seed>.safetensors`` and reused.
+    ``digits_features_seed<seed>.safetensors`` and reused. ``progress``: report the fit's steps
+    (:func:`scoresde.util.progress.progress_bar`).
     """
 
     VERSION = "1"
     HIDDEN, FEATURES, STEPS, LR, NOISE = 256, 64, 300, 3e-3, 0.1
 
-    def __init__(self, *, cache_dir=None, seed: int = 0):
+    def __init__(self, *, cache_dir=None, seed: int = 0, progress: bool = False):
         self.seed = int(seed)
+        self.progress = bool(progress)
         self._split_stats = None
         with torch.random.fork_rng(devices=[]), torch.device("cpu"):  # a CPU model, whatever the default
             torch.manual_seed(self.seed)
@@ -178,12 +181,14 @@ class DigitsFeatures:
         g = torch.Generator().manual_seed(self.seed)
         params = list(self.body.parameters()) + list(self.head.parameters())
         opt = torch.optim.Adam(params, lr=self.LR, weight_decay=1e-4)
-        for _ in range(self.STEPS):
-            noisy = x + self.NOISE * torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
-            loss = nn.functional.cross_entropy(self.head(self.body(noisy)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        with progress_bar(self.STEPS, self.progress, "digits features", unit="steps") as bar:
+            for _ in range(self.STEPS):
+                noisy = x + self.NOISE * torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
+                loss = nn.functional.cross_entropy(self.head(self.body(noisy)), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                bar.update(1)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +219,7 @@ class DigitsFeatures:
 
 
 def digits_frechet(samples: torch.Tensor, *, cache_dir=None, seed: int = 0,
-                   features: DigitsFeatures | None = None) -> dict:
+                   features: DigitsFeatures | None = None, progress: bool = False) -> dict:
     """Fréchet distance between digit samples ``(N, 1, 8, 8)`` in ``[-1, 1]`` and the test split,
     in :class:`DigitsFeatures` space; ``floor`` is the same distance from the training split.
 
@@ -223,7 +228,7 @@ def digits_frechet(samples: torch.Tensor, *, cache_dir=None, seed: int = 0,
     """
     if samples.shape[0] < 2:
         raise ValueError(f"samples has {samples.shape[0]} rows: expected at least 2")
-    net = features if features is not None else DigitsFeatures(cache_dir=cache_dir, seed=seed)
+    net = features if features is not None else DigitsFeatures(cache_dir=cache_dir, seed=seed, progress=progress)
     train, test = net.split_statistics()
     fd = frechet_distance(*feature_statistics(net.features(samples)), *test)
     return {"fd": fd, "floor": frechet_distance(*train, *test)}

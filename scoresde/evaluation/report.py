@@ -100,7 +100,8 @@ def save_samples(png_path, x: torch.Tensor, data: torch.Tensor | None = None, ti
     return png_path
 
 
-def sample_metrics(x: torch.Tensor, data_name: str, train, test, *, cache_dir, seed: int) -> dict:
+def sample_metrics(x: torch.Tensor, data_name: str, train, test, *, cache_dir, seed: int,
+                   progress: bool = False) -> dict:
     """Sliced W1 to the reference (the exact ring oracle, else the test split) for 2-D data, with
     the same distance between real draws as its floor; the digits Fréchet distance and floor."""
     out: dict = {}
@@ -117,7 +118,7 @@ def sample_metrics(x: torch.Tensor, data_name: str, train, test, *, cache_dir, s
         out["sliced_w1_floor"] = metrics.sliced_wasserstein(other, ref, generator=g)
         out["sliced_w1_reference"] = "ring oracle" if data_name == "ring" else "test split"
     elif data_name == "digits":
-        fd = metrics.digits_frechet(x.clamp(-1, 1), cache_dir=cache_dir, seed=seed)
+        fd = metrics.digits_frechet(x.clamp(-1, 1), cache_dir=cache_dir, seed=seed, progress=progress)
         out["fd"], out["fd_floor"] = float(fd["fd"]), float(fd["floor"])
     return out
 
@@ -139,7 +140,8 @@ def write_report(model, cfg, run: Path, train_data, test_data, device, summary: 
                            train_data.x[:5000] if x.ndim == 2 else None,
                            f"{cfg.sample.sampler}, {nfe} NFE")
         summary.update(n_samples=cfg.sample.n, nfe=nfe, sample_seconds=secs, samples_png=png.name)
-        m = sample_metrics(x, cfg.data.name, train_data, test_data, cache_dir=run, seed=cfg.seed)
+        m = sample_metrics(x, cfg.data.name, train_data, test_data, cache_dir=run, seed=cfg.seed,
+                           progress=progress)
         summary["notes"] += m.pop("notes", [])
         summary.update(m)
         if x.ndim == 4:
