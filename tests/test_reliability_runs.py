@@ -56,7 +56,7 @@ LONG = {"steps": 10**6, "ckpt_every": 5, "log_every": 5}
 
 
 @pytest.mark.parametrize("second", ["fresh", "resume-auto"])
-def test_a_second_train_on_a_running_folder_is_refused_naming_the_holder(tmp_path, capsys, second):
+def test_a_second_train_on_a_running_folder_is_refused_naming_the_holder(tmp_path, second):
     """Two real processes: the first trains; the second (a fresh ``train --out`` or a concurrent
     ``--resume auto``) is refused with the first's PID, exit 2; the first's files are untouched by
     it and whole after the first stops."""
@@ -68,9 +68,10 @@ def test_a_second_train_on_a_running_folder_is_refused_naming_the_holder(tmp_pat
         os.kill(pid, signal.SIGSTOP)  # hold the first still while the second runs: a stable snapshot
         before = _checksums(run)
         argv = ["--config", cfg, "--out", run] if second == "fresh" else ["--out", run, "--resume", "auto"]
-        assert train_main([str(a) for a in argv]) == 2
-        err = _one_line(capsys)
-        assert f"run folder {str(run)!r} is in use by process {pid}" in err, err
+        log = tmp_path / "second.log"  # a process of its own: were it accepted, the timeout stops it
+        assert wait_status(fork_main(argv, log)) == 2, log.read_text()
+        err = log.read_text().strip()
+        assert len(err.splitlines()) == 1 and f"run folder {str(run)!r} is in use by process {pid}" in err, err
         assert _checksums(run) == before  # nothing written by the second
         os.kill(pid, signal.SIGCONT)
     finally:
