@@ -350,14 +350,22 @@ def test_sample_steps_beyond_the_bound_are_refused_before_any_grid(ring_run, tmp
 
 @pytest.mark.parametrize("sampler", ["ddim", "sde", "dpmpp", "ancestral", "heun", "ode", "pc"])
 @pytest.mark.parametrize("steps, n, words", [(10**12, 2, "steps=1000000000000: expected at most 1,000,000"),
-                                             (10**8, 2, "steps=100000000"),
+                                             (10**6 + 1, 2, "steps=1000001: expected at most 1,000,000"),
                                              (3, 0, "x_T of shape (0, 2)")])
 def test_samplers_refuse_huge_steps_and_empty_x_T_with_one_value_error(ring_run, sampler, steps, n, words):
+    """Refused before the network is called: the model here fails its first call, so a sampler that
+    let the value through fails at once instead of running 10⁶ steps."""
+    from scoresde.core.model import EpsModel
     from scoresde.samplers import sample
 
-    model = load_run(ring_run).model
+    class Uncallable(EpsModel):
+        sde = load_run(ring_run).model.sde
+
+        def eps(self, x, t):
+            raise RuntimeError("the sampler called the network")
+
     with pytest.raises(ValueError) as err:
-        sample(model, sampler, torch.zeros(n, 2), steps=steps)
+        sample(Uncallable(), sampler, torch.zeros(n, 2), steps=steps)
     assert words in str(err.value) and len(str(err.value).splitlines()) == 1
 
 
