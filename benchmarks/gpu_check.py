@@ -68,10 +68,14 @@ def write_synthetic_cifar10(folder: Path, n_per_batch: int, seed: int = 0) -> Pa
 
 def run(args: list, log: Path, timeout: float) -> tuple[int, float, str]:
     """``python -m ...`` in a subprocess; returns (status, seconds, last lines of its output)."""
+    return _run_python(["-m", *map(str, args)], log, timeout)
+
+
+def _run_python(argv: list, log: Path, timeout: float) -> tuple[int, float, str]:
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     try:
-        proc = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True,
                               timeout=timeout, env=env, cwd=ROOT)
         status, text = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
@@ -94,16 +98,7 @@ def figures_line(text: str) -> dict:
 
 def run_script(script: Path, args: list, log: Path, timeout: float) -> tuple[int, float, str]:
     """``python SCRIPT args`` in a subprocess, like :func:`run`."""
-    start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    try:
-        proc = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
-                              timeout=timeout, env=env, cwd=ROOT)
-        status, text = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        status, text = 124, f"timed out after {timeout:.0f} s\n{e.stdout or ''}{e.stderr or ''}"
-    log.write_text(text if isinstance(text, str) else text.decode(errors="replace"))
-    return status, time.perf_counter() - start, "\n".join(str(text).strip().splitlines()[-3:])
+    return _run_python([str(script), *map(str, args)], log, timeout)
 
 
 def throughput_figures(text: str) -> dict:

@@ -6,6 +6,8 @@ import os
 import torch
 from hypothesis import HealthCheck, settings
 
+from .train_util import restore_threads  # noqa: F401  (autouse: every test gets its thread count back)
+
 settings.register_profile(
     "ci",
     derandomize=True,  # the same examples every run: CI never flakes

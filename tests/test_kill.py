@@ -17,16 +17,7 @@ from scoresde.train import main
 from scoresde.training.checkpoint import latest_checkpoint, load_checkpoint, load_run
 from scoresde.training.runlog import read_metrics
 
-from .train_util import (  # noqa: F401
-    TINY_TOY,
-    fork_main,
-    loss_log,
-    params,
-    restore_threads,
-    same_tensors,
-    wait_status,
-    write_config,
-)
+from .train_util import TINY_TOY, fork_main, loss_log, params, same_tensors, wait_status, write_config
 
 KILLS = 12
 

@@ -185,8 +185,6 @@ def test_stored_conditional_notebook_reads_without_running():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="integration at the stop: the notebook's report.mixture_ode came back None "
-                          "(issue 22 left open; see the closing note)", strict=False)
 def test_conditional_notebook_runs_and_its_figures_hold(tmp_path, monkeypatch):
     """Executed as CI would: the notebook trains configs/digits_cond.yaml for 600 steps, draws 128
     samples per guidance weight and evaluates 4 test digits (the class mixture is 10 ODE passes)."""

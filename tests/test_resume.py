@@ -15,17 +15,7 @@ from scoresde.train import main
 from scoresde.training.checkpoint import latest_checkpoint
 from scoresde.training.runlog import read_metrics
 
-from .train_util import (  # noqa: F401
-    TINY_TOY,
-    fork_main,
-    loss_log,
-    params,
-    restore_threads,
-    same_tensors,
-    snapshot,
-    wait_status,
-    write_config,
-)
+from .train_util import TINY_TOY, fork_main, loss_log, params, same_tensors, snapshot, wait_status, write_config
 
 # dropout > 0 so the global torch RNG matters; 256 examples / batch 32 = 8 steps per epoch,
 # so 12 steps cross an epoch boundary (a fresh permutation) after the resume at step 5.

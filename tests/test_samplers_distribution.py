@@ -121,34 +121,18 @@ def _check_sampler(name, problem):
         _check_mixture(gm, res.x, s, STEPS, a_cov)
 
 
-@given(problems("ancestral"))
-@settings(max_examples=8)
-def test_ancestral_reproduces_marginals(problem):
-    _check_sampler("ancestral", problem)
+# Hypothesis examples per sampler (the stochastic ones are slower)
+MAX_EXAMPLES = {"ancestral": 8, "ddim": 8, "sde": 6, "ode": 6, "pc": 6}
 
 
-@given(problems("ddim"))
-@settings(max_examples=8)
-def test_ddim_reproduces_marginals(problem):
-    _check_sampler("ddim", problem)
+@pytest.mark.parametrize("name", MAX_EXAMPLES)
+def test_sampler_reproduces_marginals(name):
+    @given(problems(name))
+    @settings(max_examples=MAX_EXAMPLES[name])
+    def check(problem):
+        _check_sampler(name, problem)
 
-
-@given(problems("sde"))
-@settings(max_examples=6)
-def test_sde_reproduces_marginals(problem):
-    _check_sampler("sde", problem)
-
-
-@given(problems("ode"))
-@settings(max_examples=6)
-def test_ode_reproduces_marginals(problem):
-    _check_sampler("ode", problem)
-
-
-@given(problems("pc"))
-@settings(max_examples=6)
-def test_pc_reproduces_marginals(problem):
-    _check_sampler("pc", problem)
+    check()
 
 
 @pytest.mark.parametrize("name,opts", [("ancestral", {}), ("ddim", {}), ("sde", {}), ("ode", {}),

@@ -45,15 +45,7 @@ import weakref
 
 import torch
 
-from scoresde.core.schedules import (
-    CosineSchedule,
-    DiscreteSchedule,
-    DiscreteSigmas,
-    GeometricSigmas,
-    LinearSchedule,
-    Schedule,
-    SigmaSchedule,
-)
+from scoresde.core import schedules as sch
 from scoresde.util.choices import SDE_KINDS
 from scoresde.util.rng import draw_device, randn
 
@@ -168,7 +160,7 @@ class GaussianSDE:
     def discrete_steps(self) -> int | None:
         """``N`` for a discrete schedule (DDPM's β_i, SMLD's σ_i), whose natural times are ``i/N``;
         else ``None``."""
-        return self.schedule.N if isinstance(self.schedule, (DiscreteSchedule, DiscreteSigmas)) else None
+        return self.schedule.N if isinstance(self.schedule, (sch.DiscreteSchedule, sch.DiscreteSigmas)) else None
 
     # Interface (float64, shape of t) --------------------------------------------------
     def alpha(self, t) -> torch.Tensor:  # pragma: no cover - interface
@@ -284,23 +276,23 @@ class GaussianSDE:
 class _BetaSDE(GaussianSDE):
     """What VP and sub-VP share: a :class:`~scoresde.core.schedules.Schedule` ``β(t)``, ``α = e^{-B/2}``."""
 
-    def __init__(self, schedule: Schedule):
-        if not isinstance(schedule, Schedule):
+    def __init__(self, schedule: sch.Schedule):
+        if not isinstance(schedule, sch.Schedule):
             raise ValueError(f"schedule={schedule!r}: expected a scoresde.core.schedules.Schedule")
         self.schedule = schedule
 
     # Convenience constructors -------------------------------------------------------
     @classmethod
     def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0):
-        return cls(LinearSchedule(beta_min, beta_max))
+        return cls(sch.LinearSchedule(beta_min, beta_max))
 
     @classmethod
     def cosine(cls, s: float = 0.008, beta_max: float = 1000.0):
-        return cls(CosineSchedule(s, beta_max))
+        return cls(sch.CosineSchedule(s, beta_max))
 
     @classmethod
     def ddpm(cls, n_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
-        return cls(DiscreteSchedule.ddpm_linear(n_steps, beta_start, beta_end))
+        return cls(sch.DiscreteSchedule.ddpm_linear(n_steps, beta_start, beta_end))
 
     def integrated_beta(self, t) -> torch.Tensor:
         """``B(t) = ∫₀ᵗ β(s) ds``."""
@@ -485,19 +477,19 @@ class VESDE(GaussianSDE):
 
     kind = "ve"
 
-    def __init__(self, schedule: SigmaSchedule):
-        if not isinstance(schedule, SigmaSchedule):
+    def __init__(self, schedule: sch.SigmaSchedule):
+        if not isinstance(schedule, sch.SigmaSchedule):
             raise ValueError(f"schedule={schedule!r}: expected a scoresde.core.schedules.SigmaSchedule")
         self.schedule = schedule
         self.prior_std = math.sqrt(float(schedule.sigma2(_f64(1.0))))
 
     @classmethod
     def geometric(cls, sigma_min: float = 0.01, sigma_max: float = 50.0) -> VESDE:
-        return cls(GeometricSigmas(sigma_min, sigma_max))
+        return cls(sch.GeometricSigmas(sigma_min, sigma_max))
 
     @classmethod
     def smld(cls, n_steps: int = 1000, sigma_min: float = 0.01, sigma_max: float = 50.0) -> VESDE:
-        return cls(DiscreteSigmas.smld(n_steps, sigma_min, sigma_max))
+        return cls(sch.DiscreteSigmas.smld(n_steps, sigma_min, sigma_max))
 
     def alpha(self, t) -> torch.Tensor:
         """``α = 1``."""
