@@ -56,7 +56,9 @@ def test_unconditional_training_is_bit_identical(tmp_path):
     out = tmp_path / "toyrun"
     rc = train_main(["--config", str(ROOT / "configs" / "toy2d.yaml"), "--out", str(out), "--set",
                      "model.hidden=32", "model.depth=2", "model.time_dim=16", "train.steps=30",
-                     "train.log_every=10", "train.ckpt_every=30", "sample.n=0", "data.n=2000"])
+                     "train.log_every=10", "train.ckpt_every=30", "sample.n=0", "data.n=2000",
+                     # toy2d.yaml's SDE and lr when the run was stored (issue 26 changed them)
+                     "sde.kind=vp", "sde.beta_min=0.1", "sde.beta_max=20.0", "train.lr=2e-3"])
     assert rc == 0
     new, old = load_file(out / "ema.safetensors"), load_file(DATA / "toy_ema.safetensors")
     assert sorted(new) == sorted(old)

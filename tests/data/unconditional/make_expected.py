@@ -4,7 +4,8 @@ later version draws the same bits. Run once, from the repository root:
 
     python -m scoresde.train --config configs/toy2d.yaml --out toyrun --set model.hidden=32 \
         model.depth=2 model.time_dim=16 train.steps=30 train.log_every=10 train.ckpt_every=30 \
-        sample.n=0 data.n=2000          # toy_ckpt.pt (its checkpoint), toy_ema.safetensors
+        sample.n=0 data.n=2000 sde.kind=vp sde.beta_min=0.1 sde.beta_max=20.0 train.lr=2e-3
+                                        # toy_ckpt.pt, toy_ema.safetensors (sde.*, lr: toy2d.yaml's then)
     python -m scoresde.train --out digrun --set model.channels=8 train.steps=4 train.log_every=2 \
         train.ckpt_every=4 sample.n=0 eval.bpd=false eval.vlb=false   # digits_ema.safetensors
     python tests/data/unconditional/make_expected.py
