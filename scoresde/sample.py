@@ -73,6 +73,10 @@ def _main(argv) -> int:
     check_int("--batch-size", args.batch_size)
     if args.threads is not None:
         check_int("--threads", args.threads)
+    if not args.seed < 2**63:
+        raise ValueError(f"--seed {args.seed}: expected an integer in [0, 2**63)")
+    if args.out is not None and Path(args.out).suffix.lower() != ".png":
+        raise ValueError(f"--out {args.out}: expected a file name ending in .png")
     if args.inpaint is not None:
         return _inpaint(args)
     for flag in ("method", "particles", "completions"):
@@ -80,15 +84,9 @@ def _main(argv) -> int:
             raise ValueError(f"--{flag} {getattr(args, flag)}: expected only with --inpaint")
     if args.sampler is not None:
         check_choice("--sampler", args.sampler, SAMPLERS)
-    if not args.seed < 2**63:
-        raise ValueError(f"--seed {args.seed}: expected an integer in [0, 2**63)")
-    if args.out is not None and Path(args.out).suffix.lower() != ".png":
-        raise ValueError(f"--out {args.out}: expected a file name ending in .png")
     if smoke("scoresde.sample"):
         args.n = min(args.n, SMOKE_N)
-    device = resolve_device(args.device)
-    run = load_model(args.ckpt, device=device)
-    use_threads(args.threads, run.config)
+    device, run = _load(args)
     return write_samples(run, args.ckpt, sampler=args.sampler, n=args.n, steps=args.steps, seed=args.seed,
                          out=args.out, device=device, label=args.label, guidance=args.guidance,
                          batch_size=args.batch_size)
@@ -111,16 +109,18 @@ def _inpaint(args) -> int:
         raise ValueError(f"--steps {nfe}: expected an integer ≥ 2 (the NFE of each method)")
     if args.sampler is not None:
         check_choice("--sampler", args.sampler, IMPUTE_SAMPLERS)
-    if not args.seed < 2**63:
-        raise ValueError(f"--seed {args.seed}: expected an integer in [0, 2**63)")
-    if args.out is not None and Path(args.out).suffix.lower() != ".png":
-        raise ValueError(f"--out {args.out}: expected a file name ending in .png")
-    device = resolve_device(args.device)
-    run = load_model(args.ckpt, device=device)
-    use_threads(args.threads, run.config)
+    device, run = _load(args)
     return write_inpainting(run, args.ckpt, kind=kind, methods=methods, nfe=nfe, particles=args.particles,
                             completions=args.completions, sampler=args.sampler, n=args.n, seed=args.seed,
                             out=args.out, device=device)
+
+
+def _load(args):
+    """The device and the model (``--ckpt``), then the thread count (``--threads`` or the run's)."""
+    device = resolve_device(args.device)
+    run = load_model(args.ckpt, device=device)
+    use_threads(args.threads, run.config)
+    return device, run
 
 
 def main(argv=None) -> int:

@@ -79,22 +79,11 @@ def atomic_write(path, write) -> Path:
     leaves ``.<name>.*.tmp`` beside the target; :func:`remove_temp_files` cleans those up.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _temp(path, write)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            sink = _Sink(f)
-            try:
-                write(sink)
-            except Exception:
-                if sink.error is not None:
-                    raise sink.error from None
-                raise
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path
