@@ -57,6 +57,20 @@ def chdir(path):
         os.chdir(old)
 
 
+@contextmanager
+def one_thread():
+    """torch on one thread while a ``python`` block runs, as the ``bash`` blocks' programs (small
+    tensors: one thread is the fastest, and it keeps a shared machine usable)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def heading_of(example) -> str:
     """The title of the last heading above ``example`` in its document (fenced code skipped)."""
     title, fenced = "", False
@@ -92,7 +106,7 @@ class PythonInWorkdir(PythonEvaluator):
         else:
             for name in [k for k in ns if k not in ("docs_workdir", "_docs_blocks_ran")]:
                 del ns[name]
-        with chdir(ns["docs_workdir"]):
+        with chdir(ns["docs_workdir"]), one_thread():
             super().__call__(example)
         ran.append(heading_of(example))
 
