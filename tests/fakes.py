@@ -1,7 +1,9 @@
 """Stand-ins shared by the tests: a progress bar that records what the library asks it to show,
-and a schedule wrapper that counts the evaluations of ``B(t)``."""
+a schedule wrapper that counts the evaluations of ``B(t)``, and a model that counts its ε calls."""
 
 from __future__ import annotations
+
+from scoresde import EpsModel
 
 
 class RecordingBar:
@@ -47,3 +49,14 @@ class Counting:
     def integrated_beta(self, t):
         self.calls += 1
         return self.inner.integrated_beta(t)
+
+
+class CountingModel(EpsModel):
+    """A model behind an independent counter of ε calls (score and x0 derive from eps)."""
+
+    def __init__(self, model):
+        self.model, self.sde, self.calls = model, model.sde, 0
+
+    def eps(self, x, t):
+        self.calls += 1
+        return self.model.eps(x, t)

@@ -17,9 +17,10 @@ import torchdiffeq
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from scoresde import VPSDE, CosineSchedule, DiscreteSchedule, EpsModel, GaussianMixture, LinearSchedule
+from scoresde import VPSDE, CosineSchedule, DiscreteSchedule, GaussianMixture, LinearSchedule
 from scoresde.samplers import SAMPLERS
-from tests.closed_forms import gaussian_flow_map, pf_drift
+from tests.closed_forms import convergence_slope, gaussian_flow_map, pf_drift
+from tests.fakes import CountingModel
 
 SOLVERS = {  # name → (sampler, options)
     "dpmpp2m": ("dpmpp", {"order": 2}),
@@ -94,13 +95,7 @@ def test_convergence_order(solver, slope_min, spacing):
     """
     gm = GaussianMixture.random(3, 1, seed=1, sde=VPSDE.linear())
     x1 = torch.randn(32, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    want = gaussian_flow_map(gm, x1, 1.0, gm.sde.sampling_eps)
-    steps = [20, 40, 80]
-    errs = [(run(solver, gm, x1, k, spacing=spacing, denoise=False).x - want).abs().max().item()
-            for k in steps]
-    lx = torch.log(torch.tensor(steps, dtype=torch.float64))
-    ly = torch.log(torch.tensor(errs, dtype=torch.float64))
-    slope = -float(((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum())
+    slope, errs = convergence_slope(lambda k: run(solver, gm, x1, k, spacing=spacing, denoise=False).x, gm, x1)
     assert slope > slope_min, f"errors {errs}"
 
 
@@ -146,15 +141,6 @@ def test_mixture_marginal_weights(solver):
     se = r.std(0) / math.sqrt(n)
     # se ≈ 0.007; measured deviations ≤ 2.4 se (heun), an exact sample of p_t gives ≤ 0.8 se.
     assert torch.all((r.mean(0) - gm.weights).abs() < 5 * se), (r.mean(0), gm.weights, se)
-
-
-class CountingModel(EpsModel):
-    def __init__(self, model):
-        self.model, self.sde, self.calls = model, model.sde, 0
-
-    def eps(self, x, t):
-        self.calls += 1
-        return self.model.eps(x, t)
 
 
 @pytest.mark.parametrize("solver,per_step", [("dpmpp2m", 1), ("dpmpp3m", 1), ("heun", 2)])

@@ -18,14 +18,14 @@ import torchsde
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from scoresde import VPSDE, DiscreteSchedule, EpsModel, GaussianMixture, ScoreModel
+from scoresde import VPSDE, DiscreteSchedule, GaussianMixture, ScoreModel
 from scoresde.core.flow import flow_drift, solve_flow
 from scoresde.samplers import SAMPLERS, base, sample
 from scoresde.samplers.base import explicit_grid
 from scoresde.samplers.ode import encode, ode
 from scoresde.samplers.reverse_sde import ReverseSDE
 from tests.closed_forms import pf_drift
-from tests.fakes import record_bars
+from tests.fakes import CountingModel, record_bars
 from tests.strategies import schedules
 
 MINE = ("ancestral", "ddim", "sde", "ode", "pc")
@@ -33,17 +33,6 @@ MINE = ("ancestral", "ddim", "sde", "ode", "pc")
 # ode, pc); pc has 1 + M evaluations per step (M = 1 corrector step by default).
 NFE = {"ancestral": lambda k: k, "ddim": lambda k: k, "sde": lambda k: k + 1,
        "pc": lambda k: 2 * k + 1}
-
-
-class CountingModel(EpsModel):
-    """The oracle behind an independent counter of ε calls (score and x0 derive from eps)."""
-
-    def __init__(self, gm):
-        self.gm, self.sde, self.calls = gm, gm.sde, 0
-
-    def eps(self, x, t):
-        self.calls += 1
-        return self.gm.eps(x, t)
 
 
 def _gm(dim=3, k=2, seed=0, sde=None, event_shape=None):
