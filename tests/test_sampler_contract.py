@@ -176,13 +176,13 @@ def test_ode_takes_no_grid():
 def _intervals(name, steps, n):
     """Grid intervals for ``steps`` with defaults (denoise): ancestral/ddim count the step to 0."""
     k = steps - 1 if name in ("ancestral", "ddim") else steps
-    if name == "heun" and steps < 5:  # heun's few-step rule: 2·steps Euler intervals (same NFE)
+    if name in ("heun", "pc") and steps < 5:  # few-step rules: 2·steps one-call intervals (same NFE)
         k = 2 * steps
     return min(k, n - 1) if n is not None else k
 
 
 def _nfe(name, steps, k):
-    return k + 1 if name == "heun" and steps < 5 else NFE[name](k)
+    return k + 1 if name in ("heun", "pc") and steps < 5 else NFE[name](k)
 
 
 NFE = {"ancestral": lambda k: k + 1, "ddim": lambda k: k + 1, "dpmpp": lambda k: k + 1,

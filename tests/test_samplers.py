@@ -270,8 +270,9 @@ def test_sde_euler_is_euler_maruyama_on_the_same_brownian_path(seed):
     res = _run("sde", gm, x_T, seed=seed, steps=steps, t_eps=t_eps, denoise=False)
     bm = torchsde.BrownianInterval(t0=-1.0, t1=-t_eps, size=(6, 3), dtype=torch.float64,
                                    entropy=res.info["seed"])
-    ts = res.info["grid"]  # 1 = τ_K > … > τ_0 = t_eps, uniform
-    torch.testing.assert_close(ts, torch.linspace(1.0, t_eps, steps + 1, dtype=torch.float64))
+    ts = res.info["grid"]  # 1 = τ_K > … > τ_0 = t_eps, quadratic (the default spacing)
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    torch.testing.assert_close(ts, t_eps + (1 - t_eps) * u**2)
     x = x_T
     for t, t_next in zip(ts[:-1], ts[1:]):
         h = float(t - t_next)
@@ -652,7 +653,7 @@ def test_a_missing_step_count_is_one_exact_message(name):
     assert str(err.value) == expected
 
 
-@pytest.mark.parametrize("name, intervals", [("ancestral", 3), ("ddim", 3), ("pc", 4)])
+@pytest.mark.parametrize("name, intervals", [("ancestral", 3), ("ddim", 3), ("pc", 8)])  # pc: few-step rule
 def test_karras_spacing_without_a_rho_option_uses_rho_7(name, intervals):
     """Samplers that take ``spacing`` but no ``rho`` build a Karras grid with ρ = 7 (Karras et al. 2022)."""
     got = sample(_gm(2, 2, seed=1), name, _x(), steps=4, spacing="karras").info["grid"]

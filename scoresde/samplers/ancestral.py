@@ -25,7 +25,7 @@ from scoresde.util.rng import randn
 
 __all__ = ["ancestral"]
 
-_DEFAULTS = {"variance": "beta", "spacing": "uniform"}
+_DEFAULTS = {"variance": "beta", "spacing": "quadratic"}
 
 
 @torch.no_grad()
@@ -44,7 +44,9 @@ def ancestral(model, x_T: torch.Tensor, *, steps: int | None = None, generator=N
             ``x̂_0``); if False, stop at ``t_eps`` with noise: a sample of ``p_{t_eps}``.
         variance: ``"beta"`` (``β'_k``, default, Ho et al.'s ``σ_t² = β_t``) or
             ``"beta_tilde"`` (the posterior variance ``β̃_k``; diffusers' ``fixed_small``).
-        spacing: ``"uniform"`` (default), ``"quadratic"``, ``"logsnr"`` or ``"karras"``
+        spacing: ``"quadratic"`` (default: dense near the data, where the last steps' noise
+            otherwise blurs fine structure; docs/samplers.md, "Stochastic samplers' grid"),
+            ``"uniform"`` (Ho et al.'s respacing), ``"logsnr"`` or ``"karras"``
             (see :func:`~scoresde.samplers.base.time_grid`).
         times, timesteps: an explicit decreasing grid instead of ``steps``/``t_eps`` (continuous
             times, or DDPM indices ``k`` at ``t = (k+1)/N``); ``denoise`` adds the step to 0.

@@ -24,7 +24,7 @@ from scoresde.util.choices import SDE_METHODS
 
 __all__ = ["reverse_sde", "ReverseSDE"]
 
-_DEFAULTS = {"method": "euler"}
+_DEFAULTS = {"method": "euler", "spacing": "quadratic"}
 # torchsde methods for Itô SDEs with diagonal noise: Euler–Maruyama (strong order 0.5 in
 # general, 1.0 for our state-independent g; torchsde's Milstein coincides with it then) and
 # Rößler's SRI2 stochastic Runge–Kutta ("srk", strong order 1.5, 4 drift evaluations per
@@ -80,8 +80,8 @@ def reverse_sde(model, x_T: torch.Tensor, *, steps: int | None = None, generator
     Args:
         model: anything with ``.sde`` and ``.eps(x, t)``.
         x_T: ``(B, *dims)`` draw of the prior at ``t = 1`` (or the state at ``times[0]``).
-        steps: number of solver steps on a uniform grid from 1 to ``t_eps`` (``dt = (1 - t_eps)/steps``;
-            rounded to ``i/N`` on a discrete schedule).
+        steps: number of solver steps, one per interval of the grid from 1 to ``t_eps`` (see
+            ``spacing``; rounded to ``i/N`` on a discrete schedule).
         generator: seeds the Brownian motion (a ``torchsde.BrownianInterval``); the same
             generator state gives the same path. Without one, the global torch RNG is used.
         t_eps: end time (default: the few-step rule of
@@ -89,6 +89,9 @@ def reverse_sde(model, x_T: torch.Tensor, *, steps: int | None = None, generator
         denoise: if True (default), one Tweedie step ``x̂_0(x, t_eps)`` (+1 NFE) at the end.
         method: ``"euler"`` (default, Euler–Maruyama, 1 NFE per step) or ``"srk"`` (Rößler's
             SRI2 stochastic Runge–Kutta, strong order 1.5, 4 NFE per step).
+        spacing: the grid: ``"quadratic"`` (default, ``τ = t_eps + (1 - t_eps) u²``, dense near
+            the data; docs/samplers.md, "Stochastic samplers' grid"), ``"uniform"`` (constant
+            ``dt``), ``"logsnr"`` or ``"karras"`` (:func:`~scoresde.samplers.base.time_grid`).
         times, timesteps: an explicit decreasing grid (one solver step per interval).
 
     Returns:
