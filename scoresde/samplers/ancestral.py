@@ -45,7 +45,7 @@ def ancestral(model, x_T: torch.Tensor, *, steps: int | None = None, generator=N
         variance: ``"beta"`` (``β'_k``, default, Ho et al.'s ``σ_t² = β_t``) or
             ``"beta_tilde"`` (the posterior variance ``β̃_k``; diffusers' ``fixed_small``).
         spacing: ``"quadratic"`` (default: dense near the data, where the last steps' noise
-            otherwise blurs fine structure; docs/samplers.md, "Stochastic samplers' grid"),
+            otherwise blurs fine structure; docs/samplers.md, "Stochastic samplers' defaults"),
             ``"uniform"`` (Ho et al.'s respacing), ``"logsnr"`` or ``"karras"``
             (see :func:`~scoresde.samplers.base.time_grid`).
         times, timesteps: an explicit decreasing grid instead of ``steps``/``t_eps`` (continuous

@@ -62,6 +62,17 @@ def _corrector_steps(options: dict) -> int:
     return m if isinstance(m, int) and not isinstance(m, bool) and m >= 0 else 0
 
 
+def _few_step_rule(steps, options: dict):
+    """``(steps, options, applied)``: below ``FEW_STEPS`` steps with a corrector (and the rule on),
+    ``steps (1 + M)`` predictor steps with ``corrector_steps = 0`` — the same NFE."""
+    m = _corrector_steps(options)
+    few = options.get("few_steps", True) is True and m > 0 and isinstance(steps, int) \
+        and not isinstance(steps, bool) and 0 < steps < FEW_STEPS
+    if few:
+        return steps * (1 + m), {**options, "corrector_steps": 0}, True
+    return steps, options, False
+
+
 def _langevin(counted, x, t, mean2: float, snr: float, norms: str, generator):
     """One corrector step at time ``t`` (Song et al. 2021, Algorithm 5, lines 7–9)."""
     score = score_of(counted, x, t)
@@ -96,7 +107,7 @@ def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, pr
         few_steps: if True (default), ``steps < FEW_STEPS`` runs ``steps (1 + M)`` predictor
             steps without corrector (module docstring); the NFE is the same.
         snr: the corrector's signal-to-noise ratio ``r`` (default 0.16, the paper's CIFAR-10 value).
-        spacing: ``"quadratic"`` (default; docs/samplers.md, "Stochastic samplers' grid"),
+        spacing: ``"quadratic"`` (default; docs/samplers.md, "Stochastic samplers' defaults"),
             ``"uniform"`` (the paper's), ``"logsnr"`` or ``"karras"``.
         norms: ``"batch"`` (default: ``‖z‖``, ``‖s‖`` averaged over the batch, one ``δ`` for all,
             as the paper's reference code) or ``"sample"`` (per sample, as Algorithm 5 is
@@ -107,11 +118,8 @@ def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, pr
     Returns:
         ``SampleResult`` with ``nfe = steps (1 + M) + denoise``.
     """
+    steps, options, few = _few_step_rule(steps, options)
     m = _corrector_steps(options)
-    few = options.get("few_steps", True) is True and m > 0 and isinstance(steps, int) \
-        and not isinstance(steps, bool) and 0 < steps < FEW_STEPS
-    if few:  # the few-step rule: the corrector's calls become predictor steps
-        steps, options, m = steps * (1 + m), {**options, "corrector_steps": 0}, 0
     run = open_run("pc", model, x_T, steps=steps, t_eps=t_eps, denoise=denoise, progress=progress,
                    options=options, defaults=_DEFAULTS, cost=lambda k: k * (1 + m))
     opts = _check(run.opts)

@@ -90,7 +90,7 @@ def reverse_sde(model, x_T: torch.Tensor, *, steps: int | None = None, generator
         method: ``"euler"`` (default, Euler–Maruyama, 1 NFE per step) or ``"srk"`` (Rößler's
             SRI2 stochastic Runge–Kutta, strong order 1.5, 4 NFE per step).
         spacing: the grid: ``"quadratic"`` (default, ``τ = t_eps + (1 - t_eps) u²``, dense near
-            the data; docs/samplers.md, "Stochastic samplers' grid"), ``"uniform"`` (constant
+            the data; docs/samplers.md, "Stochastic samplers' defaults"), ``"uniform"`` (constant
             ``dt``), ``"logsnr"`` or ``"karras"`` (:func:`~scoresde.samplers.base.time_grid`).
         times, timesteps: an explicit decreasing grid (one solver step per interval).
 
