@@ -20,7 +20,7 @@ blurred; positive: collapsed onto the modes); :mod:`oracle_metrics`. The goals (
 ``ancestral`` and ``sde`` at 10–50 NFE as sharp as ``DDPMScheduler`` (``|Δlogp|`` no larger)
 with SW1 within 1.1× of the previous default.
 
-    python benchmarks/stochastic_samplers.py              # the tables in docs/benchmarks.md (n = 100 000)
+    python benchmarks/stochastic_samplers.py              # the tables in docs/benchmarks.md (n = 20 000)
     python benchmarks/stochastic_samplers.py --n 2000 --nfe 10 --cases "narrow mode 1-D"   # a quick look
 """
 
@@ -74,7 +74,7 @@ def run_row(case, sampler, steps, options, seed=5):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=100_000, help="samples per run")
+    ap.add_argument("--n", type=int, default=20_000, help="samples per run")
     ap.add_argument("--n-proj", type=int, default=128, help="directions of sliced W1")
     ap.add_argument("--cases", nargs="*", default=[name for name, _ in V.CASES])
     ap.add_argument("--nfe", type=int, nargs="*", default=[5, 10, 20, 50])
