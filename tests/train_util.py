@@ -131,6 +131,17 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
+def _fresh_signal_state() -> None:
+    """A forked child starts with the signal state of a fresh ``python -m scoresde.train``, whatever
+    the test process (a pytest-xdist worker that ran other files first) left behind: nothing
+    blocked, Python's own SIGINT handler (KeyboardInterrupt), SIGTERM's default."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def fork_main(argv, log_path: Path | None = None, *, file_limit: int | None = None, stdout: bool = True) -> int:
     """Run ``scoresde.train.main(argv)`` in a forked child (no interpreter start-up, so many
     kills stay cheap); returns the child's pid. Its stderr (and stdout unless ``stdout=False``)
@@ -143,6 +154,7 @@ def fork_main(argv, log_path: Path | None = None, *, file_limit: int | None = No
     if pid == 0:  # child: never return into pytest
         code = 99
         try:
+            _fresh_signal_state()
             fd = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 2)
             sys.stderr = open(2, "w", buffering=1, closefd=False)

@@ -28,8 +28,10 @@ CASES = {  # name: (file, sampler, steps, n)
     "digits_ema_ancestral": ("digits_ema.safetensors", "ancestral", 10, 4),
     "digits_ema_dpmpp": ("digits_ema.safetensors", "dpmpp", 8, 4),
 }
-# Options that reproduce a default of 5ee0c21 which a later issue changed (issue 26: dpmpp's corrector).
-OLD_DEFAULTS = {"dpmpp": {"corrector": False}}
+# Options that reproduce a default of 5ee0c21 which a later issue changed (issue 26: dpmpp's corrector;
+# the stochastic samplers' uniform grid and pc's reverse-diffusion predictor without the few-step rule).
+OLD_DEFAULTS = {"dpmpp": {"corrector": False}, "ancestral": {"spacing": "uniform"}, "sde": {"spacing": "uniform"},
+                "pc": {"spacing": "uniform", "predictor": "reverse_diffusion", "few_steps": False}}
 
 
 def expected() -> dict:
