@@ -21,7 +21,8 @@ corrector's time; we use ``m_k²`` of the step just taken (the same up to an ind
 
 **Defaults** (measured by ``benchmarks/stochastic_samplers.py`` on four exact-oracle cases;
 docs/samplers.md, "Stochastic samplers' defaults"): the predictor is ``"auto"`` — ancestral on a
-VP-SDE (2–6× closer to the data's law than reverse diffusion at 20–50 NFE), reverse diffusion
+VP-SDE (2–6× closer to the data's law than reverse diffusion at 20–50 NFE on three of the four
+cases, level on the fourth), reverse diffusion
 otherwise; the grid is quadratic in ``t``. **Few-step rule**: with fewer than ``FEW_STEPS = 5``
 steps, the corrector's evaluations go to predictor steps instead (``K (1 + M)`` predictor steps,
 no corrector; the NFE is the same), because at ≤ 10 NFE a Langevin step pays less than another
