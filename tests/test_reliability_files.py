@@ -288,8 +288,10 @@ def test_one_line_exit_2_and_nothing_changed(world, name, program, args, words, 
     assert SECRET not in err
     assert _checksums(world) == before and not new.exists()
     assert peak < 200 * 2**20, peak  # bounded before anything is built (a bomb needed 0.5-60 GB)
-    # the refusal is found before any real work; 1 s of CPU is > 20x what these cases need
-    assert seconds < 1.0 or "diffusers" in name or "evaluate" in name, seconds
+    # a hang guard, not a speed goal: an expanded bomb or a 5 000-deep walk runs for minutes to hours,
+    # the refusal for well under a second (a 1 s bound failed once at 1.0014 s of CPU when the case
+    # was a worker's first to import torch.jit's modules, under tracemalloc)
+    assert seconds < 30.0, seconds
 
 
 def test_the_table_is_distinct():
