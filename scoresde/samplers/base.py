@@ -39,7 +39,8 @@ from scoresde.util.progress import progress_bar
 
 __all__ = ["SampleResult", "NFECounter", "Run", "open_run", "finish_run", "time_grid", "sampler_grid",
            "explicit_grid", "default_t_eps", "check_steps", "check_t_eps", "check_choice", "check_model",
-           "check_options", "check_x_T", "progress_bar", "SPACINGS", "GRID_OPTIONS"]
+           "check_options", "check_x_T", "progress_bar", "SPACINGS", "GRID_OPTIONS", "FEW_STEPS",
+           "few_step_rule_applies"]
 
 GRID_OPTIONS = ("times", "timesteps")
 
@@ -158,6 +159,17 @@ def time_grid(sde, steps: int, t_eps: float, spacing: str = "uniform", rho: floa
 # accurate (docs/highorder.md, "The default end time"; measured by benchmarks/vs_diffusers.py).
 FEW_STEP_SCALE = 2.8
 FEW_STEP_POWER = 1.65
+
+
+# The few-step rule of the samplers that call the network twice per interval (heun, pc with a
+# corrector): below FEW_STEPS steps they spend those calls on one-call steps instead (same NFE).
+FEW_STEPS = 5
+
+
+def few_step_rule_applies(steps, enabled) -> bool:
+    """True when ``steps`` is an integer count below :data:`FEW_STEPS` and the sampler's
+    ``few_steps`` option is ``True`` (an invalid value is left to the sampler's own check)."""
+    return enabled is True and isinstance(steps, int) and not isinstance(steps, bool) and 0 < steps < FEW_STEPS
 
 
 def default_t_eps(sde, intervals: int) -> float:

@@ -30,13 +30,12 @@ from __future__ import annotations
 import torch
 
 from scoresde.core.model import eps_of
-from scoresde.samplers.base import SampleResult, finish_run, open_run
+from scoresde.samplers.base import SampleResult, few_step_rule_applies, finish_run, open_run
 from scoresde.util.checks import check_flag
 
 __all__ = ["heun"]
 
 _DEFAULTS = {"spacing": "karras", "rho": 7.0, "few_steps": True}
-FEW_STEPS = 5
 
 
 @torch.no_grad()
@@ -64,8 +63,7 @@ def heun(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, 
         ``denoise`` else ``t_eps``.
     """
     check_flag("few_steps", options.get("few_steps", True))
-    euler = options.get("few_steps", True) and isinstance(steps, int) and not isinstance(steps, bool) \
-        and 0 < steps < FEW_STEPS
+    euler = few_step_rule_applies(steps, options.get("few_steps", True))
     if euler:
         options = {"spacing": "uniform", **options}
     run = open_run("heun", model, x_T, steps=2 * steps if euler else steps, t_eps=t_eps, denoise=denoise,

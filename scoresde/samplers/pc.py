@@ -34,8 +34,8 @@ from __future__ import annotations
 import torch
 
 from scoresde.core.model import score_of
-from scoresde.core.sde import append_dims, not_vp_reason, require_variance_preserving
-from scoresde.samplers.base import SampleResult, finish_run, open_run
+from scoresde.core.sde import append_dims, is_variance_preserving, require_variance_preserving
+from scoresde.samplers.base import SampleResult, few_step_rule_applies, finish_run, open_run
 from scoresde.util.checks import check_choice, check_flag, check_int, check_number
 from scoresde.util.rng import randn
 
@@ -44,7 +44,6 @@ __all__ = ["pc"]
 _DEFAULTS = {"predictor": "auto", "corrector_steps": 1, "snr": 0.16,
              "spacing": "quadratic", "norms": "batch", "few_steps": True}
 _PREDICTORS = ("auto", "reverse_diffusion", "ancestral")
-FEW_STEPS = 5
 _NORMS = ("sample", "batch")
 
 
@@ -67,8 +66,7 @@ def _few_step_rule(steps, options: dict):
     """``(steps, options, applied)``: below ``FEW_STEPS`` steps with a corrector (and the rule on),
     ``steps (1 + M)`` predictor steps with ``corrector_steps = 0`` — the same NFE."""
     m = _corrector_steps(options)
-    few = options.get("few_steps", True) is True and m > 0 and isinstance(steps, int) \
-        and not isinstance(steps, bool) and 0 < steps < FEW_STEPS
+    few = m > 0 and few_step_rule_applies(steps, options.get("few_steps", True))
     if few:
         return steps * (1 + m), {**options, "corrector_steps": 0}, True
     return steps, options, False
@@ -126,7 +124,7 @@ def pc(model, x_T: torch.Tensor, *, steps: int | None = None, generator=None, pr
     opts = _check(run.opts)
     grid, counted = run.grid, run.counted_model  # 1 → t_eps
     if opts["predictor"] == "auto":
-        opts["predictor"] = "ancestral" if not_vp_reason(run.sde) is None else "reverse_diffusion"
+        opts["predictor"] = "ancestral" if is_variance_preserving(run.sde) else "reverse_diffusion"
     if opts["predictor"] == "ancestral":
         require_variance_preserving(run.sde)
     trans_mean, trans_var = run.sde.transition(grid[1:], grid[:-1])  # m_k, v_k of τ_{k+1} → τ_k
